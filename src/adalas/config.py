@@ -1,0 +1,200 @@
+"""DepthConfig: which layers each token (or sequence) runs.
+
+One dataclass holds every depth mode; `validate()` checks what needs no model (at construction),
+`check_layers(L)` what needs the layer count (in `from_hf`, `from_pretrained`, `set_depth`).
+Both raise ValueError naming the field. JSON round trip: `to_json()` / `from_json()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Mode = Literal["full", "static_skip", "stochastic", "early_exit", "random_budget", "route", "learned"]
+KVFill = Literal["propagate", "mask"]
+ControllerInput = Literal["hidden_states", "fixed", "position", "token", "initial"]
+
+MODES: tuple[str, ...] = get_args(Mode)
+KV_FILLS: tuple[str, ...] = get_args(KVFill)
+CONTROLLER_INPUTS: tuple[str, ...] = get_args(ControllerInput)
+
+
+@dataclass
+class DepthConfig:
+    """A depth mode and its parameters. Layers are 0-based."""
+
+    mode: Mode = field(default="full", metadata={"help": f"one of {', '.join(MODES)}"})
+    skip_layers: list[int] | None = field(default=None, metadata={"help": "static_skip: layers to skip"})
+    skip_probs: list[float] | None = field(
+        default=None, metadata={"help": "stochastic: per layer, the probability that a token skips it"})
+    exit_after: int | None = field(default=None, metadata={"help": "early_exit: run layers 0..exit_after-1"})
+    budget: int | None = field(default=None, metadata={"help": "random_budget: layers per sequence"})
+    keep_first: bool = field(default=False, metadata={"help": "random_budget: always run layer 0"})
+    route: list[bool] | None = field(default=None, metadata={"help": "route: one bool per layer (True = run)"})
+    controller_layers: list[int] | None = field(
+        default=None, metadata={"help": "learned: layers with a controller (default: all)"})
+    controller_input: ControllerInput = field(
+        default="hidden_states", metadata={"help": f"learned: one of {', '.join(CONTROLLER_INPUTS)}"})
+    tau: float = field(default=1.0, metadata={"help": "learned: Gumbel-softmax temperature"})
+    hidden_layers: int = field(default=0, metadata={"help": "learned: hidden layers per controller MLP"})
+    skip_prompt: bool = field(default=False, metadata={"help": "prompt tokens follow the route too"})
+    kv_fill: KVFill = field(default="propagate", metadata={"help": "what a skipped layer stores: propagate|mask"})
+    seed: int = field(default=0, metadata={"help": "seed for stochastic skips and random routes"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Checks that need no model."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode: unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.kv_fill not in KV_FILLS:
+            raise ValueError(f"kv_fill: unknown value {self.kv_fill!r}; allowed: {', '.join(KV_FILLS)}")
+        if self.controller_input not in CONTROLLER_INPUTS:
+            raise ValueError(f"controller_input: unknown value {self.controller_input!r}; "
+                             f"allowed: {', '.join(CONTROLLER_INPUTS)}")
+        for name in ("skip_prompt", "keep_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed: must be an integer, got {self.seed!r}")
+        required = _REQUIRED.get(self.mode, ())
+        for name in required:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: required for mode {self.mode!r}")
+        if self.skip_layers is not None:
+            _check_indices("skip_layers", self.skip_layers)
+        if self.controller_layers is not None:
+            _check_indices("controller_layers", self.controller_layers)
+        if self.skip_probs is not None:
+            if not isinstance(self.skip_probs, (list, tuple)):
+                raise ValueError(f"skip_probs: must be a list of probabilities, got {self.skip_probs!r}")
+            for i, p in enumerate(self.skip_probs):
+                if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0) or math.isnan(p):
+                    raise ValueError(f"skip_probs[{i}]: {p!r} is not a probability in [0, 1]")
+        if self.route is not None:
+            _check_route("route", self.route)
+        if self.exit_after is not None and (not _is_int(self.exit_after) or self.exit_after < 1):
+            raise ValueError(f"exit_after: must be an integer >= 1, got {self.exit_after!r}")
+        if self.budget is not None and (not _is_int(self.budget) or self.budget < 1):
+            raise ValueError(f"budget: must be an integer >= 1, got {self.budget!r}")
+        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not self.tau > 0:
+            raise ValueError(f"tau: must be a positive number, got {self.tau!r}")
+        if not _is_int(self.hidden_layers) or self.hidden_layers < 0:
+            raise ValueError(f"hidden_layers: must be an integer >= 0, got {self.hidden_layers!r}")
+
+    def check_layers(self, num_layers: int) -> None:
+        """Checks against the model's layer count L."""
+        L = num_layers
+        for name in ("skip_layers", "controller_layers"):
+            for i in getattr(self, name) or []:
+                if i >= L:
+                    raise ValueError(f"{name}: layer {i} is out of range for a model with {L} layers (0..{L - 1})")
+        if self.skip_probs is not None and len(self.skip_probs) != L:
+            raise ValueError(f"skip_probs: has {len(self.skip_probs)} entries; the model has {L} layers")
+        if self.route is not None and len(self.route) != L:
+            raise ValueError(f"route: has {len(self.route)} entries; the model has {L} layers")
+        if self.exit_after is not None and self.exit_after > L:
+            raise ValueError(f"exit_after: {self.exit_after} is out of range for a model with {L} layers (1..{L})")
+        if self.budget is not None and self.budget > L:
+            raise ValueError(f"budget: {self.budget} is out of range for a model with {L} layers (1..{L})")
+
+    # -- serialization ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Only the fields that differ from their defaults, plus the mode (compact and stable)."""
+        out: dict[str, Any] = {"mode": self.mode}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "mode" and value != f.default:
+                out[f.name] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DepthConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"depth: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"depth: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DepthConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"depth: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def parse(cls, value: "str | dict | DepthConfig | None") -> "DepthConfig":
+        """Inline JSON, a path to a JSON file, a dict, or a DepthConfig (None -> full depth)."""
+        if value is None:
+            return cls()
+        if isinstance(value, DepthConfig):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        text = str(value).strip()
+        if not text.startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"depth: {text!r} is neither inline JSON nor an existing JSON file")
+            text = path.read_text()
+        return cls.from_json(text)
+
+    # -- derived --------------------------------------------------------------------------------
+    def static_route(self, num_layers: int) -> list[bool] | None:
+        """The fixed route of a deterministic, input-independent mode; None for the others."""
+        L = num_layers
+        if self.mode == "full":
+            return [True] * L
+        if self.mode == "static_skip":
+            skipped = set(self.skip_layers or [])
+            return [i not in skipped for i in range(L)]
+        if self.mode == "early_exit":
+            return [i < self.exit_after for i in range(L)]
+        if self.mode == "route":
+            return [bool(r) for r in self.route]
+        return None
+
+
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "static_skip": ("skip_layers",),
+    "stochastic": ("skip_probs",),
+    "early_exit": ("exit_after",),
+    "random_budget": ("budget",),
+    "route": ("route",),
+}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_indices(name: str, values: Any, minimum: int = 0) -> None:
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name}: must be a list of layer indices, got {values!r}")
+    for i in values:
+        if not _is_int(i) or i < minimum:
+            raise ValueError(f"{name}: {i!r} is not a layer index (integer >= {minimum})")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name}: has duplicates: {list(values)}")
+
+
+def _check_route(name: str, route: Any) -> None:
+    if not isinstance(route, (list, tuple)) or not route:
+        raise ValueError(f"{name}: must be a non-empty list of booleans (one per layer), got {route!r}")
+    for i, r in enumerate(route):
+        if not isinstance(r, bool) and r not in (0, 1):
+            raise ValueError(f"{name}[{i}]: {r!r} is not a boolean")
+    if not any(route):
+        raise ValueError(f"{name}: runs no layer; a route must keep at least one")

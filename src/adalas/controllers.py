@@ -1,0 +1,171 @@
+"""Routers: for each layer, which tokens run it.
+
+A router answers `decide(layer_idx, h, ctx)` with
+  - `True` / `False`: every token runs / skips the layer (static modes; no tensor work at all),
+  - a bool tensor (B, T): per token (stochastic, per-sequence routes, learned in eval),
+  - a float tensor (B, T) of 0/1 values carrying straight-through gradients (learned in training).
+Modes differ only in the router they build (`build_router`); the depth loop in `model.py` is shared.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DepthConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import StepContext
+
+class Router:
+    """Base: every layer runs."""
+
+    def start(self, batch_size: int, device: torch.device) -> Any:
+        """Per-sequence state drawn at the start of a forward or a generation (None if none)."""
+        return None
+
+    def decide(self, layer_idx: int, h: torch.Tensor, ctx: "StepContext"):
+        return True
+
+
+class StaticRouter(Router):
+    """full, static_skip, early_exit, route: one fixed route for every token."""
+
+    def __init__(self, route: list[bool]):
+        self.route = [bool(r) for r in route]
+
+    def decide(self, layer_idx, h, ctx):
+        return self.route[layer_idx]
+
+
+class StochasticRouter(Router):
+    """Each token skips layer i with probability p_i.
+
+    The draw is a hash of (seed, row, position, layer), not a stream of a generator, so a token gets
+    the same decision whether it is processed in a cached decode step or in one uncached forward.
+    """
+
+    def __init__(self, skip_probs: list[float], seed: int):
+        self.skip_probs = list(skip_probs)
+        self.seed = seed
+
+    def decide(self, layer_idx, h, ctx):
+        p = self.skip_probs[layer_idx]
+        if p <= 0.0:
+            return True
+        if p >= 1.0:
+            return False
+        u = hash_uniform(self.seed, ctx.row_ids[:, None], ctx.position_ids, layer_idx)  # (B, T)
+        return u >= p
+
+
+class PerSequenceRouter(Router):
+    """random_budget: each sequence draws one route with exactly `budget` layers and keeps it."""
+
+    def __init__(self, num_layers: int, budget: int, keep_first: bool, seed: int):
+        self.num_layers, self.budget, self.keep_first, self.seed = num_layers, budget, keep_first, seed
+
+    def start(self, batch_size, device):
+        return torch.stack([random_route(self.num_layers, self.budget, self.keep_first, self.seed, row)
+                            for row in range(batch_size)]).to(device)  # (B, L) bool
+
+    def decide(self, layer_idx, h, ctx):
+        run = ctx.sequence_state[ctx.row_ids, layer_idx]  # (B,)
+        return run[:, None].expand_as(ctx.position_ids)
+
+
+def random_route(num_layers: int, budget: int, keep_first: bool, seed: int, row: int) -> torch.Tensor:
+    """A route with exactly `budget` layers, drawn from (seed, row) alone."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(row))
+    route = torch.zeros(num_layers, dtype=torch.bool)
+    if keep_first:
+        route[0] = True
+        rest = torch.randperm(num_layers - 1, generator=g)[: budget - 1] + 1
+    else:
+        rest = torch.randperm(num_layers, generator=g)[:budget]
+    route[rest] = True
+    return route
+
+
+class Controller(nn.Module):
+    """A per-layer MLP with two logits (skip, run); each hidden layer divides the width by 8."""
+
+    def __init__(self, in_features: int, hidden_layers: int = 0):
+        super().__init__()
+        dims = [in_features]
+        for _ in range(hidden_layers):
+            dims.append(max(dims[-1] // 8, 2))
+        blocks: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            blocks += [nn.Linear(a, b), nn.ReLU()]
+        blocks.append(nn.Linear(dims[-1], 2))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def matches(self, in_features: int, hidden_layers: int) -> bool:
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        return linears[0].in_features == in_features and len(linears) == hidden_layers + 1
+
+
+def make_controllers(cfg: DepthConfig, num_layers: int, input_dim: int) -> nn.ModuleDict:
+    layers = cfg.controller_layers if cfg.controller_layers is not None else range(num_layers)
+    return nn.ModuleDict({str(i): Controller(input_dim, cfg.hidden_layers) for i in layers})
+
+
+class LearnedRouter(Router):
+    """Per-token Gumbel-softmax controllers.
+
+    Training: straight-through Gumbel-softmax with temperature tau (hard 0/1 forward, soft
+    gradients); the loop then computes the layer for every token and mixes, which the estimator
+    needs, so training saves no compute. Eval: argmax, deterministic; generation runs a layer only
+    on the rows that chose it.
+    """
+
+    def __init__(self, controllers: nn.ModuleDict, controller_input: str, tau: float):
+        self.controllers, self.controller_input, self.tau = controllers, controller_input, tau
+
+    def decide(self, layer_idx, h, ctx):
+        key = str(layer_idx)
+        if key not in self.controllers:
+            return True
+        controller = self.controllers[key]
+        logits = controller(ctx.controller_signal(self.controller_input, h))  # (B, T, 2): skip, run
+        if controller.training:
+            return F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 1].to(h.dtype)
+        return logits[..., 1] > logits[..., 0]
+
+
+def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict | None) -> Router:
+    """The router for a depth config (the one dispatch on mode)."""
+    static = cfg.static_route(num_layers)
+    if static is not None:
+        return StaticRouter(static)
+    if cfg.mode == "stochastic":
+        return StochasticRouter(cfg.skip_probs, cfg.seed)
+    if cfg.mode == "random_budget":
+        return PerSequenceRouter(num_layers, cfg.budget, cfg.keep_first, cfg.seed)
+    if cfg.mode == "learned":
+        assert controllers is not None
+        return LearnedRouter(controllers, cfg.controller_input, cfg.tau)
+    raise ValueError(f"mode: no router for {cfg.mode!r}")
+
+
+_MASK64 = (1 << 63) - 1
+
+
+def hash_uniform(seed: int, row: torch.Tensor, position: torch.Tensor, layer: int) -> torch.Tensor:
+    """Uniform [0, 1) numbers from integer keys (a splitmix-style integer hash, vectorized).
+
+    Written by hand because torch generators give streams, and stochastic skipping needs a value
+    that depends only on (seed, row, position, layer).
+    """
+    x = (row.long() * 0x9E3779B1 + position.long() * 0x85EBCA77 + (layer + 1) * 0xC2B2AE3D
+         + (int(seed) & 0xFFFFFFFF) * 0x27D4EB2F) & _MASK64
+    for mult in (0x7FEB352D, 0x846CA68B):
+        x = (x ^ (x >> 16)) * mult & _MASK64
+    x = x ^ (x >> 16)
+    return (x & 0xFFFFFF).double().div(float(1 << 24)).float()

