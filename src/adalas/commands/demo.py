@@ -1,0 +1,50 @@
+"""`adalas demo`: the same prompts at full depth, with early exit and with layer skipping."""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from ..cli import make_parser
+from ..config import DepthConfig
+from ..model import AdalasForCausalLM
+
+PROMPTS = ["What is the capital of France?", "Give three tips for staying healthy.",
+           "Explain what a transformer language model is in one sentence."]
+
+
+def build_parser():
+    p = make_parser("demo", __doc__)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from ..hub import load_tokenizer
+
+    args = build_parser().parse_args(argv)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+    m = AdalasForCausalLM.from_pretrained(args.model)
+    tok = load_tokenizer(args.model)
+    L = m.num_layers
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             if tok.chat_template else p for p in PROMPTS]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    configs = {
+        "full": DepthConfig(),
+        f"early_exit@{L - 3}": DepthConfig(mode="early_exit", exit_after=L - 3),
+        f"skip 3 spread": DepthConfig(mode="static_skip", skip_layers=[L // 4, L // 2, 3 * L // 4]),
+    }
+    for name, cfg in configs.items():
+        m.set_depth(cfg)
+        m.reset_usage()
+        t0 = time.perf_counter()
+        out = m.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
+        dt = time.perf_counter() - t0
+        texts_out = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        print(json.dumps({"depth": name, "avg_layers": round(m.avg_layers(), 2), "seconds": round(dt, 2),
+                          "outputs": [t.strip() for t in texts_out]}, indent=1))
+    return 0
