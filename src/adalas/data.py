@@ -11,9 +11,9 @@ Notable:
   truncatable). The prompt budget is floor(max_seq_length * prompt_fraction) tokens; content is cut
   to fit, so the response marker ("### Response:\n", or the chat generation prompt) always survives.
   The response gets the rest of the sequence and always ends with EOS.
-- Segments are tokenized one by one and concatenated, so the prompt/response boundary (and the
-  label mask) is exact, and training and generation see the same prompt tokens.
-- Tokenized datasets are cached as Arrow files under `adalas_cache_dir()/datasets/<sha256 key>`,
+- The prompt is tokenized as one string (the tokens a pretrained model expects) and the response
+  separately, so the label mask is exact and training and generation see the same prompt tokens.
+- Tokenized datasets are cached as Arrow files under `paths.cache_dir()/datasets/<sha256 key>`,
   written to a temporary directory and renamed into place.
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, NamedTup
 import datasets
 import pyarrow as pa
 import torch
+
+from . import paths
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +137,6 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {  # keys lower-cased
 }
 
 
-def adalas_cache_dir() -> Path:
-    """The one place cached files go: $ADALAS_CACHE, else $XDG_CACHE_HOME/adalas, else ~/.cache/adalas."""
-    if os.environ.get("ADALAS_CACHE"):
-        return Path(os.environ["ADALAS_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "adalas"
-    return Path.home() / ".cache" / "adalas"
-
-
 def split_indices(n: int, seed: int = SPLIT_SEED,
                   fractions: Mapping[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
     """Deterministic disjoint splits of range(n): rows ordered by sha256(seed:index), then cut.
@@ -190,7 +183,7 @@ def guess_task(column_names: Iterable[str], columns: Mapping[str, str] | None = 
 # ---------------------------------------------------------------------------------------------
 # Reading sources
 
-@dataclass
+@dataclass(frozen=True)
 class _Table:
     """Raw rows from one source, the row indices to use in order, and how to name a row in errors."""
     name: str
@@ -476,22 +469,45 @@ def _share(lengths: list[int], budget: int) -> list[int]:
     return keep
 
 
+def _cut(text: str, n_tokens: int, tokenizer) -> str:
+    """The prefix of `text` that its first n_tokens tokens cover."""
+    if n_tokens <= 0:
+        return ""
+    if tokenizer.is_fast:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text if n_tokens >= len(offsets) else text[:offsets[n_tokens - 1][1]]
+    return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:n_tokens])
+
+
 def _prompt_ids(example: Example, tokenizer, prompt_format: str, max_prompt_tokens: int | None) -> list[int]:
+    """The prompt, tokenized as one string (as the model saw text in pretraining), its content cut to fit.
+
+    Cutting: each content segment gets a share of the room the template leaves (`_share`), is cut
+    to that many of its own tokens, and the whole is tokenized again; tokens merging across a
+    boundary can move the count by one or two, so the room shrinks by the excess until it fits.
+    """
     segments = _segments(example, prompt_format, tokenizer)
-    ids = [tokenizer.encode(s.text, add_special_tokens=False) for s in segments]
     bos_text = tokenizer.bos_token
     bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) and not (
         bos_text and segments[0].text.startswith(bos_text)) else []  # chat templates may write BOS
-    if max_prompt_tokens is not None:
-        fixed = len(bos) + sum(len(t) for t, s in zip(ids, segments) if not s.content)
-        if fixed > max_prompt_tokens:
-            raise ValueError(f"the prompt template alone takes {fixed} tokens, more than the prompt budget "
-                             f"of {max_prompt_tokens}; raise max_seq_length or prompt_fraction")
-        content = [i for i, s in enumerate(segments) if s.content]
-        keep = _share([len(ids[i]) for i in content], max_prompt_tokens - fixed)
-        for i, k in zip(content, keep):
-            ids[i] = ids[i][:k]
-    return bos + [t for part in ids for t in part]
+
+    def encode(texts: list[str]) -> list[int]:
+        return bos + tokenizer.encode("".join(texts), add_special_tokens=False)
+
+    ids = encode([s.text for s in segments])
+    if max_prompt_tokens is None or len(ids) <= max_prompt_tokens:
+        return ids
+    lengths = [len(tokenizer.encode(s.text, add_special_tokens=False)) for s in segments]
+    fixed = len(bos) + sum(n for n, s in zip(lengths, segments) if not s.content)
+    room = max_prompt_tokens - fixed
+    while room >= 0:
+        keep = iter(_share([n for n, s in zip(lengths, segments) if s.content], room))
+        ids = encode([_cut(s.text, next(keep), tokenizer) if s.content else s.text for s in segments])
+        if len(ids) <= max_prompt_tokens:
+            return ids
+        room -= len(ids) - max_prompt_tokens
+    raise ValueError(f"the prompt template alone takes {fixed} tokens, more than the prompt budget "
+                     f"of {max_prompt_tokens}; raise max_seq_length or prompt_fraction")
 
 
 def tokenize_prompt(example: Example, tokenizer, prompt_format: PromptFormat = "auto",
@@ -570,7 +586,7 @@ def prepare_dataset(data: str | os.PathLike, tokenizer, split: str = "train",
     The cache key is a sha256 of everything the rows depend on: the data's identity (hub id and
     config, or a local file's path, size and mtime), the tokenizer (name, vocabulary, chat
     template), the prompt format, the lengths, columns, task, limit and split. The cache lives in
-    `cache_dir` (default `adalas_cache_dir()/"datasets"`); entries are written to a temporary
+    `cache_dir` (default `paths.cache_dir()/"datasets"`); entries are written to a temporary
     directory and renamed, so concurrent ranks never read a half-written one.
     """
     prompt_budget(max_seq_length, prompt_fraction)  # validate before any I/O
@@ -590,7 +606,7 @@ def prepare_dataset(data: str | os.PathLike, tokenizer, split: str = "train",
                   "prompt_fraction": prompt_fraction, "columns": dict(columns or {}), "task": task,
                   "limit": limit, **options}
     key = _sha256(key_inputs)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else adalas_cache_dir() / "datasets"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else paths.cache_dir() / "datasets"
     final = root / key
     if not (final / "data.arrow").is_file():
         root.mkdir(parents=True, exist_ok=True)
