@@ -206,7 +206,7 @@ def test_large_instance_uses_hull_with_small_gap():
 def test_knapsack_inputs():
     values = np.array([[1.0, 2.0], [0.5, 3.0]])
     # a cost row broadcasts; integral floats are accepted
-    assert knapsack(values, [1, 2], 3)[1] == knapsack(values, [[1.0, 2.0], [1.0, 2.0]], 3)[1] == 3.5
+    assert knapsack(values, [1, 2], 3)[1] == knapsack(values, [[1.0, 2.0], [1.0, 2.0]], 3)[1] == 4.0
     assert solve_knapsack(values, [1, 2], 100).total == 5.0
     with pytest.raises(ValueError, match=r"budget 1 .*minimum total cost 2"):
         knapsack(values, [1, 2], 1)

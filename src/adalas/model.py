@@ -285,7 +285,7 @@ class AdalasForCausalLM(nn.Module):
         gates: list[torch.Tensor] = []
         hidden = [h] if output_hidden_states else None
         for i, layer in enumerate(fam.layers()):
-            run = self._with_prompt(self.router.decide(i, h, ctx), ctx.prompt)
+            run = True if ctx.prompt is True else self._with_prompt(self.router.decide(i, h, ctx), ctx.prompt)
             if count_active is not None:
                 self._count(i, run, *count_active)
             h = self._apply_layer(i, layer, h, ctx, run)

@@ -588,8 +588,9 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
             cost[cid, sid] = _number(configs[cid], "avg_layers",
                                      f"{sweep_path} (config {cid!r}, no layers_used)")
         seq_order.setdefault(sid, None)
-    for cid in needed:
-        if not any(key[0] == cid for key in score):
+    seen_configs = {cid for cid, _ in score}
+    for cid in chosen + [full_id]:
+        if cid not in seen_configs:
             raise ValueError(f"config {cid!r} has no rows in {seq_path}")
     ids = [sid for sid in seq_order if all((cid, sid) in score for cid in needed)]
     if not ids:
