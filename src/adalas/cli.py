@@ -47,6 +47,27 @@ def make_parser(command: str, description: str) -> DashUnderscoreParser:
     return DashUnderscoreParser(prog=f"adalas {command}", description=description)
 
 
+def add_model_args(parser: argparse.ArgumentParser, default_model: str = "smollm2-135m") -> None:
+    """--model, --dtype, --device, --allow-pickle, --trust-remote-code: the same on every command."""
+    parser.add_argument("--model", default=default_model, help="hub id, local directory, or smollm2-135m")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow .bin/.pt weights (loaded with weights_only=True)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code")
+
+
+def load_model_from_args(args: argparse.Namespace, depth=None):
+    """(AdalasForCausalLM, tokenizer) as the model flags of `add_model_args` ask."""
+    from .hub import load_tokenizer
+    from .model import AdalasForCausalLM
+
+    model = AdalasForCausalLM.from_pretrained(args.model, depth=depth, dtype=args.dtype, device=args.device,
+                                              allow_pickle=args.allow_pickle,
+                                              trust_remote_code=args.trust_remote_code)
+    return model, load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+
+
 def _usage() -> str:
     lines = ["usage: adalas [--debug] <command> [options]", "", "commands:"]
     lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
