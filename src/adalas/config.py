@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-Mode = Literal["full", "static_skip", "stochastic", "early_exit", "random_budget", "route", "learned"]
+Mode = Literal["full", "static_skip", "stochastic", "early_exit", "random_budget", "route", "learned",
+               "confidence_exit", "sequence"]
 KVFill = Literal["propagate", "mask"]
+Measure = Literal["softmax", "margin"]
 ControllerInput = Literal["hidden_states", "fixed", "position", "token", "initial"]
 
 MODES: tuple[str, ...] = get_args(Mode)
 KV_FILLS: tuple[str, ...] = get_args(KVFill)
 CONTROLLER_INPUTS: tuple[str, ...] = get_args(ControllerInput)
+MEASURES: tuple[str, ...] = get_args(Measure)
 
 
 @dataclass
@@ -43,6 +46,21 @@ class DepthConfig:
     skip_prompt: bool = field(default=False, metadata={"help": "prompt tokens follow the route too"})
     kv_fill: KVFill = field(default="propagate", metadata={"help": "what a skipped layer stores: propagate|mask"})
     seed: int = field(default=0, metadata={"help": "seed for stochastic skips and random routes"})
+    threshold: float | None = field(
+        default=None, metadata={"help": "confidence_exit: a token exits once the head's confidence reaches this "
+                                        "(> 1 never exits, 0 exits at the first candidate)"})
+    exit_layers: list[int] | None = field(
+        default=None, metadata={"help": "confidence_exit: candidate exits, 'exit after k layers' (1..L-1)"})
+    measure: Measure = field(
+        default="softmax",
+        metadata={"help": "confidence_exit: softmax (max probability) or margin (top-1 minus top-2 probability)"})
+
+    router_path: str | None = field(
+        default=None, metadata={"help": "sequence: directory of a per-sequence router (`adalas train-router`); "
+                                        "none when the model was saved with its router"})
+    target_avg_layers: float | None = field(
+        default=None, metadata={"help": "sequence: average depth to meet (cost weight calibrated on validation "
+                                        "data); none = the router's default"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,8 +98,27 @@ class DepthConfig:
             _check_route("route", self.route)
         if self.exit_after is not None and (not _is_int(self.exit_after) or self.exit_after < 1):
             raise ValueError(f"exit_after: must be an integer >= 1, got {self.exit_after!r}")
+        if self.measure not in MEASURES:
+            raise ValueError(f"measure: unknown value {self.measure!r}; allowed: {', '.join(MEASURES)}")
+        if self.threshold is not None and (isinstance(self.threshold, bool)
+                                           or not isinstance(self.threshold, (int, float))
+                                           or math.isnan(self.threshold) or self.threshold < 0):
+            raise ValueError(f"threshold: must be a number >= 0, got {self.threshold!r}")
+        if self.exit_layers is not None:
+            _check_indices("exit_layers", self.exit_layers, minimum=1)
+            if not self.exit_layers:
+                raise ValueError("exit_layers: must name at least one candidate exit")
         if self.budget is not None and (not _is_int(self.budget) or self.budget < 1):
             raise ValueError(f"budget: must be an integer >= 1, got {self.budget!r}")
+        if self.router_path is not None and (not isinstance(self.router_path, str) or not self.router_path):
+            raise ValueError(f"router_path: must be a directory path, got {self.router_path!r}")
+        if self.target_avg_layers is not None and (
+                isinstance(self.target_avg_layers, bool) or not isinstance(self.target_avg_layers, (int, float))
+                or not self.target_avg_layers > 0 or math.isinf(self.target_avg_layers)):
+            raise ValueError(f"target_avg_layers: must be a positive number, got {self.target_avg_layers!r}")
+        if self.mode == "sequence" and self.skip_prompt:
+            raise ValueError("skip_prompt: mode 'sequence' reads its features from the full-depth prefill; "
+                             "skip_prompt must be false")
         if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or not self.tau > 0:
             raise ValueError(f"tau: must be a positive number, got {self.tau!r}")
         if not _is_int(self.hidden_layers) or self.hidden_layers < 0:
@@ -100,8 +137,14 @@ class DepthConfig:
             raise ValueError(f"route: has {len(self.route)} entries; the model has {L} layers")
         if self.exit_after is not None and self.exit_after > L:
             raise ValueError(f"exit_after: {self.exit_after} is out of range for a model with {L} layers (1..{L})")
+        for k in self.exit_layers or []:
+            if k >= L:
+                raise ValueError(f"exit_layers: exit after {k} layers is out of range for a model with {L} layers "
+                                 f"(1..{L - 1})")
         if self.budget is not None and self.budget > L:
             raise ValueError(f"budget: {self.budget} is out of range for a model with {L} layers (1..{L})")
+        if self.target_avg_layers is not None and self.target_avg_layers > L:
+            raise ValueError(f"target_avg_layers: {self.target_avg_layers} is more than the model's {L} layers")
 
     # -- serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +216,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "early_exit": ("exit_after",),
     "random_budget": ("budget",),
     "route": ("route",),
+    "confidence_exit": ("threshold", "exit_layers"),
 }
 
 

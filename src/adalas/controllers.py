@@ -29,6 +29,9 @@ class Router:
     def decide(self, layer_idx: int, h: torch.Tensor, ctx: "StepContext"):
         return True
 
+    def observe(self, layer_idx: int, h: torch.Tensor, ctx: "StepContext") -> None:
+        """A prompt-only step (every layer runs): h enters layer `layer_idx` (per-sequence routers read it)."""
+
 
 class StaticRouter(Router):
     """full, static_skip, early_exit, route: one fixed route for every token."""
@@ -139,7 +142,52 @@ class LearnedRouter(Router):
         return logits[..., 1] > logits[..., 0]
 
 
-def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict | None) -> Router:
+class ConfidenceExitRouter(Router):
+    """confidence_exit (CALM): at each candidate exit k ("exit after k layers"), a token still running
+    leaves when the head's confidence on its current state (final norm + head) reaches `threshold`;
+    it then skips every layer above, so its final state is its exit state, and under
+    kv_fill="propagate" those layers store keys/values computed from it (CALM's state propagation).
+
+    Per-step scratch on `ctx.scratch`: "exited" (B, T) bool and "head_evals" (B, T) int, the
+    confidence checks each token cost (the model counts them in decode steps). Prompt tokens never
+    exit (they run every layer unless skip_prompt). The check is a hard decision: no gradient.
+    """
+
+    def __init__(self, exit_layers: list[int], threshold: float, measure: str):
+        self.exit_layers = frozenset(exit_layers)
+        self.first = min(exit_layers)
+        self.threshold, self.measure = float(threshold), measure
+
+    def decide(self, layer_idx, h, ctx):
+        if layer_idx < self.first:
+            return True
+        s = ctx.scratch
+        if "exited" not in s:
+            s["exited"] = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)  # (B, T)
+            s["head_evals"] = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)  # (B, T)
+        exited = s["exited"]
+        if layer_idx in self.exit_layers:
+            running = ~exited if isinstance(ctx.prompt, bool) else ~exited & ~ctx.prompt
+            idx = running.nonzero(as_tuple=True)
+            if idx[0].numel():
+                with torch.no_grad():
+                    logits = ctx.family.head(ctx.family.final(h[idx]))  # (N, V)
+                    exited[idx] = confidence(logits, self.measure) >= self.threshold
+                s["head_evals"][idx] += 1
+        return ~exited
+
+
+def confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
+    """(..., V) logits -> (...): the max softmax probability, or top-1 minus top-2 probability."""
+    p = logits.float().softmax(-1)
+    if measure == "softmax":
+        return p.amax(-1)
+    top2 = p.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict | None,
+                 sequence_controller: nn.Module | None = None) -> Router:
     """The router for a depth config (the one dispatch on mode)."""
     static = cfg.static_route(num_layers)
     if static is not None:
@@ -151,6 +199,12 @@ def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict |
     if cfg.mode == "learned":
         assert controllers is not None
         return LearnedRouter(controllers, cfg.controller_input, cfg.tau)
+    if cfg.mode == "confidence_exit":
+        return ConfidenceExitRouter(cfg.exit_layers, cfg.threshold, cfg.measure)
+    if cfg.mode == "sequence":
+        from .sequence import SequenceRouter  # sequence.py builds on this module
+        assert sequence_controller is not None
+        return SequenceRouter(sequence_controller, cfg.target_avg_layers)
     raise ValueError(f"mode: no router for {cfg.mode!r}")
 
 

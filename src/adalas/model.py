@@ -58,6 +58,7 @@ class StepContext:
     sequence_state: Any = None
     initial: torch.Tensor | None = None  # decoder input state (controller input "initial")
     _signals: dict = field(default_factory=dict)
+    scratch: dict = field(default_factory=dict)  # per-step space for routers (e.g. tokens that exited)
 
     @property
     def num_tokens(self) -> int:
@@ -71,7 +72,7 @@ class StepContext:
             rotary=rot, mask=None if self.mask is None else self.mask[idx],
             prompt=self.prompt if isinstance(self.prompt, bool) else self.prompt[idx],
             cache_rows=idx if parent is None else parent[idx],
-            initial=None if self.initial is None else self.initial[idx], _signals={})
+            initial=None if self.initial is None else self.initial[idx], _signals={}, scratch={})
 
     def controller_signal(self, kind: str, h: torch.Tensor) -> torch.Tensor:
         """The input a learned controller reads (computed once per step and shared by layers)."""
@@ -98,6 +99,7 @@ class AdalasForCausalLM(nn.Module):
         self.model = hf_model
         self.family = family_for(hf_model)
         self.controllers = nn.ModuleDict()
+        self.sequence_controller: nn.Module | None = None  # mode "sequence" (adalas.sequence)
         self.gradient_checkpointing = False
         self.reset_usage()
         self.set_depth(depth or DepthConfig())
@@ -120,6 +122,8 @@ class AdalasForCausalLM(nn.Module):
 
         hf, path = load_hf_model(str(name_or_path), **load_kwargs)
         saved = _read_depth(path) if path is not None else None
+        if saved is not None and saved.mode == "sequence" and saved.router_path is None:
+            saved = replace(saved, router_path=str(path))  # its sequence router was saved with the model
         m = cls(hf, saved or DepthConfig())
         if path is not None and (path / CONTROLLERS_FILE).is_file():
             from safetensors.torch import load_file
@@ -145,7 +149,11 @@ class AdalasForCausalLM(nn.Module):
             os.replace(tmp, out / CONTROLLERS_FILE)
         elif (out / CONTROLLERS_FILE).exists():
             (out / CONTROLLERS_FILE).unlink()
-        atomic_write_text(out / DEPTH_FILE, json.dumps(self.depth.to_dict(), indent=2, sort_keys=True) + "\n")
+        depth = self.depth
+        if depth.mode == "sequence":  # the sequence router goes with the model (adalas.sequence)
+            self.sequence_controller.save(out)
+            depth = replace(depth, router_path=None)
+        atomic_write_text(out / DEPTH_FILE, json.dumps(depth.to_dict(), indent=2, sort_keys=True) + "\n")
 
     # -- depth ----------------------------------------------------------------------------------
     @property
@@ -171,8 +179,11 @@ class AdalasForCausalLM(nn.Module):
         depth.check_layers(self.num_layers)
         if depth.mode == "learned":
             self._ensure_controllers(depth)
+        if depth.mode == "sequence":
+            from .sequence import ensure_controller
+            self.sequence_controller = ensure_controller(depth, self.num_layers, self.sequence_controller).to(self.device)
         self.depth = depth
-        self.router: Router = build_router(depth, self.num_layers, self.controllers)
+        self.router: Router = build_router(depth, self.num_layers, self.controllers, self.sequence_controller)
 
     def _ensure_controllers(self, depth: DepthConfig) -> None:
         """Keep the current controllers when they fit the learned setup; otherwise make new ones."""
@@ -194,6 +205,8 @@ class AdalasForCausalLM(nn.Module):
     def reset_usage(self) -> None:
         self._usage_runs: list[Any] = []
         self._usage_tokens = 0
+        self._usage_head_evals: Any = 0
+        self._speculative_stats = None  # adalas.speculative.SpeculativeStats, created by the first use
 
     def layer_usage(self) -> list[float]:
         """Per layer, the fraction of counted generated tokens that ran it (see DESIGN: counting)."""
@@ -204,6 +217,17 @@ class AdalasForCausalLM(nn.Module):
 
     def avg_layers(self) -> float:
         return sum(self.layer_usage())
+
+    def speculative_stats(self) -> dict[str, Any]:
+        """Self-speculative decoding since reset_usage(): draft and verify layers per generated token
+        (reported separately), acceptance rate, rounds (see `adalas.speculative`)."""
+        from .speculative import stats_dict
+        return stats_dict(self)
+
+    def head_evaluations(self) -> float:
+        """Confidence-check head evaluations per counted generated token (confidence_exit; the final
+        head that produces each token is not included). Counted as `layer_usage`."""
+        return float(self._usage_head_evals) / self._usage_tokens if self._usage_tokens else 0.0
 
     def _count(self, layer_idx: int, run, active: torch.Tensor | None, n_active: int) -> None:
         if isinstance(run, bool):
@@ -285,7 +309,11 @@ class AdalasForCausalLM(nn.Module):
         gates: list[torch.Tensor] = []
         hidden = [h] if output_hidden_states else None
         for i, layer in enumerate(fam.layers()):
-            run = True if ctx.prompt is True else self._with_prompt(self.router.decide(i, h, ctx), ctx.prompt)
+            if ctx.prompt is True:  # prompt-only step: every layer runs; per-sequence routers read the prompt
+                self.router.observe(i, h, ctx)
+                run = True
+            else:
+                run = self._with_prompt(self.router.decide(i, h, ctx), ctx.prompt)
             if count_active is not None:
                 self._count(i, run, *count_active)
             h = self._apply_layer(i, layer, h, ctx, run)
@@ -293,6 +321,9 @@ class AdalasForCausalLM(nn.Module):
                 gates.append(_as_gate(run, h))
             if hidden is not None:
                 hidden.append(h)
+        if count_active is not None and "head_evals" in ctx.scratch:
+            evals, (active, _) = ctx.scratch["head_evals"][:, -1], count_active  # (B,)
+            self._usage_head_evals = self._usage_head_evals + (evals if active is None else evals * active).sum()
         return h, (torch.stack(gates, dim=-1) if collect else None), (tuple(hidden) if hidden else None)
 
     @staticmethod

@@ -10,7 +10,9 @@ here, so a rename in a release is fixed in one place.
 from __future__ import annotations
 
 import math
-from typing import Any
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,9 @@ class Family:
     def __init__(self, hf: nn.Module):
         self.hf = hf
         self.config = hf.config
+        self._fused = weakref.WeakKeyDictionary()  # layer -> (source key, fused tensors), reused across calls
+        self.active: dict[nn.Module, dict] = {}  # inside `fused_weights()`: layer -> fused tensors
+        self.dims: tuple[int, int, int] = (0, 0, 0)  # inside `fused_weights()`: (H, H_kv, Dh), read once
 
     # -- structure ----------------------------------------------------------------------------
     def layers(self) -> nn.ModuleList:
@@ -54,6 +59,107 @@ class Family:
     @property
     def max_positions(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.config.intermediate_size
+
+    mlp_matrices: int = 2  # weight matrices in a layer's MLP (3 for a gated one)
+
+    def head_macs(self) -> int:
+        """Multiply-accumulates per token of `final()` + `head()` (the output projection's weights)."""
+        return self.hf.get_output_embeddings().weight.numel()
+
+    # -- exporting a static route as a plain checkpoint -------------------------------------------
+    layer_count_fields: tuple[str, ...] = ("num_hidden_layers",)  # config fields holding L
+    per_layer_fields: tuple[str, ...] = ("layer_types",)  # config lists with one entry per layer
+
+    def _set_layer_list(self, layers: nn.ModuleList) -> None:
+        raise NotImplementedError
+
+    def set_layers(self, keep: list[int]) -> None:
+        """Keep only the layers in `keep` (in place): renumber their `layer_idx`, update the config's
+        layer count and per-layer lists. The model is then the plain checkpoint of that route."""
+        old = self.layers()
+        L = len(old)
+        kept = nn.ModuleList([old[i] for i in keep])
+        for new_idx, layer in enumerate(kept):
+            for mod in layer.modules():
+                if hasattr(mod, "layer_idx"):
+                    mod.layer_idx = new_idx
+        self._set_layer_list(kept)
+        for name in self.layer_count_fields:
+            setattr(self.config, name, len(keep))
+        for name in self.per_layer_fields:
+            values = getattr(self.config, name, None)
+            if isinstance(values, (list, tuple)) and len(values) == L:
+                setattr(self.config, name, [values[i] for i in keep])
+
+    # -- decode fast path: fused projections -------------------------------------------------
+    def residual_outputs(self, layer: nn.Module) -> list[nn.Module]:
+        """The projections that write into the residual stream (attention output, MLP output).
+        Zeroing them makes a pre-norm layer the identity (benchmarks build a "redundant" model so)."""
+        raise NotImplementedError
+
+    def fusion_groups(self, layer: nn.Module) -> dict[str, list[nn.Module]] | None:
+        """Projections of one layer that read the same input and can run as one matmul
+        (e.g. {"qkv": [q, k, v], "gate_up": [gate, up]}), or None. Base: none. The fused copy of a
+        group is (weight (in, out), bias or None): `fused_matmul(x, *fused[name])`."""
+        return None
+
+    def _fused_for(self, layer: nn.Module) -> dict | None:
+        """The layer's fused weights, built on first use and rebuilt when a source weight changes
+        (in place, as an optimizer step does, or replaced). None where the projections are not plain
+        nn.Linear (peft/LoRA or quantized wrappers) or something hooks the layer (hooks observe calls)."""
+        groups = self.fusion_groups(layer)
+        if groups is None or _hooked(layer):
+            return None
+        mods = [m for g in groups.values() for m in g]
+        if any(type(m) is not nn.Linear for m in mods):
+            return None
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in mods for t in (m.weight, m.bias)
+                    if t is not None)
+        hit = self._fused.get(layer)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        fused = {}
+        for name, g in groups.items():
+            # (in_features, sum of out_features): decode multiplies (B*T, in) @ w with no transpose op
+            w = torch.cat([m.weight.detach() for m in g]).t().contiguous()
+            b = None
+            if any(m.bias is not None for m in g):
+                b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                               for m in g])
+            fused[name] = (w, b)
+        self._fused[layer] = (key, fused)
+        return fused
+
+    @contextmanager
+    def fused_weights(self, enabled: bool = True) -> Iterator[None]:
+        """Within this block, `qkv`/`kv`/`mlp` use fused weights where a layer allows it. Only for
+        eval-mode, no-grad decoding: a training step must reach the original parameters."""
+        if not enabled or torch.is_grad_enabled() or self.hf.training:
+            yield
+            return
+        self.dims = (self.num_heads, self.num_kv_heads, self.head_dim)  # config reads are slow per layer
+        active = {}
+        for layer in self.layers():
+            fused = self._fused_for(layer)
+            if fused is not None:
+                active[layer] = fused
+        self.active = active
+        try:
+            yield
+        finally:
+            self.active = {}
+
+    def fused_bytes(self) -> int:
+        """Memory held by fused weight copies (kept between generate calls; `release_fused()` frees it)."""
+        return sum(t.numel() * t.element_size() for _, f in self._fused.values() for w, b in f.values()
+                   for t in (w, b) if t is not None)
+
+    def release_fused(self) -> None:
+        self._fused = weakref.WeakKeyDictionary()
 
     # -- embeddings ---------------------------------------------------------------------------
     def token_embedding(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -84,6 +190,14 @@ class Family:
     def kv(self, layer: nn.Module, x: torch.Tensor, rotary: Any):
         """Keys and values only: all a skipped layer computes under KV propagation."""
         raise NotImplementedError
+
+    def kv_many(self, layers: list[nn.Module], h: torch.Tensor, rotary: Any):
+        """Keys and values of several skipped layers at once: h (n, B, T, D), the state reaching
+        each, -> (n, B, H_kv, T, Dh) each. A decode step defers its skipped layers' key/value
+        projections to its end (no token of the step attends there) and batches them here.
+        Default: one layer at a time."""
+        ks, vs = zip(*(self.kv(layer, self.attn_input(layer, x), rotary) for layer, x in zip(layers, h)))
+        return torch.stack(ks), torch.stack(vs)
 
     def attn_scale(self, layer: nn.Module) -> float:
         return 1.0 / math.sqrt(self.head_dim)
@@ -122,6 +236,21 @@ class Family:
     def _heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+
+
+def fused_matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """(..., in) @ fused (in, out) weight (+ bias) -> (..., out), as one BLAS call."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.mm(x2, w) if b is None else torch.addmm(b, x2, w)
+    return y.view(*x.shape[:-1], w.shape[1])
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook would observe this module or a submodule (fusing would bypass them)."""
+    from torch.nn.modules import module as torch_module
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def sinusoid(position_ids: torch.Tensor, dim: int) -> torch.Tensor:

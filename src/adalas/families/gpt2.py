@@ -24,8 +24,24 @@ class GPT2Family(Family):
     def max_positions(self):
         return self.config.n_positions
 
+    layer_count_fields = ("n_layer",)
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.config.n_inner or 4 * self.hidden_size
+
     def layers(self):
         return self.hf.transformer.h
+
+    def _set_layer_list(self, layers):
+        self.hf.transformer.h = layers
+
+    def set_layers(self, keep):
+        # this option scales layer i's attention by 1 / (i + 1): renumbered layers would change it
+        if self.config.scale_attn_by_inverse_layer_idx and list(keep) != list(range(len(keep))):
+            raise ValueError("depth: this GPT-2 model scales attention by layer index "
+                             "(scale_attn_by_inverse_layer_idx); only trailing layers can be removed")
+        super().set_layers(keep)
 
     def token_embedding(self, input_ids):
         return self.hf.transformer.wte(input_ids)
@@ -56,6 +72,9 @@ class GPT2Family(Family):
 
     def attn_dropout(self, layer):
         return self.config.attn_pdrop if layer.training else 0.0
+
+    def residual_outputs(self, layer):
+        return [layer.attn.c_proj, layer.mlp.c_proj]
 
     def attn_output(self, layer, o):
         return layer.attn.c_proj(o)

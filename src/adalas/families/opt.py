@@ -19,6 +19,17 @@ class OPTFamily(Family):
     def layers(self):
         return self.decoder.layers
 
+    def _set_layer_list(self, layers):
+        self.decoder.layers = layers
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.config.ffn_dim
+
+    def head_macs(self) -> int:
+        out = self.decoder.project_out
+        return super().head_macs() + (out.weight.numel() if out is not None else 0)
+
     def token_embedding(self, input_ids):
         return self.decoder.embed_tokens(input_ids)
 
@@ -50,6 +61,9 @@ class OPTFamily(Family):
 
     def attn_dropout(self, layer):
         return self.config.attention_dropout if layer.training else 0.0
+
+    def residual_outputs(self, layer):
+        return [layer.self_attn.out_proj, layer.fc2]
 
     def attn_output(self, layer, o):
         return layer.self_attn.out_proj(o)

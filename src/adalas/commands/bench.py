@@ -1,0 +1,45 @@
+"""`adalas bench decode`: decode speed and memory, side by side (one JSON object on stdout).
+
+The benchmark itself is `benchmarks/decode.py` in the source tree (also runnable as a script);
+this command loads it from there, so it needs a source checkout (an editable install has one).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from ..cli import make_parser
+
+BENCHMARKS = {"decode": "decode.py"}
+
+
+def _benchmark(what: str) -> ModuleType:
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / BENCHMARKS[what]
+    if not path.is_file():
+        raise ValueError(f"bench: {path} not found; `adalas bench` runs the benchmarks of a source checkout")
+    name = f"adalas_benchmark_{what}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("bench", __doc__.splitlines()[0])
+    p.add_argument("what", choices=sorted(BENCHMARKS), help="which benchmark")
+    _benchmark("decode").add_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(_benchmark(args.what).run(args) or 0)
+
+
+def main(argv: list[str]) -> int:
+    return run(build_parser().parse_args(argv))

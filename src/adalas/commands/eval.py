@@ -1,0 +1,90 @@
+"""`adalas eval`: generate on a dataset at one depth; ROUGE and layer usage into --out.
+
+    adalas eval --model smollm2-135m --data builtin --depth '{"mode": "early_exit", "exit_after": 24}' \
+        --max-new-tokens 32 --limit 48 --batch-size 8 --out results/eval-ee24
+
+Writes DIR/metrics.json and DIR/per_sequence.jsonl; a rerun skips the sequences already written.
+`--reference full` scores against the full-depth model's own output (kept in DIR/full_reference.jsonl).
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..cli import add_model_args, make_parser
+
+# what `adalas eval` takes from a recipe (a training recipe also names the model, data and depth it trains)
+RECIPE_FIELDS = ("model", "data", "split", "depth", "prompt_format", "max_new_tokens", "max_prompt_tokens",
+                 "batch_size", "dtype")
+DEFAULTS = {"model": "smollm2-135m", "data": "builtin", "split": "test", "max_new_tokens": 32, "batch_size": 8,
+            "limit": None, "prompt_format": "auto", "max_prompt_tokens": None, "reference": "data"}
+
+
+def add_generation_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """--data --split --limit --max-new-tokens --batch-size --prompt-format --max-prompt-tokens --reference
+    (shared with `adalas sweep`). Defaults of None are filled in by `fill_defaults`."""
+    d = defaults or {}
+    p.add_argument("--data", default=d.get("data"), help="hub id, local JSON/JSONL file, or builtin (default)")
+    p.add_argument("--split", default=d.get("split"), help="hub datasets: the split (default test)")
+    p.add_argument("--limit", type=int, default=d.get("limit"), help="the first K sequences")
+    p.add_argument("--max-new-tokens", type=int, default=d.get("max_new_tokens"), help="default 32")
+    p.add_argument("--batch-size", type=int, default=d.get("batch_size"), help="default 8")
+    p.add_argument("--prompt-format", default=d.get("prompt_format"), choices=["auto", "alpaca", "native", "chat"],
+                   help="auto (default): the chat template when the tokenizer has one")
+    p.add_argument("--max-prompt-tokens", type=int, default=d.get("max_prompt_tokens"),
+                   help="cut prompt content to fit (default: no limit)")
+    p.add_argument("--reference", default=d.get("reference"), choices=["data", "full"],
+                   help="score against the data's references (default) or the full-depth model's output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Flags left unset (by the command line and the recipe) get DEFAULTS; values are checked."""
+    for key, value in DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')}: must be >= 1, got {getattr(args, key)}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit: must be >= 1, got {args.limit}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("eval", __doc__.splitlines()[0])
+    add_model_args(p, default_model=None)
+    p.add_argument("--depth", help="a depth config: inline JSON or a JSON file (default: the model's own)")
+    p.add_argument("--recipe", help="a recipe name or YAML path: its " + ", ".join(RECIPE_FIELDS)
+                   + " (other fields, e.g. training ones, are not used here); flags override")
+    add_generation_args(p)
+    p.add_argument("--out", required=True, help="output directory")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from ..cli import load_model_from_args
+    from ..config import DepthConfig
+    from ..evaluate import dist_info, load_items, rank_device, run_eval, write_stdout_summary
+    from ..recipes import load_recipe, split_recipe_flag, to_argv
+
+    recipe, rest = split_recipe_flag(list(argv))
+    fields = {k: v for k, v in load_recipe(recipe).items() if k in RECIPE_FIELDS} if recipe else {}
+    args = build_parser().parse_args(to_argv(fields) + rest)  # defaults < recipe < command line
+    args.recipe = recipe
+    fill_defaults(args)
+    depth = DepthConfig.parse(args.depth) if args.depth else None
+    rank, world = dist_info()
+    args.device = rank_device(args.device, rank, world)
+    model, tok = load_model_from_args(args, depth=depth)  # depth None: the model directory's saved depth
+    items = load_items(args.data, tok, split=args.split, limit=args.limit, prompt_format=args.prompt_format,
+                       max_prompt_tokens=args.max_prompt_tokens)
+    identity = {"model": args.model, "data": {"name": args.data, "split": args.split}, "limit": args.limit,
+                "generation": {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens},
+                **({"recipe": args.recipe} if args.recipe else {})}
+    metrics = run_eval(model, tok, items, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                       reference=args.reference, rank=rank, world_size=world, identity=identity,
+                       progress=not args.no_progress)
+    if metrics is not None:
+        write_stdout_summary(metrics)
+    else:
+        print(f"rank {rank}: done; the last rank to finish writes {args.out}/metrics.json")
+    return 0

@@ -1,0 +1,131 @@
+"""`adalas reproduce` (what `make run` runs): the paper's curves on the embedded model, in one command.
+
+    adalas reproduce            # ~7-8 min on 2 idle CPU cores: 48 sequences x 32 new tokens x 13 configs
+    adalas reproduce --quick    # ~1 min idle: 8 sequences x 24 new tokens x 7 configs
+
+On the built-in evaluation set: a sweep (the full model; early exit, uniform skipping and random
+routes at several budgets), the per-sequence oracle, the hidden-state analysis and the report, into
+results/reproduce/ (or results/reproduce-quick/): sweep.jsonl, per_sequence.jsonl, oracle.json,
+hidden_similarity.json, report.md and PNGs. A rerun continues where a killed one stopped.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..cli import add_model_args, make_parser
+
+# Sized for 2 CPU cores (about 60-75 generated tokens/s at batch 8 for the 30-layer default):
+# sequences x new tokens x configs / tokens per second, plus the analysis. DESIGN: sweeps on this
+# model are informative between about 20 and 30 layers.
+PRESETS = {
+    "full": {"limit": 48, "max_new_tokens": 32, "batch_size": 8, "budgets": "22,25,27,29",
+             "routes_per_budget": 1, "analysis_limit": 16, "out": "results/reproduce"},
+    "quick": {"limit": 8, "max_new_tokens": 24, "batch_size": 8, "budgets": "24,27",
+              "routes_per_budget": 1, "analysis_limit": 4, "out": "results/reproduce-quick"},
+}
+STRATEGIES = ["early_exit", "uniform_skip", "random_route"]
+
+
+def build_parser():
+    p = make_parser("reproduce", __doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a smaller run (under 3 minutes)")
+    add_model_args(p)
+    p.add_argument("--data", default="builtin")
+    p.add_argument("--limit", type=int, help="sequences (default 48; quick 8)")
+    p.add_argument("--max-new-tokens", type=int, help="default 32; quick 24")
+    p.add_argument("--batch-size", type=int, help="default 8")
+    p.add_argument("--budgets", help="layers kept (default 22,25,27,29; quick 24,27)")
+    p.add_argument("--routes-per-budget", type=int, help="random routes per budget (default 1)")
+    p.add_argument("--analysis-limit", type=int, help="sequences for the hidden-state analysis (default 16; quick 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default results/reproduce, or results/reproduce-quick)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from ..analysis import hidden_similarity
+    from ..cli import load_model_from_args
+    from ..data import load_examples
+    from ..evaluate import load_items, versions
+    from ..io import atomic_write_json
+    from ..oracle import run_oracle
+    from ..report import oracle_sentence, read_json, results_table, write_report
+    from ..sweep import build_configs, parse_budgets, run_sweep
+
+    t_start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    preset = PRESETS["quick" if args.quick else "full"]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')}: must be >= 1, got {getattr(args, key)}")
+    out = Path(args.out)
+    stages: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> None:
+        stages[name] = round(time.perf_counter() - t0, 1)
+        print(f"[reproduce] {name}: {stages[name]:.0f} s", flush=True)
+
+    t0 = time.perf_counter()
+    model, tok = load_model_from_args(args)
+    L = model.num_layers
+    budgets = parse_budgets(args.budgets, L)
+    configs = build_configs(L, STRATEGIES, budgets, args.routes_per_budget, args.seed, keep_first=True)
+    items = load_items(args.data, tok, limit=args.limit)
+    stage("load", t0)
+    print(f"[reproduce] sweep: {len(configs)} configs x {len(items)} sequences x {args.max_new_tokens} new tokens "
+          f"-> {out}", flush=True)
+
+    t0 = time.perf_counter()
+    data_id = {"name": args.data, "split": "test"}
+    rows_were_resumed = (out / "per_sequence.jsonl").is_file()
+    rows = run_sweep(model, tok, items, configs, out, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, model_id=args.model, data_id=data_id,
+                     settings={"prompt_format": "auto", "max_prompt_tokens": None, "dtype": args.dtype},
+                     progress=not args.no_progress)
+    stage("sweep", t0)
+    if rows is None:  # another rank merges (reproduce is meant for one process)
+        return 0
+
+    t0 = time.perf_counter()
+    oracle = run_oracle(out)
+    run_oracle(out, out=out / "oracle_uniform_skip.json", strategies=["uniform_skip"])
+    stage("oracle", t0)
+
+    t0 = time.perf_counter()
+    analysis_path = out / "hidden_similarity.json"
+    analysis_configs = [c for c in configs if c.strategy != "random_route" or c.config_id.endswith("#0")]
+    key = {"model": args.model, "data": data_id, "limit": args.analysis_limit,
+           "configs": [c.config_id for c in analysis_configs], "seed": args.seed}
+    analysis = read_json(analysis_path)
+    if analysis is None or analysis.get("key") != key:
+        examples = load_examples(args.data, limit=args.analysis_limit)
+        analysis = hidden_similarity(model, tok, examples, analysis_configs, batch_size=args.batch_size)
+        analysis.update(model=args.model, data=data_id, key=key)
+        atomic_write_json(analysis_path, analysis)
+    stage("analysis", t0)
+
+    runs = (read_json(out / "reproduce.json") or {}).get("runs_wall_s", []) if rows_were_resumed else []
+    meta = {"model": args.model, "data": data_id, "n_sequences": len(items), "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size, "budgets": budgets, "routes_per_budget": args.routes_per_budget,
+            "keep_first": True, "seed": args.seed, "n_configs": len(configs), "quick": args.quick,
+            "stages_s": dict(stages), "wall_s": round(time.perf_counter() - t_start, 1), "versions": versions()}
+    meta["runs_wall_s"] = runs + [meta["wall_s"]]  # a resumed run: every invocation that built these results
+    atomic_write_json(out / "reproduce.json", meta)
+    t0 = time.perf_counter()
+    report = write_report(out, analysis, meta)
+    stage("report", t0)
+    meta.update(stages_s=dict(stages), wall_s=round(time.perf_counter() - t_start, 1))
+    meta["runs_wall_s"] = runs + [meta["wall_s"]]
+    atomic_write_json(out / "reproduce.json", meta)
+
+    print()
+    print(results_table(rows, oracle))
+    print()
+    print(oracle_sentence(oracle))
+    print(f"\n[reproduce] done in {meta['wall_s']:.0f} s: {report} (and {', '.join(sorted(p.name for p in out.glob('*.png')))})")
+    return 0

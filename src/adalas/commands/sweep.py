@@ -1,0 +1,69 @@
+"""`adalas sweep`: many depth configs over the same sequences, for the curves and the oracle.
+
+    adalas sweep --model smollm2-135m --data builtin --limit 48 --max-new-tokens 32 \
+        --strategies early_exit,uniform_skip,random_route --budgets 20,24,27 --routes-per-budget 2 \
+        --out results/sweep
+
+The full model always runs (first). Writes DIR/sweep.jsonl (one row per config) and
+DIR/per_sequence.jsonl (with a config_id column); a killed sweep resumes where it stopped.
+Under torchrun / accelerate (RANK, WORLD_SIZE) each rank takes its share of the batches.
+"""
+from __future__ import annotations
+
+from ..cli import add_model_args, make_parser
+from .eval import add_generation_args, fill_defaults
+
+
+def build_parser():
+    p = make_parser("sweep", __doc__.splitlines()[0])
+    add_model_args(p)
+    add_generation_args(p)
+    p.add_argument("--strategies", default="early_exit,uniform_skip,random_route",
+                   help="comma list of early_exit, uniform_skip, random_route (the full model always runs)")
+    p.add_argument("--budgets", help="layers kept: 20,24,27 or a range 20-30 / 20-30:2 (default: about 2/3, 4/5, "
+                                     "9/10 of the layers)")
+    p.add_argument("--routes-per-budget", type=int, default=2, help="random routes drawn per budget (default 2)")
+    p.add_argument("--keep-first", action="store_true", help="random routes always keep layer 0")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random routes")
+    p.add_argument("--routes", help="explicit routes, comma separated strings of 0/1 (one per layer)")
+    p.add_argument("--checkpoints", nargs="+", default=[], help="learned checkpoints (model directories)")
+    p.add_argument("--out", required=True, help="output directory")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from ..cli import load_model_from_args
+    from ..evaluate import dist_info, load_items, rank_device
+    from ..sweep import build_configs, parse_budgets, parse_strategies, run_sweep
+
+    args = build_parser().parse_args(argv)
+    fill_defaults(args)
+    strategies = parse_strategies(args.strategies)
+    rank, world = dist_info()
+    args.device = rank_device(args.device, rank, world)
+    model, tok = load_model_from_args(args)
+    L = model.num_layers
+    configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
+                            args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
+                            args.checkpoints)
+    items = load_items(args.data, tok, split=args.split, limit=args.limit, prompt_format=args.prompt_format,
+                       max_prompt_tokens=args.max_prompt_tokens)
+    print(f"sweep: {len(configs)} configs x {len(items)} sequences x {args.max_new_tokens} new tokens"
+          + (f" (rank {rank} of {world})" if world > 1 else ""), flush=True)
+    rows = run_sweep(model, tok, items, configs, args.out, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, reference=args.reference, rank=rank, world_size=world,
+                     model_id=args.model, data_id={"name": args.data, "split": args.split},
+                     settings={"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
+                               "dtype": args.dtype},
+                     progress=not args.no_progress)
+    if rows is None:
+        print(f"rank {rank}: done; the last rank to finish merges into {args.out}")
+        return 0
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'config':<22} {'layers':>7} {'rouge1':>7} {'rouge2':>7} {'rougeL':>7}")
+    for r in rows:
+        print(f"{r['config_id']:<22} {r['avg_layers']:>7.2f} {r['rouge1']:>7.4f} {r['rouge2']:>7.4f} {r['rougeL']:>7.4f}")

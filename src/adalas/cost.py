@@ -1,0 +1,135 @@
+"""FLOPs per generated token for a depth config, counted from the model's shapes.
+
+What is counted (2 FLOPs per multiply-accumulate, the usual convention; matrix products only:
+norms, activations, softmax, rotary, biases and embedding lookups are left out, well under 1%):
+- a layer a token runs: its projections, q and o `2*D*(H*Dh)` each, k and v `2*D*(Hkv*Dh)` each;
+  attention over `context_length` keys, `2*2*H*Dh*C` (scores, then the weighted sum of values);
+  the MLP, `2*m*D*I` (m = 2 weight matrices, 3 for a gated MLP such as Llama's);
+- a layer it skips: its key/value projections, `2*2*D*(Hkv*Dh)`, under `kv_fill="propagate"`;
+  nothing under `"mask"` (nor for a layer deleted from the checkpoint, see `adalas export`);
+- the head (final projection + vocabulary, `2*V*D` for a plain head) once per token, and once more
+  per confidence check (`confidence_exit`: `model.head_evaluations()` per token).
+
+`context_length` is an assumption the caller states: the number of keys a generated token attends to
+(for a whole generation, about prompt length + half the new tokens). It applies to every layer run;
+under `kv_fill="mask"` a layer holds fewer keys, so the attention term is then an upper bound.
+
+Example (SmolLM2-135M, every other layer skipped, 128 keys): `relative_to_full` 0.63 under
+propagate, 0.60 under mask (= the checkpoint with those layers deleted: a 1.66x bound; the head is
+20% of the full model's work).
+
+    config_flops(model, DepthConfig(mode="static_skip", skip_layers=list(range(1, 30, 2))), 128)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from torch import nn
+
+from .config import DepthConfig
+from .families import Family, family_for
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What the count needs from a model: D, H, Hkv, Dh, I, MLP matrices, head multiply-accumulates."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    mlp_matrices: int
+    head_macs: int
+
+    @classmethod
+    def of(cls, model_or_family: Any) -> "Shapes":
+        """From an AdalasForCausalLM, a Hugging Face causal LM, a Family, or Shapes itself."""
+        if isinstance(model_or_family, Shapes):
+            return model_or_family
+        fam = model_or_family if isinstance(model_or_family, Family) else getattr(model_or_family, "family", None)
+        if fam is None:
+            if not isinstance(model_or_family, nn.Module):
+                raise ValueError(f"cost: expected a model or a family, got {type(model_or_family).__name__}")
+            fam = family_for(model_or_family)
+        return cls(fam.num_layers, fam.hidden_size, fam.num_heads, fam.num_kv_heads, fam.head_dim,
+                   fam.intermediate_size, fam.mlp_matrices, fam.head_macs())
+
+    def kv_flops(self) -> int:
+        """One token's key/value projections in one layer (all a skipped layer costs under propagate)."""
+        return 2 * 2 * self.hidden_size * self.num_kv_heads * self.head_dim
+
+    def layer_flops(self, context_length: float) -> float:
+        """One token through one whole layer, attending to `context_length` keys."""
+        D, qdim = self.hidden_size, self.num_heads * self.head_dim
+        projections = 2 * D * qdim * 2 + self.kv_flops()  # q, o; k, v
+        attention = 2 * 2 * qdim * context_length  # q.k over the keys, then weights @ values
+        mlp = 2 * self.mlp_matrices * D * self.intermediate_size
+        return projections + attention + mlp
+
+    def head_flops(self) -> int:
+        """One evaluation of the final projection and the head."""
+        return 2 * self.head_macs
+
+
+def flops_per_token(model_or_family: Any, layer_usage: Sequence[float], kv_fill: str, context_length: float,
+                    head_evals_per_token: float = 0.0) -> float:
+    """FLOPs per generated token: each layer counted in proportion to its usage (the fraction of
+    tokens that ran it, as `model.layer_usage()` gives), skipped shares at their key/value cost under
+    `kv_fill="propagate"`, plus the head once per token and once per confidence check."""
+    s = Shapes.of(model_or_family)
+    if len(layer_usage) != s.num_layers:
+        raise ValueError(f"layer_usage: has {len(layer_usage)} entries; the model has {s.num_layers} layers")
+    if any(not 0.0 <= u <= 1.0 for u in layer_usage):
+        raise ValueError(f"layer_usage: fractions must lie in [0, 1], got {list(layer_usage)}")
+    if kv_fill not in ("propagate", "mask"):
+        raise ValueError(f"kv_fill: unknown value {kv_fill!r}; allowed: propagate, mask")
+    if context_length < 0 or head_evals_per_token < 0:
+        raise ValueError("context_length, head_evals_per_token: must be >= 0")
+    run = sum(layer_usage)
+    skipped = s.num_layers - run
+    total = run * s.layer_flops(context_length) + (1 + head_evals_per_token) * s.head_flops()
+    if kv_fill == "propagate":
+        total += skipped * s.kv_flops()
+    return float(total)
+
+
+def config_flops(model_or_family: Any, depth: "DepthConfig | dict | str | None", context_length: float,
+                 layer_usage: Sequence[float] | None = None,
+                 head_evals_per_token: float | None = None) -> dict[str, Any]:
+    """The cost of a depth config per generated token, and relative to the full model.
+
+    Static modes (full, static_skip, early_exit, route) need nothing measured. The others decide per
+    token or per sequence: pass the measured `layer_usage` (and for confidence_exit
+    `head_evals_per_token`), e.g. `model.layer_usage()` and `model.head_evaluations()` after a
+    generation. `depth` None: the model's current config. Returns `flops_per_token`,
+    `full_flops_per_token`, `relative_to_full`, `speedup_bound` (its inverse: the most a perfect
+    implementation could gain), `avg_layers`, `head_evals_per_token`, `context_length`, `kv_fill`,
+    `shapes`.
+    """
+    s = Shapes.of(model_or_family)
+    if depth is None:
+        depth = getattr(model_or_family, "depth", None)
+        if depth is None:
+            raise ValueError("depth: required (the model or family given has no depth config)")
+    depth = DepthConfig.parse(depth)
+    depth.check_layers(s.num_layers)
+    route = depth.static_route(s.num_layers)
+    if layer_usage is None:
+        if route is None:
+            raise ValueError(f"layer_usage: required for mode {depth.mode!r} (it decides per token or per "
+                             f"sequence); measure it, e.g. model.layer_usage() after generate")
+        layer_usage = [1.0 if r else 0.0 for r in route]
+    if head_evals_per_token is None:
+        if depth.mode == "confidence_exit":
+            raise ValueError("head_evals_per_token: required for confidence_exit; measure it, e.g. "
+                             "model.head_evaluations() after generate")
+        head_evals_per_token = 0.0
+    flops = flops_per_token(s, layer_usage, depth.kv_fill, context_length, head_evals_per_token)
+    full = flops_per_token(s, [1.0] * s.num_layers, depth.kv_fill, context_length)
+    return {"flops_per_token": flops, "full_flops_per_token": full, "relative_to_full": flops / full,
+            "speedup_bound": full / flops, "avg_layers": float(sum(layer_usage)),
+            "head_evals_per_token": float(head_evals_per_token), "context_length": context_length,
+            "kv_fill": depth.kv_fill, "shapes": asdict(s)}

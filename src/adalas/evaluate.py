@@ -1,0 +1,598 @@
+"""Generation on an evaluation set: ROUGE, layers used, one JSONL row per sequence.
+
+Notable:
+- One engine serves `adalas eval` (one depth -> metrics.json) and `adalas sweep` (many depths ->
+  sweep.jsonl). Prompts are tokenized once, sorted by length and cut into fixed batches
+  (`plan_batches`); the plan depends only on the sequences and the batch size, so a rerun, a
+  resumed run and a sharded run see the same batches. Rank r of W takes batches r, r + W, ...,
+  so every row has the same batch companions however many ranks run, and the same predictions.
+- Resume: rows are appended and flushed per batch (`RowStore`), keyed by (config_id, id) or id; a
+  rerun skips the keys present. A batch with only some rows present is generated again whole (same
+  companions, same predictions) and only the missing rows are written. A torn last line (a kill
+  during a write) is cut off before appending.
+- Sharding: with W > 1 ranks each rank appends to its own part file under `parts/`; the last rank
+  to finish merges the parts into the main file in plan order (the order one rank would have
+  written) under a file lock, or rank 0 after a barrier when torch.distributed is initialized.
+- Layers used per sequence are counted as `layer_usage()` counts them (decode steps only: a row
+  that generates n tokens is counted on n - 1 steps): a static route gives route x steps; a
+  `random_budget` row, the route the router drew for it; the input-dependent modes (learned,
+  stochastic), the `layer_gates` of one teacher-forced forward over prompt + generated tokens,
+  which equal the decode decisions since cached decoding equals recomputation. Every batch is
+  checked against the model's own counters (a mismatch, only possible on a float near-tie of a
+  learned controller, is warned about).
+- ROUGE: rouge-score, no stemmer, rouge1 / rouge2 / rougeL F1 per sequence, averaged.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .config import DepthConfig
+from .data import build_prompt, load_examples, make_collator, resolve_format, tokenize_prompt
+from .io import atomic_write_json, atomic_write_text
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+REFERENCES = ("data", "full")
+
+
+# ---------------------------------------------------------------------------------------------
+# ROUGE
+
+_SCORER = None
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    """F1 of rouge1, rouge2 and rougeL (not Lsum) for one sequence; rouge-score, no stemmer."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+        _SCORER = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    scores = _SCORER.score(reference, prediction)  # rouge-score takes (target, prediction)
+    return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences and the batch plan
+
+@dataclass(frozen=True)
+class EvalItem:
+    index: int  # position in the evaluation set
+    id: str
+    prompt: str
+    reference: str
+    input_ids: tuple[int, ...]
+
+
+def load_items(data: str, tokenizer, *, split: str = "test", limit: int | None = None,
+               prompt_format: str = "auto", max_prompt_tokens: int | None = None) -> list[EvalItem]:
+    """The evaluation set, tokenized for generation (prompt only)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: must be >= 1, got {limit}")
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens: must be >= 1, got {max_prompt_tokens}")
+    fmt = resolve_format(prompt_format, tokenizer)
+    items, seen = [], set()
+    for i, ex in enumerate(load_examples(data, split=split, limit=limit)):
+        if ex.id in seen:
+            raise ValueError(f"data {data!r}: duplicate id {ex.id!r} (ids key the result rows)")
+        seen.add(ex.id)
+        ids = tokenize_prompt(ex, tokenizer, fmt, max_prompt_tokens)["input_ids"]
+        text = build_prompt(ex, fmt, tokenizer)
+        if max_prompt_tokens is not None and len(ids) < len(tokenize_prompt(ex, tokenizer, fmt)["input_ids"]):
+            text = tokenizer.decode(ids)  # cut to fit: record what the model saw
+        items.append(EvalItem(i, str(ex.id), text, ex.response, tuple(ids)))
+    return items
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int  # position in the plan
+    items: tuple[EvalItem, ...]
+
+
+def plan_batches(items: Sequence[EvalItem], batch_size: int) -> list[Batch]:
+    """Batches of similar prompt length (less padding), in a fixed order: sorted by (length, index)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    order = sorted(items, key=lambda it: (len(it.input_ids), it.index))
+    return [Batch(b, tuple(order[s:s + batch_size])) for b, s in enumerate(range(0, len(order), batch_size))]
+
+
+def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:
+    """Rank r of W takes batches r, r + W, ... (whole batches: companions never change)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world size {world_size}: need 0 <= rank < world_size")
+    return [b for b in batches if b.index % world_size == rank]
+
+
+def rank_device(device: str, rank: int, world_size: int) -> str:
+    """With several ranks on CUDA, each rank takes the GPU LOCAL_RANK (else its rank)."""
+    if world_size > 1 and device in ("cuda", "auto") and torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+    return device
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialized, else RANK / WORLD_SIZE."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError("RANK / WORLD_SIZE: must be integers") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation with per-row layer counts
+
+@dataclass
+class Generation:
+    prediction: str
+    prompt_tokens: int
+    output_tokens: int  # generated tokens up to and including the first EOS
+    steps: int  # decode steps counted for this row: output_tokens - 1
+    layer_runs: list[int]  # per layer, how many of those steps ran it
+
+
+def _eos_ids(model) -> list[int]:
+    eos = getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, items: Sequence[EvalItem], max_new_tokens: int) -> list[Generation]:
+    """Greedy generation for one batch (left padding) at the model's current depth."""
+    collate = make_collator(tokenizer, "left")
+    enc = collate([{"input_ids": list(it.input_ids), "attention_mask": [1] * len(it.input_ids)} for it in items])
+    ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
+    model.reset_usage()
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, ids.shape[1]:].cpu()  # (B, n_new)
+    eos = _eos_ids(model)
+    lengths = []
+    for row in new.tolist():
+        n = len(row)
+        for j, t in enumerate(row):
+            if t in eos:
+                n = j + 1
+                break
+        lengths.append(n)
+    steps = torch.tensor([max(n - 1, 0) for n in lengths])  # (B,)
+    runs = row_layer_runs(model, ids, mask, new, steps)  # (B, L)
+    _check_against_counters(model, runs, steps)
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new.tolist(), lengths)]
+    return [Generation(t, len(it.input_ids), n, int(s), r) for t, it, n, s, r in
+            zip(texts, items, lengths, steps.tolist(), runs.tolist())]
+
+
+def row_layer_runs(model, ids: torch.Tensor, mask: torch.Tensor, new: torch.Tensor,
+                   steps: torch.Tensor) -> torch.Tensor:
+    """(B, L) per row and layer, the counted decode steps that ran the layer (see the module doc)."""
+    L, B = model.num_layers, ids.shape[0]
+    route = model.depth.static_route(L)
+    if route is not None:
+        return torch.tensor(route, dtype=torch.long)[None, :] * steps[:, None]
+    if model.depth.mode == "random_budget":
+        drawn = model.router.start(B, torch.device("cpu"))  # (B, L): the draw generation made, from (seed, row)
+        return drawn.long() * steps[:, None]
+    # input-dependent routes: one teacher-forced forward; token j of the output is the input of decode step j
+    T0, n_new = ids.shape[1], new.shape[1]
+    j = torch.arange(n_new)[None, :]
+    counted = j < steps[:, None]  # (B, n_new)
+    real = j < (steps + 1)[:, None]  # (B, n_new) generated tokens before padding
+    full = torch.cat([ids.cpu(), new], dim=1).to(model.device)  # (B, T0 + n_new)
+    attention = torch.cat([mask.cpu(), real.long()], dim=1).to(model.device)
+    labels = full.masked_fill(~torch.cat([torch.zeros_like(ids.cpu(), dtype=torch.bool), counted], 1).to(
+        model.device), -100)
+    out = model(input_ids=full, attention_mask=attention, labels=labels)
+    gates = out.layer_gates[:, T0:].detach().cpu() > 0.5  # (B, n_new, L)
+    return (gates & counted[..., None]).sum(dim=1).long()
+
+
+def _check_against_counters(model, runs: torch.Tensor, steps: torch.Tensor) -> None:
+    total = int(steps.sum())
+    if total == 0:
+        return
+    ours = (runs.sum(0).double() / total).tolist()
+    theirs = model.layer_usage()
+    if any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)):
+        warnings.warn(f"per-row layer counts disagree with the model's counters ({sum(ours):.4f} vs "
+                      f"{sum(theirs):.4f} layers per token); a learned controller near a tie can do this")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL rows: append per batch, read back tolerantly, merge shards
+
+def dumps_row(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """Rows of a JSONL file ([] if absent). A torn last line (no newline, not valid JSON) is
+    dropped, and with `repair` cut from the file; a bad line elsewhere raises ValueError."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    tail = data[end:]
+    if tail.strip():
+        try:
+            json.loads(tail)
+            keep_tail = True
+        except ValueError:
+            keep_tail = False
+        if repair:
+            with open(path, "r+b") as f:
+                if keep_tail:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(end)
+        if keep_tail:
+            end = len(data)
+    rows = []
+    for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e}); fix or delete the line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+class RowStore:
+    """Rows of one JSONL result file, keyed by `key_fields`, shared by the ranks of a run.
+
+    With one rank, rows are appended to the file itself; with W ranks, each appends to
+    `parts/<name>.rank<r>.jsonl` until `merge` folds the parts into the main file.
+    """
+
+    def __init__(self, out_dir: Path, name: str, key_fields: tuple[str, ...], rank: int = 0, world_size: int = 1):
+        self.path = Path(out_dir) / name
+        self.parts_dir = Path(out_dir) / "parts"
+        self.key_fields = key_fields
+        self.own = self.path if world_size == 1 else self.parts_dir / f"{self.path.stem}.rank{rank}.jsonl"
+        self._rows: dict[tuple, dict] | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        read_jsonl(self.own, repair=True)  # cut a torn last line before appending after it
+
+    def key(self, row: dict) -> tuple:
+        return tuple(row.get(k) for k in self.key_fields)
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts_dir.glob(f"{self.path.stem}.rank*.jsonl")) if self.parts_dir.is_dir() else []
+
+    def rows(self) -> dict[tuple, dict]:
+        """Every row written so far (main file, then parts), first occurrence of each key.
+
+        Read from disk once, then kept up to date by `append`: rows other ranks write meanwhile
+        are not seen, and need not be, since no two ranks share a batch."""
+        if self._rows is None:
+            self._rows = {}
+            for f in [self.path, *self.part_files()]:
+                for row in read_jsonl(f):
+                    self._rows.setdefault(self.key(row), row)
+        return self._rows
+
+    def append(self, rows: Sequence[dict]) -> None:
+        text = "".join(dumps_row(r) + "\n" for r in rows)
+        if not text:
+            return
+        cache = self.rows()
+        for r in rows:
+            cache.setdefault(self.key(r), r)
+        self.own.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.own, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def merge(self, order: dict[tuple, tuple]) -> None:
+        """Fold the part files into the main file: its rows first, as they are; then the parts' new
+        rows in plan `order` (rows the plan does not know last). Written atomically; parts removed."""
+        parts = self.part_files()
+        self._rows = None  # other ranks' rows: read again
+        if not parts:
+            return
+        main = read_jsonl(self.path)
+        seen = {self.key(r) for r in main}
+        new: dict[tuple, dict] = {}
+        for f in parts:
+            for row in read_jsonl(f):
+                k = self.key(row)
+                if k not in seen:
+                    new.setdefault(k, row)
+        tail = sorted(new.items(), key=lambda kv: (0, order[kv[0]]) if kv[0] in order else (1,))
+        atomic_write_text(self.path, "".join(dumps_row(r) + "\n" for r in [*main, *(r for _, r in tail)]))
+        for f in parts:
+            f.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (released by the OS if the process dies)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def finish_shards(out_dir: Path, rank: int, world_size: int, fingerprint: str, merge: Callable[[], None]) -> bool:
+    """Call `merge` once, when every rank is done; True in the process that ran it.
+
+    torch.distributed initialized: barrier, rank 0 merges, barrier. Otherwise each rank leaves a
+    done marker naming the plan, and the rank that finds all W markers merges under a file lock
+    (so ranks may run at the same time or one after another, and a killed rank just reruns).
+    """
+    if world_size == 1:
+        merge()
+        return True
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        if rank == 0:
+            merge()
+        dist.barrier()
+        return rank == 0
+    parts = Path(out_dir) / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(parts / f"done.rank{rank}", fingerprint)
+
+    def all_done() -> bool:
+        for r in range(world_size):
+            f = parts / f"done.rank{r}"
+            if not f.is_file() or f.read_text() != fingerprint:
+                return False
+        return True
+
+    if not all_done():
+        return False
+    with _file_lock(parts / "merge.lock"):
+        if not all_done():  # another rank merged meanwhile
+            return False
+        merge()
+        for r in range(world_size):
+            (parts / f"done.rank{r}").unlink(missing_ok=True)
+    return True
+
+
+def plan_fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings a result directory was made with (a rerun must match them)
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("adalas", "torch", "transformers", "rouge-score"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None = None) -> None:
+    """Record `settings` (and config ids -> definitions) in out_dir/settings.json, refusing a
+    directory whose rows were made with other settings or another definition of a config id."""
+    path = Path(out_dir) / "settings.json"
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None:
+        diff = [k for k in sorted(set(old.get("settings", {})) | set(settings))
+                if old.get("settings", {}).get(k) != settings.get(k)]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"{out_dir} holds results made with {k}={old.get('settings', {}).get(k)!r}, not "
+                             f"{settings.get(k)!r}; use another --out or delete that directory")
+    merged = dict((old or {}).get("configs", {}))
+    for cid, definition in (configs or {}).items():
+        if cid in merged and merged[cid] != definition:
+            raise ValueError(f"{out_dir}: config {cid!r} was defined as {merged[cid]} in an earlier run, now as "
+                             f"{definition}; use another --out or the same --seed/--keep-first")
+        merged[cid] = definition
+    doc = {"settings": settings, "configs": merged}
+    if doc != old:
+        atomic_write_json(path, doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one depth over the plan, and summarizing rows
+
+def make_row(item: EvalItem, gen: Generation, reference: str, static: bool, fallback_layers: float,
+             extra: dict | None = None) -> dict:
+    """One per_sequence.jsonl row. `fallback_layers`: layers_used of a row with no counted decode step."""
+    scores = rouge(gen.prediction, reference)
+    layers_used = sum(gen.layer_runs) / gen.steps if gen.steps else fallback_layers
+    row = {"id": item.id, "prompt": item.prompt, "reference": reference, "prediction": gen.prediction,
+           **scores, "layers_used": layers_used, "prompt_tokens": gen.prompt_tokens,
+           "output_tokens": gen.output_tokens, **(extra or {})}
+    if not static:
+        row["layer_runs"] = gen.layer_runs  # per layer, decode steps of this row that ran it
+    return row
+
+
+class Progress:
+    """A tqdm bar over sequences (a null object when progress is off)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str = ""):
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="seq", dynamic_ncols=True)
+
+    def update(self, n: int, desc: str | None = None) -> None:
+        if self.bar is not None:
+            if desc is not None:
+                self.bar.set_description(desc, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def missing_items(batches: Sequence[Batch], store: RowStore, extra: dict | None = None,
+                  done: set | None = None) -> int:
+    """How many rows of `batches` the store lacks."""
+    done = set(store.rows()) if done is None else done
+    return sum(store.key({**(extra or {}), "id": it.id}) not in done for b in batches for it in b.items)
+
+
+def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, max_new_tokens: int,
+              references: dict[str, str] | str | None = None, extra: dict | None = None,
+              progress: Progress | None = None, desc: str = "") -> float:
+    """Generate the rows of `batches` that `store` lacks, at the model's current depth; returns seconds.
+
+    references: None (the data's), {id: text}, or "self" (the full model scored against its own output).
+    """
+    model.eval()
+    static = model.depth.static_route(model.num_layers) is not None
+    done = set(store.rows())
+    extra = extra or {}
+    seconds = 0.0
+    for batch in batches:
+        missing = {it.id for it in batch.items if store.key({**extra, "id": it.id}) not in done}
+        if not missing:
+            continue
+        t0 = time.perf_counter()
+        gens = generate_batch(model, tokenizer, batch.items, max_new_tokens)  # the whole batch: same companions
+        seconds += time.perf_counter() - t0
+        fallback = _fallback_layers(model)
+        rows = [make_row(it, g, _reference(references, it, g), static, fallback, extra)
+                for it, g in zip(batch.items, gens) if it.id in missing]
+        store.append(rows)
+        done.update(store.key(r) for r in rows)
+        if progress is not None:
+            progress.update(len(rows), desc)
+    return seconds
+
+
+def _reference(references: dict[str, str] | str | None, item: EvalItem, gen: Generation) -> str:
+    if references is None:
+        return item.reference
+    if references == "self":
+        return gen.prediction
+    return references[item.id]
+
+
+def _fallback_layers(model) -> float:
+    """layers_used of a row with no counted step: its route's depth (static), else the batch mean."""
+    route = model.depth.static_route(model.num_layers)
+    if route is not None:
+        return float(sum(route))
+    usage = model.layer_usage()
+    return float(sum(usage)) if any(usage) else float(model.num_layers)
+
+
+def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | None = None) -> dict:
+    """Mean ROUGE F1 over rows; layer usage pooled over every counted token (as `layer_usage()`)."""
+    if not rows:
+        raise ValueError("summarize: no rows")
+    n = len(rows)
+    runs = [0.0] * num_layers
+    steps = 0
+    for row in rows:
+        s = max(int(row["output_tokens"]) - 1, 0)
+        steps += s
+        row_runs = row.get("layer_runs")
+        if row_runs is None:
+            if route is None:
+                raise ValueError(f"row {row.get('id')!r} has no layer_runs and its config no static route")
+            row_runs = [s if keep else 0 for keep in route]
+        runs = [a + b for a, b in zip(runs, row_runs)]
+    usage = [r / steps for r in runs] if steps else [0.0] * num_layers
+    out = {name: sum(float(r[name]) for r in rows) / n for name in ROUGE_TYPES}
+    out.update(avg_layers=sum(usage), layer_usage=usage, n=n,
+               output_tokens=sum(int(r["output_tokens"]) for r in rows) / n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# `adalas eval`
+
+def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.PathLike, *, max_new_tokens: int,
+             batch_size: int, reference: str = "data", rank: int = 0, world_size: int = 1,
+             identity: dict | None = None, progress: bool = False) -> dict | None:
+    """Evaluate the model's current depth on `items` into out_dir; the metrics in the process that
+    wrote metrics.json (the merging rank), else None."""
+    if reference not in REFERENCES:
+        raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    identity = dict(identity or {})
+    depth = model.depth
+    generation = {"max_new_tokens": max_new_tokens, "do_sample": False, "batch_size": batch_size,
+                  "reference": reference, **identity.pop("generation", {})}
+    settings = {"model": identity.get("model"), "data": identity.get("data"), "depth": depth.to_dict(),
+                "max_new_tokens": max_new_tokens, "reference": reference,
+                **{k: v for k, v in generation.items() if k in ("prompt_format", "max_prompt_tokens")}}
+    check_settings(out_dir, settings)
+    plan = plan_batches(items, batch_size)
+    mine = shard(plan, rank, world_size)
+    store = RowStore(out_dir, "per_sequence.jsonl", ("id",), rank, world_size)
+    ref_store = RowStore(out_dir, "full_reference.jsonl", ("id",), rank, world_size) if reference == "full" else None
+    todo = missing_items(mine, store) + (missing_items(mine, ref_store) if ref_store is not None else 0)
+    bar = Progress(todo, progress)
+    try:
+        references = None
+        if ref_store is not None:  # the full model's own output, generated once and kept in out_dir
+            model.set_depth(DepthConfig())
+            run_depth(model, tokenizer, mine, ref_store, max_new_tokens=max_new_tokens, progress=bar,
+                      desc="full-depth reference")
+            model.set_depth(depth)
+            references = {k[0]: r["prediction"] for k, r in ref_store.rows().items()}
+        run_depth(model, tokenizer, mine, store, max_new_tokens=max_new_tokens, references=references,
+                  progress=bar, desc="eval")
+    finally:
+        bar.close()
+        model.set_depth(depth)
+    order = {(it.id,): (b.index, k) for b in plan for k, it in enumerate(b.items)}
+    result: dict = {}
+
+    def merge() -> None:
+        store.merge(order)
+        if ref_store is not None:
+            ref_store.merge(order)
+        rows = store.rows()
+        picked = [rows[(it.id,)] for it in items if (it.id,) in rows]
+        if len(picked) < len(items):
+            raise ValueError(f"{store.path}: {len(items) - len(picked)} sequence(s) missing after the merge")
+        metrics = summarize(picked, model.num_layers, depth.static_route(model.num_layers))
+        result.update(metrics, depth=depth.to_dict(), generation=generation, versions=versions(),
+                      num_layers=model.num_layers, wall_s=round(time.perf_counter() - t0, 2),
+                      world_size=world_size, **identity)
+        atomic_write_json(out_dir / "metrics.json", result)
+
+    fingerprint = plan_fingerprint("eval", [[it.id for it in b.items] for b in plan], world_size)
+    return result if finish_shards(out_dir, rank, world_size, fingerprint, merge) else None
+
+
+def write_stdout_summary(metrics: dict, keys: Sequence[str] = ("rouge1", "rouge2", "rougeL", "avg_layers", "n")) -> None:
+    sys.stdout.write(json.dumps({k: (round(metrics[k], 4) if isinstance(metrics[k], float) else metrics[k])
+                                 for k in keys if k in metrics}) + "\n")

@@ -1,0 +1,427 @@
+"""Self-speculative decoding: draft with a shallower route of the same model, verify with its own depth.
+
+    model.generate(ids, attention_mask=mask, draft_depth=DepthConfig(mode="early_exit", exit_after=15),
+                   num_draft_tokens=4)            # or draft_depth="auto", num_draft_tokens=None
+    model.speculative_stats()                     # draft / verify layers per token, acceptance
+
+Notable:
+- The target is the model's own depth (a static route: full, static_skip, early_exit, route); the
+  draft is a static route that runs a subset of the target's layers.
+- Exact reuse (as LayerSkip): below `first`, the first layer where draft and target differ, a
+  drafted token's states and keys/values are the target's own. A round feeds the pending token and
+  k drafts through the draft route (plus the lower layers of the last draft), then verifies all k+1
+  tokens in one pass through the target's layers `first`..L-1 only, starting from the saved states.
+  For an early-exit draft after E layers, verification runs exactly layers E..L-1.
+- One shared cache: the draft writes its slots; verification rewinds and rewrites them from `first`
+  up; rejected slots are truncated. Rows of a batch accept different numbers of tokens: the cache
+  keeps the longest acceptance and the other rows' rejected slots become holes (masked like left
+  padding; position ids stay per row), so no row recomputes anything.
+- Greedy: accept while a draft equals the target's argmax, then take the target's token, so the
+  output is the target's greedy output token for token. Sampling: standard speculative acceptance
+  (accept with min(1, p/q), else resample from max(0, p - q)), so tokens follow the target's
+  distribution after temperature / top-k / top-p (applied to both).
+- "auto" (as SWIFT calibrates off-the-shelf models on their context, here with early exits as the
+  candidate drafts): the full-depth prefill already computes every layer's state for the prompt, so
+  each candidate exit's agreement with the final layer on the last prompt positions costs one head
+  evaluation. A cost model (`CostModel`) turns agreement into expected speedup; the best
+  (exit, k) wins, or plain decoding when none is predicted to pay. Each round re-estimates the
+  acceptance rate and re-chooses k; "auto" falls back to plain decoding once speculation stops paying.
+  All decisions depend on the model's shapes and the tokens only, never on timings, so a seeded
+  sampling run is reproducible.
+- Counting: `model.speculative_stats()` reports draft and verify layer runs per generated token
+  separately, with the acceptance rate; `layer_usage()` counts only plain decode steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import LogitsProcessorList
+
+from .config import DepthConfig
+from .cost import Shapes
+from .generation import KV, NOKV, RUN, DecodePlan, add_usage, lean_step, new_cache, prefill
+from .model import positions_from_mask
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import AdalasForCausalLM
+
+K_MAX = 8  # longest draft
+# "auto": candidate exits (fractions of L) and the prompt positions (over all rows) it compares them
+# on. Calibration costs one head evaluation per candidate and position (a few percent of a short
+# generation on a CPU), so both are few.
+EXIT_FRACTIONS = (0.5, 2 / 3, 0.75, 5 / 6)
+CALIBRATION_POSITIONS = 16
+PAYS = 1.05  # speculate only where the cost model predicts at least this speedup (its error margin)
+PRIOR_WEIGHT = 4.0  # pseudo-observations behind the calibrated acceptance rate
+UNCALIBRATED_ACCEPTANCE = 0.5  # prior for a draft the prompt cannot calibrate (one that skips inside)
+# Time of one pass over `rows` (batch x tokens) relative to one row, by device type: (rows, time)
+# points, linear in between and beyond. CPU: measured on the 2-core dev machine (SmolLM2-135M, fp32,
+# one thread, full depth + head): reading the weights dominates small passes, so 9 rows cost 1.8x one
+# row and 72 rows 4.1x. Other devices (GPUs at these sizes): nearly flat.
+ROW_COST = {"cpu": ((1, 1.0), (3, 1.27), (5, 1.45), (9, 1.82), (24, 2.4), (40, 3.26), (72, 4.1)),
+            "default": ((1, 1.0), (64, 1.3))}
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Relative time of one pass, in units of one layer for one row (token):
+    (layers + kv * kv_layers + head) * row_cost(rows), rows = batch x tokens of the pass.
+    Shapes and a per-device table only (no timing), so decisions are reproducible."""
+
+    head: float  # the final norm + head, in layers
+    kv: float  # a skipped layer's key/value projection, in layers
+    points: tuple[tuple[int, float], ...]  # ROW_COST
+
+    @classmethod
+    def of(cls, model: "AdalasForCausalLM") -> "CostModel":
+        s = Shapes.of(model)
+        layer = s.layer_flops(0)
+        points = ROW_COST.get(model.device.type, ROW_COST["default"])
+        return cls(head=s.head_flops() / layer, kv=s.kv_flops() / layer, points=points)
+
+    def row_cost(self, rows: int) -> float:
+        """Piecewise-linear in the table, extended with the last segment's slope."""
+        pts = self.points
+        for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
+            if rows <= r1 or (r1, c1) == pts[-1]:
+                return c0 + (c1 - c0) * (rows - r0) / (r1 - r0)
+        return pts[0][1]
+
+    def pass_cost(self, actions: list[int], rows: int, head: bool) -> float:
+        layers = sum(a == RUN for a in actions) + self.kv * sum(a == KV for a in actions)
+        return (layers + (self.head if head else 0.0)) * self.row_cost(rows)
+
+
+@dataclass
+class Draft:
+    """A draft route against the target plan: its plan, where it diverges (`first`), and its costs."""
+
+    route: list[bool]
+    plan: DecodePlan
+    first: int
+    exit_after: int | None  # E when the draft is the target truncated after E layers (calibratable)
+
+    @classmethod
+    def build(cls, route: list[bool], target: DecodePlan) -> "Draft":
+        first = next(i for i, (d, t) in enumerate(zip(route, target.actions)) if d != (t == RUN))
+        actions = target.actions[:first] + [RUN if r else NOKV for r in route[first:]]
+        truncated = not any(route[first:])
+        return cls(route, target.with_actions(actions), first, first if truncated else None)
+
+    def speedup(self, target: DecodePlan, cost: CostModel, batch: int, alpha: float, k: int) -> float:
+        """Expected plain-decoding time per token over speculative time per token: a round of k
+        drafts yields (1 - alpha^(k+1)) / (1 - alpha) tokens when each draft is accepted with
+        probability alpha (the last one is the target's own)."""
+        tokens = k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+        draft = cost.pass_cost(self.plan.actions, batch, head=True)
+        low = cost.pass_cost(self.plan.actions[:self.first], batch, head=False)
+        verify = cost.pass_cost(target.actions[self.first:], batch * (k + 1), head=True)
+        plain = cost.pass_cost(target.actions, batch, head=True)
+        return tokens * plain / (k * draft + low + verify)
+
+    def best_k(self, target: DecodePlan, cost: CostModel, batch: int, alpha: float) -> tuple[int, float]:
+        return max(((k, self.speedup(target, cost, batch, alpha, k)) for k in range(1, K_MAX + 1)),
+                   key=lambda ks: ks[1])
+
+
+@dataclass
+class SpeculativeStats:
+    """Counts since `reset_usage()`. Layer runs count (token, layer) pairs that ran the whole layer,
+    per row while it was active; the lower layers of the last draft of a round count as draft work."""
+
+    num_layers: int
+    rounds: int = 0
+    ragged_rounds: int = 0  # rounds where the rows of a batch accepted different numbers of drafts
+    drafted: int = 0
+    accepted: int = 0
+    round_tokens: int = 0  # tokens produced by rounds (accepted drafts + the target's own token)
+    plain_tokens: int = 0  # tokens from plain decode steps (no draft pays, or the last token)
+    draft_runs: list[float] = field(default_factory=list)
+    verify_runs: list[float] = field(default_factory=list)
+    draft_lengths: list[int] = field(default_factory=list)  # k of each round
+    choices: list[dict] = field(default_factory=list)  # per generate call: draft, calibration, fallback
+
+    def __post_init__(self):
+        self.draft_runs = self.draft_runs or [0.0] * self.num_layers
+        self.verify_runs = self.verify_runs or [0.0] * self.num_layers
+
+    def as_dict(self) -> dict[str, Any]:
+        n = self.round_tokens
+        draft = [r / n if n else 0.0 for r in self.draft_runs]
+        verify = [r / n if n else 0.0 for r in self.verify_runs]
+        return {
+            "rounds": self.rounds, "ragged_rounds": self.ragged_rounds, "drafted": self.drafted, "accepted": self.accepted,
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "tokens_per_round": n / self.rounds if self.rounds else 0.0,
+            "mean_draft_length": sum(self.draft_lengths) / len(self.draft_lengths) if self.draft_lengths else 0.0,
+            "round_tokens": n, "plain_tokens": self.plain_tokens,
+            "draft_layer_usage": draft, "verify_layer_usage": verify,
+            "draft_avg_layers": sum(draft), "verify_avg_layers": sum(verify),
+            "choices": list(self.choices),
+        }
+
+
+def stats_dict(model: "AdalasForCausalLM") -> dict[str, Any]:
+    stats = getattr(model, "_speculative_stats", None)
+    return (stats or SpeculativeStats(model.num_layers)).as_dict()
+
+
+# -- choosing the draft ---------------------------------------------------------------------------
+def _target_route(model: "AdalasForCausalLM") -> list[bool]:
+    route = model.depth.static_route(model.num_layers)
+    if route is None:
+        raise ValueError(f"draft_depth: self-speculative decoding verifies with the model's own depth, which must "
+                         f"be a static route (full, static_skip, early_exit, route); it is {model.depth.mode!r}")
+    return route
+
+
+def _fixed_draft(model: "AdalasForCausalLM", draft_depth: Any, target: DecodePlan, target_route: list[bool]) -> Draft:
+    cfg = DepthConfig.parse(draft_depth)
+    cfg.check_layers(model.num_layers)
+    route = cfg.static_route(model.num_layers)
+    if route is None:
+        raise ValueError(f"draft_depth: must be a static route (static_skip, early_exit, route), got mode {cfg.mode!r}")
+    if any(d and not t for d, t in zip(route, target_route)):
+        raise ValueError("draft_depth: the draft runs a layer the model's depth skips; it must run a subset of them")
+    if route == target_route:
+        raise ValueError("draft_depth: the draft runs every layer the model's depth runs; nothing to gain")
+    return Draft.build(route, target)
+
+
+def _exit_candidates(target: DecodePlan, target_route: list[bool]) -> dict[int, Draft]:
+    """"auto": the target truncated after E layers, for E at EXIT_FRACTIONS of the depth."""
+    L = len(target_route)
+    out = {}
+    for f in EXIT_FRACTIONS:
+        E = max(1, min(L - 1, round(L * f)))
+        route = [r and i < E for i, r in enumerate(target_route)]
+        if any(route) and route != target_route:
+            out[E] = Draft.build(route, target)
+    return out
+
+
+def _agreement(model: "AdalasForCausalLM", final: torch.Tensor, states: dict[int, torch.Tensor],
+               attention_mask: torch.Tensor) -> dict[int, float]:
+    """Per exit E: the fraction of the last prompt positions where the head on the state after E
+    layers picks the same token as on the final state. final, states: (B, T, D)."""
+    B = final.shape[0]
+    P = max(1, min(final.shape[1], CALIBRATION_POSITIONS // B))
+    real = attention_mask[:, -P:].bool()  # (B, P); left padding: the last positions are the real ones
+    rows = [final[:, -P:][real]] + [states[E][:, -P:][real] for E in states]  # each (N, D)
+    picks = model.logits_from_state(torch.cat(rows)).argmax(-1).view(len(rows), -1)  # (1 + C, N)
+    return {E: float((picks[1 + j] == picks[0]).float().mean()) for j, E in enumerate(states)}
+
+
+# -- token selection --------------------------------------------------------------------------------
+class _Selector:
+    """Greedy or sampled tokens from logits (B, n, V), with min_new_tokens' EOS ban applied to
+    position j when the row has produced fewer than min_new_tokens tokens before it."""
+
+    def __init__(self, do_sample: bool, warpers: LogitsProcessorList, min_new_tokens: int,
+                 eos_t: torch.Tensor | None, generator: torch.Generator | None):
+        self.do_sample, self.warpers, self.min_new, self.eos_t = do_sample, warpers, min_new_tokens, eos_t
+        self.generator = generator
+
+    def scores(self, logits: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """(B, n, V) float scores after the EOS ban and the warpers (probabilities when sampling)."""
+        B, n, V = logits.shape
+        logits = logits.float()
+        if self.min_new and self.eos_t is not None:
+            ban = count[:, None] + torch.arange(n, device=logits.device) < self.min_new  # (B, n)
+            logits = logits.clone()
+            logits[..., self.eos_t] = logits[..., self.eos_t].masked_fill(ban[..., None], float("-inf"))
+        if not self.do_sample:
+            return logits
+        scores = self.warpers(None, logits.reshape(B * n, V)) if self.warpers else logits.reshape(B * n, V)
+        return scores.softmax(-1).view(B, n, V)
+
+    def pick(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, V) scores -> (B,) tokens."""
+        if not self.do_sample:
+            return scores.argmax(-1)
+        return torch.multinomial(scores, 1, generator=self.generator).squeeze(1)
+
+    def accept(self, drafts: torch.Tensor, q: torch.Tensor | None, p: torch.Tensor):
+        """drafts (B, k), draft scores q (B, k, V) when sampling, target scores p (B, k+1, V) ->
+        (accepted count n (B,), the target's token after them (B,))."""
+        B, k = drafts.shape
+        if not self.do_sample:
+            target = p.argmax(-1)  # (B, k+1)
+            n = (drafts == target[:, :k]).long().cumprod(1).sum(1)  # (B,) leading matches
+            return n, target.gather(1, n[:, None]).squeeze(1)
+        p_d = p[:, :k].gather(2, drafts[..., None]).squeeze(-1)  # (B, k)
+        q_d = q.gather(2, drafts[..., None]).squeeze(-1)
+        u = torch.rand(B, k, generator=self.generator, device=p.device)
+        n = (u * q_d <= p_d).long().cumprod(1).sum(1)  # accept with probability min(1, p/q)
+        q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], 1)  # (B, k+1, V): no draft after the last
+        idx = n[:, None, None].expand(B, 1, p.shape[-1])
+        p_n, q_n = p.gather(1, idx).squeeze(1), q_pad.gather(1, idx).squeeze(1)  # (B, V)
+        resid = (p_n - q_n).clamp(min=0)
+        resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p_n)  # p == q: resample from p
+        return n, torch.multinomial(resid, 1, generator=self.generator).squeeze(1)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def generate_speculative(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         draft_depth: Any, num_draft_tokens: int | None, max_new_tokens: int, min_new_tokens: int,
+                         do_sample: bool, warpers: LogitsProcessorList, eos: list[int], pad_token_id: int,
+                         generator: torch.Generator | None) -> torch.Tensor:
+    """Returns (B, T_prompt + n_new) token ids, as `generation.generate` (which validates the options)."""
+    if num_draft_tokens is not None and (isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int)
+                                         or not 1 <= num_draft_tokens <= 64):
+        raise ValueError(f"num_draft_tokens: must be an integer in 1..64 or None (adaptive), got {num_draft_tokens!r}")
+    auto = isinstance(draft_depth, str) and draft_depth.strip() == "auto"
+    L, device = model.num_layers, input_ids.device
+    B, T0 = input_ids.shape
+    target_route = _target_route(model)
+    target = DecodePlan.static(target_route, model.depth.kv_fill, device)
+    cost = CostModel.of(model)
+    candidates = _exit_candidates(target, target_route) if auto else {None: _fixed_draft(model, draft_depth, target,
+                                                                                         target_route)}
+    stats = getattr(model, "_speculative_stats", None) or SpeculativeStats(L)
+    model._speculative_stats = stats
+
+    # Prefill, keeping the state after each calibratable exit (free: the prompt runs every layer).
+    def ceiling(d: Draft) -> float:  # speedup at acceptance 1 with the best k: a candidate must pass this
+        return d.best_k(target, cost, B, 1.0)[1] if num_draft_tokens is None else \
+            d.speedup(target, cost, B, 1.0, num_draft_tokens)
+    if auto:
+        candidates = {E: d for E, d in candidates.items() if ceiling(d) >= PAYS}
+    calibrate = {d.exit_after: None for d in candidates.values() if d.exit_after is not None}
+    positions = positions_from_mask(attention_mask)
+    row_ids = torch.arange(B, device=device)
+    K = num_draft_tokens or K_MAX
+    cache = new_cache(model, B, T0 + max_new_tokens + K + 1, prompt_length=T0)
+    final = prefill(model, cache, input_ids, positions, attention_mask, row_ids, capture=calibrate or None)
+    agreement = _agreement(model, final, calibrate, attention_mask) if calibrate else {}
+
+    # Choose the draft and its length: the best predicted speedup.
+    draft, k, alpha, best = None, 0, 0.0, 0.0
+    for d in candidates.values():
+        a = agreement.get(d.exit_after, UNCALIBRATED_ACCEPTANCE)
+        kk, s = (num_draft_tokens, d.speedup(target, cost, B, a, num_draft_tokens)) if num_draft_tokens else \
+            d.best_k(target, cost, B, a)
+        if draft is None or s > best:
+            draft, k, alpha, best = d, kk, a, s
+    if auto and best < PAYS:
+        draft = None  # plain decoding: no candidate pays
+    stats.choices.append({"draft_route": None if draft is None else [i for i, r in enumerate(draft.route) if r],
+                          "exit_after": None if draft is None else draft.exit_after,
+                          "num_draft_tokens": k if draft is not None else 0,
+                          "predicted_speedup": round(best, 3), "agreement": agreement, "fallback": draft is None})
+    acc_prior = alpha * PRIOR_WEIGHT  # running acceptance: (accepted + prior) / (drafted-and-judged + weight)
+    acc_seen, judged = 0.0, 0.0
+
+    eos_t = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
+    select = _Selector(do_sample, warpers, min_new_tokens, eos_t, generator)
+    out = torch.full((B, T0 + max_new_tokens + K + 1), pad_token_id, dtype=input_ids.dtype, device=device)  # + spare
+    out[:, :T0] = input_ids
+    count = torch.zeros(B, dtype=torch.long, device=device)  # tokens generated per row
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    ones = torch.ones(B, 1, dtype=attention_mask.dtype, device=device)
+    row_steps = torch.zeros(B, dtype=torch.long, device=device)  # plain decode steps per active row
+    arange = torch.arange(K + 1, device=device)
+
+    def emit(new: torch.Tensor, take: torch.Tensor) -> None:
+        """Write new (B, n) tokens, the first take[r] of row r; stop rows at EOS or max_new_tokens."""
+        nonlocal finished
+        n = new.shape[1]
+        j = arange[:n]
+        take = torch.minimum(take, max_new_tokens - count).masked_fill(finished, 0)
+        if eos_t is not None:
+            is_eos = torch.isin(new, eos_t) & (j < take[:, None])  # (B, n)
+            first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), n)
+            take = torch.minimum(take, first_eos + 1)
+            finished = finished | is_eos.any(1)
+        keep = j < take[:, None]  # (B, n)
+        cols = T0 + count[:, None] + j  # distinct columns; the spare ones absorb what is not kept
+        out.scatter_(1, cols, torch.where(keep, new, out.gather(1, cols)))
+        count.add_(take)
+        finished = finished | (count >= max_new_tokens)
+
+    token = select.pick(select.scores(model.logits_from_state(final[:, -1:]), count)[:, 0])  # (B,) pending
+    emit(token[:, None], torch.ones_like(count))
+    next_pos = positions[:, -1] + 1  # position of the pending token
+    while not bool(finished.all()):
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        active = ~finished
+        left = int((max_new_tokens - count).masked_fill(finished, 0).max())  # tokens the furthest row still needs
+        k_now = min(k, left - 1) if draft is not None else 0
+        if k_now < 1:  # a plain decode step (counted in layer_usage)
+            model._usage_tokens += int(active.sum())
+            row_steps += active
+            cache.ensure(cache.length + 1)
+            cache.append_mask(ones, all_valid=True)
+            h = lean_step(model, cache, next_pos[:, None], target, row_ids, tokens=token[:, None])
+            cache.advance(1)
+            token = select.pick(select.scores(model.logits_from_state(h[:, -1:]), count)[:, 0])
+            stats.plain_tokens += int(torch.minimum(active.long(), max_new_tokens - count).sum())
+            emit(token[:, None], torch.ones_like(count))
+            next_pos = next_pos + 1
+            continue
+
+        # Draft k tokens; keep each fed token's state entering layer `first`.
+        S = cache.length
+        cache.ensure(S + k_now + 1)
+        lows, drafts, qs = [], [], []
+        feed = token
+        for j in range(k_now + 1):
+            cap = {draft.first: None}
+            cache.append_mask(ones, all_valid=True)
+            last = j == k_now  # the last draft only needs its lower layers (for verification)
+            h = lean_step(model, cache, (next_pos + j)[:, None], draft.plan, row_ids, tokens=feed[:, None],
+                          stop=draft.first if last else None, capture=cap)
+            cache.advance(1)
+            lows.append(cap[draft.first])
+            if not last:
+                q = select.scores(model.logits_from_state(h[:, -1:]), count + j)[:, 0]  # (B, V)
+                feed = select.pick(q)
+                drafts.append(feed)
+                qs.append(q)
+        # Verify the k+1 tokens through the target's layers first..L-1, over the slots just drafted.
+        cache.rewind(S)
+        vpos = next_pos[:, None] + arange[:k_now + 1]  # (B, k+1)
+        h = lean_step(model, cache, vpos, target, row_ids, h=torch.cat(lows, 1), start=draft.first)
+        cache.advance(k_now + 1)
+        p = select.scores(model.logits_from_state(h), count)  # (B, k+1, V)
+        D = torch.stack(drafts, 1)  # (B, k)
+        n, last_token = select.accept(D, torch.stack(qs, 1) if do_sample else None, p)
+        new = torch.cat([D, D[:, :1]], 1).scatter(1, n[:, None], last_token[:, None])  # (B, k+1)
+        n_act = n.masked_fill(finished, 0)
+        n_max, n_min, rows, acc, rejected, produced = torch.stack([
+            n_act.max(), n.masked_fill(finished, k_now).min(), active.sum(), n_act.sum(), ((n < k_now) & active).sum(),
+            torch.minimum(n + 1, max_new_tokens - count).masked_fill(finished, 0).sum()]).tolist()
+        # Keep slots S..S+n_max; a row that accepted fewer has holes after its own tokens.
+        cache.truncate(S + n_max + 1)
+        if n_min < n_max:
+            cache.invalidate(S, arange[:n_max + 1][None] <= n_act[:, None])  # keep (B, n_max + 1)
+        emit(new, n + 1)
+        token, next_pos = last_token, next_pos + n + 1
+
+        # Bookkeeping, then the next round's length from the running acceptance rate.
+        stats.rounds += 1
+        stats.ragged_rounds += n_min < n_max
+        stats.drafted += rows * k_now
+        stats.accepted += acc
+        stats.round_tokens += produced
+        stats.draft_lengths.append(k_now)
+        for i, a in enumerate(draft.plan.actions):
+            if a == RUN:
+                stats.draft_runs[i] += rows * (k_now + (i < draft.first))
+        for i in range(draft.first, L):
+            if target.actions[i] == RUN:
+                stats.verify_runs[i] += rows * (k_now + 1)
+        acc_seen, judged = acc_seen + acc, judged + acc + rejected
+        alpha = (acc_seen + acc_prior) / (judged + PRIOR_WEIGHT)
+        if num_draft_tokens is None:
+            k, best = draft.best_k(target, cost, B, alpha)
+        else:
+            best = draft.speedup(target, cost, B, alpha, k)
+        if auto and best < 1.0:
+            draft = None  # speculation stopped paying: plain decoding from here on
+            stats.choices[-1]["fell_back_after_rounds"] = stats.rounds
+    add_usage(model, target, row_steps)
+    model._last_cache_bytes = cache.peak_bytes
+    return out[:, :T0 + int(count.max())]

@@ -1,0 +1,267 @@
+"""Many depth configurations over the same sequences: the rows behind every curve and the oracle.
+
+Notable:
+- Configs (`build_configs`): the full model; early exit after b layers; uniform skipping to b layers
+  (`oracle.uniform_skip_route`: the smaller of {skipped, kept} spread evenly, layer 0 always kept;
+  30 layers to 27 skips 5, 15 and 25); random routes with exactly b layers, drawn once from the
+  seed (`oracle.random_routes`) and run as fixed routes; explicit routes; learned checkpoints
+  (model directories with their own saved depth).
+- Every config runs over the same batch plan (see `evaluate`), the full model first. Rows are keyed
+  by (config_id, id): a killed sweep resumes where it stopped, and a grown sweep (more sequences,
+  more budgets) only runs what is new.
+- `sweep.jsonl` is derived from `per_sequence.jsonl` (one row per finished config, in config order),
+  rewritten atomically whenever a config finishes; it holds no timings, so the same command twice
+  gives the same bytes. Timings go to `sweep_meta.json`.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import DepthConfig
+from .evaluate import (REFERENCES, EvalItem, Progress, RowStore, dumps_row, check_settings, finish_shards,
+                       missing_items, plan_batches, plan_fingerprint, run_depth, shard, summarize, versions)
+from .io import atomic_write_json, atomic_write_text
+from .oracle import random_routes, route_from_str, route_to_skip_layers, route_to_str, uniform_skip_route
+
+STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route")
+BUDGET_STRATEGIES = ("early_exit", "uniform_skip", "random_route")  # chosen with --strategies
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    config_id: str
+    strategy: str
+    budget: int | None  # layers the route keeps (None: decided per token, e.g. learned)
+    depth: DepthConfig  # for a checkpoint: its own saved depth
+    checkpoint: str | None = None  # a model directory to load for this config
+
+    def definition(self) -> dict:
+        """What the config id stands for (a rerun must agree)."""
+        return {"strategy": self.strategy, "depth": self.depth.to_dict(), "checkpoint": self.checkpoint}
+
+
+def parse_budgets(text: str | Sequence[int] | None, num_layers: int) -> list[int]:
+    """"20,24,27" or ranges "20-30" / "20-30:2" (inclusive), mixed; sorted, unique, each in 1..L.
+
+    >>> parse_budgets("20-24:2,27,30", 30)
+    [20, 22, 24, 27, 30]
+    """
+    if text is None:
+        return default_budgets(num_layers)
+    if not isinstance(text, str):
+        values = [int(b) for b in text]
+    else:
+        values = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+            if not m:
+                raise ValueError(f"budgets: cannot read {part!r}; use e.g. 20,24,27 or 20-30:2")
+            lo = int(m.group(1))
+            hi = int(m.group(2)) if m.group(2) else lo
+            step = int(m.group(3)) if m.group(3) else 1
+            if step < 1 or hi < lo:
+                raise ValueError(f"budgets: bad range {part!r}")
+            values += list(range(lo, hi + 1, step))
+    if not values:
+        raise ValueError("budgets: empty")
+    for b in values:
+        if not 1 <= b <= num_layers:
+            raise ValueError(f"budgets: {b} is out of range for a model with {num_layers} layers (1..{num_layers})")
+    return sorted(set(values))
+
+
+def default_budgets(num_layers: int) -> list[int]:
+    """About 2/3, 4/5 and 9/10 of the layers (20, 24, 27 of 30)."""
+    return sorted({max(1, min(num_layers - 1, round(num_layers * f))) for f in (2 / 3, 0.8, 0.9)})
+
+
+def parse_strategies(text: str | Sequence[str] | None) -> list[str]:
+    names = list(BUDGET_STRATEGIES) if text is None else (
+        [s.strip() for s in text.split(",") if s.strip()] if isinstance(text, str) else list(text))
+    for s in names:
+        if s not in BUDGET_STRATEGIES + ("full",):
+            raise ValueError(f"strategies: unknown {s!r}; choose from {', '.join(BUDGET_STRATEGIES)} "
+                             f"(learned: --checkpoints; explicit routes: --routes)")
+    return [s for s in names if s != "full"]
+
+
+def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES, budgets: Sequence[int] = (),
+                  routes_per_budget: int = 0, seed: int = 0, keep_first: bool = False,
+                  routes: Sequence[str] = (), checkpoints: Sequence[str] = ()) -> list[SweepConfig]:
+    """The full model, then each strategy at each budget (< L: at L every strategy is the full
+    model), then explicit routes and checkpoints. Config ids: `full`, `early_exit@24`,
+    `uniform_skip@24`, `random_route@24#0`, `route#0`, `learned:<directory name>`."""
+    L = num_layers
+    if routes_per_budget < 0:
+        raise ValueError(f"routes_per_budget: must be >= 0, got {routes_per_budget}")
+    configs = [SweepConfig("full", "full", L, DepthConfig())]
+    for b in sorted(set(budgets), reverse=True):
+        if b >= L:
+            continue
+        if "early_exit" in strategies:
+            configs.append(SweepConfig(f"early_exit@{b}", "early_exit", b, DepthConfig(mode="early_exit", exit_after=b)))
+        if "uniform_skip" in strategies:
+            skip = route_to_skip_layers(uniform_skip_route(L, b))
+            configs.append(SweepConfig(f"uniform_skip@{b}", "uniform_skip", b,
+                                       DepthConfig(mode="static_skip", skip_layers=skip)))
+        if "random_route" in strategies:
+            if keep_first and b == 1:
+                drawn = [[i == 0 for i in range(L)]]
+            else:
+                drawn = random_routes(L, b, routes_per_budget, seed, keep_first=keep_first)
+            for k, r in enumerate(drawn):
+                configs.append(SweepConfig(f"random_route@{b}#{k}", "random_route", b, DepthConfig(mode="route", route=r)))
+    for k, text in enumerate(routes):
+        r = route_from_str(text.strip())
+        if len(r) != L:
+            raise ValueError(f"routes: {text!r} has {len(r)} entries; the model has {L} layers")
+        configs.append(SweepConfig(f"route#{k}", "route", sum(r), DepthConfig(mode="route", route=r)))
+    names: dict[str, int] = {}
+    for d in checkpoints:
+        p = Path(d)
+        if not p.is_dir():
+            raise ValueError(f"checkpoints: {d!r} is not a directory")
+        name = p.resolve().name
+        names[name] = names.get(name, 0) + 1
+        cid = f"learned:{name}" if names[name] == 1 else f"learned:{name}#{names[name] - 1}"
+        depth = checkpoint_depth(p)
+        route = depth.static_route(L)
+        configs.append(SweepConfig(cid, "learned", sum(route) if route else None, depth, checkpoint=str(p)))
+    return configs
+
+
+def checkpoint_depth(directory: Path) -> DepthConfig:
+    """The depth a model directory restores (its saved adalas depth config; full depth if none)."""
+    from .model import DEPTH_FILE
+
+    f = Path(directory) / DEPTH_FILE
+    if not f.is_file():
+        return DepthConfig()
+    try:
+        return DepthConfig.from_json(f.read_text())
+    except ValueError as e:
+        raise ValueError(f"{f}: invalid depth config: {e}") from None
+
+
+def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, data_id: Any, reference: str) -> dict:
+    route = cfg.depth.static_route(num_layers)
+    row = {"config_id": cfg.config_id, "strategy": cfg.strategy, "budget": cfg.budget,
+           "route": route_to_str(route) if route else None, "depth": cfg.depth.to_dict(),
+           "model": model_id, "data": data_id, "num_layers": num_layers, "reference": reference, **metrics}
+    if cfg.checkpoint is not None:
+        row["checkpoint"] = cfg.checkpoint
+    return row
+
+
+def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[SweepConfig],
+              out_dir: str | Path, *, max_new_tokens: int = 32, batch_size: int = 8, reference: str = "data",
+              rank: int = 0, world_size: int = 1, model_id: Any = None, data_id: Any = None,
+              settings: dict | None = None, load_checkpoint: Callable[[str], Any] | None = None,
+              progress: bool = False) -> list[dict] | None:
+    """Run every config over `items` into out_dir (resumable, shardable).
+
+    Returns the sweep.jsonl rows in the process that wrote the final sweep.jsonl (one rank: always;
+    W ranks: the one that merged), else None. `load_checkpoint(dir)` gives the model of a learned
+    config (default: `AdalasForCausalLM.from_pretrained` on the main model's device and dtype).
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if not configs or configs[0].strategy != "full":
+        raise ValueError("configs: the first must be the full model (build_configs does this)")
+    ids = [c.config_id for c in configs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"configs: duplicate config ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    out_dir = Path(out_dir)
+    t_start = time.perf_counter()
+    L = model.num_layers
+    check_settings(out_dir, {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens,
+                             "reference": reference, **(settings or {})},
+                   {c.config_id: c.definition() for c in configs})
+    plan = plan_batches(items, batch_size)
+    mine = shard(plan, rank, world_size)
+    store = RowStore(out_dir, "per_sequence.jsonl", ("config_id", "id"), rank, world_size)
+    done = set(store.rows())
+    todo = sum(missing_items(mine, store, {"config_id": c.config_id}, done) for c in configs)
+    bar = Progress(todo, progress, "sweep")
+    timing: dict[str, float] = {}
+    base_depth = model.depth
+    references = None
+    try:
+        for cfg in configs:
+            extra = {"config_id": cfg.config_id}
+            if cfg.checkpoint is not None:
+                if not missing_items(mine, store, extra):
+                    continue
+                m = (load_checkpoint or _default_loader(model))(cfg.checkpoint)
+                if m.num_layers != L:
+                    raise ValueError(f"checkpoint {cfg.checkpoint!r} has {m.num_layers} layers, the model {L}")
+            else:
+                m = model
+                m.set_depth(cfg.depth)
+            own = "self" if cfg.strategy == "full" and reference == "full" else references
+            timing[cfg.config_id] = run_depth(m, tokenizer, mine, store, max_new_tokens=max_new_tokens,
+                                              references=own, extra=extra, progress=bar, desc=cfg.config_id)
+            if cfg.strategy == "full" and reference == "full":  # the full model's output is the reference
+                rows = store.rows()
+                references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}
+            if world_size == 1:
+                _write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference, complete_only=True)
+    finally:
+        bar.close()
+        model.set_depth(base_depth)
+    order = {(c.config_id, it.id): (ci, b.index, k)
+             for ci, c in enumerate(configs) for b in plan for k, it in enumerate(b.items)}
+    result: list[dict] = []
+
+    def merge() -> None:
+        store.merge(order)
+        result.extend(_write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference,
+                                   complete_only=False))
+
+    fingerprint = plan_fingerprint("sweep", [[it.id for it in b.items] for b in plan], ids, world_size)
+    merged = finish_shards(out_dir, rank, world_size, fingerprint, merge)
+    _write_meta(out_dir, rank, world_size, configs, items, timing, time.perf_counter() - t_start,
+                max_new_tokens, batch_size, model_id, data_id, reference)
+    return result if merged else None
+
+
+def _write_sweep(out_dir: Path, store: RowStore, items: Sequence[EvalItem], configs: Sequence[SweepConfig],
+                 num_layers: int, model_id: Any, data_id: Any, reference: str, complete_only: bool) -> list[dict]:
+    """sweep.jsonl from the per-sequence rows: one row per config that has every sequence."""
+    rows = store.rows()
+    out = []
+    for cfg in configs:
+        picked = [rows.get((cfg.config_id, it.id)) for it in items]
+        if any(r is None for r in picked):
+            if complete_only:
+                continue
+            raise ValueError(f"config {cfg.config_id!r}: {sum(r is None for r in picked)} sequence(s) missing "
+                             f"after the merge")
+        metrics = summarize(picked, num_layers, cfg.depth.static_route(num_layers))
+        out.append(sweep_row(cfg, metrics, num_layers, model_id, data_id, reference))
+    atomic_write_text(out_dir / "sweep.jsonl", "".join(dumps_row(r) + "\n" for r in out))
+    return out
+
+
+def _default_loader(model) -> Callable[[str], Any]:
+    def load(directory: str):
+        from .model import AdalasForCausalLM
+        return AdalasForCausalLM.from_pretrained(directory, dtype=model.dtype).to(model.device)
+    return load
+
+
+def _write_meta(out_dir: Path, rank: int, world_size: int, configs: Sequence[SweepConfig], items, timing: dict,
+                wall_s: float, max_new_tokens: int, batch_size: int, model_id, data_id, reference: str) -> None:
+    """sweep_meta.json (rank 0) or sweep_meta.rank<r>.json: settings, versions, this run's timings."""
+    name = "sweep_meta.json" if rank == 0 else f"parts/sweep_meta.rank{rank}.json"
+    atomic_write_json(out_dir / name, {
+        "model": model_id, "data": data_id, "n_sequences": len(items), "n_configs": len(configs),
+        "configs": [c.config_id for c in configs], "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+        "reference": reference, "rank": rank, "world_size": world_size, "versions": versions(),
+        "wall_s": round(wall_s, 2), "generate_s": {k: round(v, 2) for k, v in timing.items()}})

@@ -1,0 +1,272 @@
+"""evaluate: ROUGE as rouge-score computes it, per-sequence layer counts, resume after a kill, torn
+JSONL lines, the full-model reference, and the `adalas eval` command.
+
+A tiny random Llama (4 layers) with a word-level tokenizer over the test data's words is saved to a
+directory once per module, so the command line runs on it too; its EOS is made likely so rows end at
+different lengths. `make_tiny` is shared with test_sweep.py and test_report.py.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from adalas import AdalasForCausalLM, DepthConfig
+from adalas import evaluate as E
+from adalas.cli import main as cli_main
+
+ROWS = [{"id": f"r{i}", "instruction": ins, "input": inp, "output": out} for i, (ins, inp, out) in enumerate([
+    ("Name a color.", "", "Red is a color."),
+    ("Summarize the text.", "The cat sat on the mat all day long and did not move.", "A cat sat on a mat."),
+    ("What is two plus two?", "", "Two plus two is four."),
+    ("Rewrite politely.", "Give me the report now.", "Could you please send me the report?"),
+    ("List three fruits.", "", "Apple, banana, cherry."),
+    ("Classify the sentiment.", "I love this movie so much!", "The sentiment is positive."),
+    ("Extract the city.", "She moved to Paris in 2010.", "Paris."),
+])]
+TEMPLATE_WORDS = ("Below is an instruction that describes a task, paired with an input that provides further "
+                  "context. Write a response that appropriately completes the request. ### Instruction: Input: "
+                  "Response:")
+LAYERS = 4
+
+
+def make_tiny(directory: Path) -> tuple[Path, Path]:
+    """(model directory, data file): a tiny Llama + word-level tokenizer, and ROWS as JSONL."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    text = " ".join([TEMPLATE_WORDS] + [" ".join(r.values()) for r in ROWS])
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                unk_token="<unk>")
+    cfg = LlamaConfig(vocab_size=len(t), hidden_size=32, num_hidden_layers=LAYERS, intermediate_size=64,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        hf.lm_head.weight[2] *= 2.0  # EOS often enough that rows end at different lengths
+    directory.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(directory)
+    t.save_pretrained(directory)
+    data = directory / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return directory, data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from adalas.hub import load_tokenizer
+
+    d, data = make_tiny(tmp_path_factory.mktemp("tiny"))
+    model = AdalasForCausalLM.from_pretrained(str(d))
+    tok = load_tokenizer(str(d))
+    return {"dir": d, "data": data, "model": model, "tok": tok, "items": E.load_items(str(data), tok)}
+
+
+def _eval(tiny, out, depth=None, **kw):
+    m = tiny["model"]
+    m.set_depth(depth or DepthConfig())
+    kw.setdefault("max_new_tokens", 6)
+    kw.setdefault("batch_size", 3)
+    return E.run_eval(m, tiny["tok"], kw.pop("items", tiny["items"]), out, identity={"model": "tiny"}, **kw)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_rouge_matches_rouge_score_called_directly(tiny, tmp_path):
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    pairs = [("The cats are running fast.", "the cat is running"), ("", "anything"), ("a b c d", "a c b d"),
+             ("Parks, parking and parked!", "park parks parking")]
+    for pred, ref in pairs:
+        direct = scorer.score(ref, pred)
+        ours = E.rouge(pred, ref)
+        assert ours == {k: direct[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")}
+    assert E.rouge("running", "run")["rouge1"] == 0.0  # no stemmer
+
+    metrics = _eval(tiny, tmp_path)
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    assert metrics["n"] == len(rows) == len(ROWS)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        direct = [scorer.score(r["reference"], r["prediction"])[key].fmeasure for r in rows]
+        assert [r[key] for r in rows] == direct
+        assert metrics[key] == pytest.approx(sum(direct) / len(direct), abs=1e-12)
+    assert any(r["rougeL"] > 0 for r in rows)  # the word-level model shares words with the references
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("rouge1", "rouge2", "rougeL", "avg_layers", "layer_usage", "n", "depth", "model", "generation",
+                "versions"):
+        assert key in saved
+    assert set(rows[0]) >= {"id", "prompt", "reference", "prediction", "rougeL", "layers_used", "prompt_tokens",
+                            "output_tokens"}
+
+
+@pytest.mark.parametrize("depth,expected", [
+    (DepthConfig(mode="early_exit", exit_after=3), 3.0),
+    (DepthConfig(mode="static_skip", skip_layers=[1, 2]), 2.0),
+    (DepthConfig(mode="random_budget", budget=2, seed=3), 2.0),
+])
+def test_layers_used_of_fixed_depth_routes(tiny, tmp_path, depth, expected):
+    metrics = _eval(tiny, tmp_path, depth)
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    assert {r["layers_used"] for r in rows} == {expected}
+    assert metrics["avg_layers"] == pytest.approx(expected)
+    assert len({r["output_tokens"] for r in rows}) > 1  # rows ended at different lengths
+
+
+@pytest.mark.parametrize("depth", [
+    DepthConfig(mode="stochastic", skip_probs=[0.0, 0.5, 0.3, 0.6], seed=1),
+    DepthConfig(mode="learned", controller_input="hidden_states"),
+])
+def test_per_row_counts_of_input_dependent_routes_match_the_counters(tiny, tmp_path, depth):
+    """One batch: the pooled per-row counts equal the model's counters; for the deterministic learned
+    mode each row's count also equals what the counters say when that row runs alone."""
+    m = tiny["model"]
+    if depth.mode == "learned":
+        m.set_depth(depth)
+        torch.manual_seed(1)
+        for c in m.controllers.values():  # random controllers that skip some layers for some tokens
+            torch.nn.init.normal_(c.net[-1].weight, std=3.0)
+    metrics = _eval(tiny, tmp_path, depth, batch_size=len(ROWS))
+    assert metrics["layer_usage"] == pytest.approx(m.layer_usage(), abs=1e-12)
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    assert all(len(r["layer_runs"]) == LAYERS for r in rows)
+    assert len({round(r["layers_used"], 6) for r in rows}) > 1  # rows differ
+    if depth.mode == "learned":
+        by_id = {it.id: it for it in tiny["items"]}
+        for r in rows:
+            if r["output_tokens"] > 1:
+                E.generate_batch(m, tiny["tok"], [by_id[r["id"]]], 6)
+                assert m.avg_layers() == pytest.approx(r["layers_used"], abs=1e-9)
+
+
+def test_same_command_twice_gives_identical_rows(tiny, tmp_path):
+    _eval(tiny, tmp_path / "a")
+    _eval(tiny, tmp_path / "b")
+    _eval(tiny, tmp_path / "a")  # a rerun over finished work changes nothing
+    assert (tmp_path / "a/per_sequence.jsonl").read_bytes() == (tmp_path / "b/per_sequence.jsonl").read_bytes()
+    assert json.loads((tmp_path / "a/metrics.json").read_text())["rougeL"] == \
+        json.loads((tmp_path / "b/metrics.json").read_text())["rougeL"]
+
+
+def test_resume_after_a_kill_writes_each_row_once(tiny, tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh"
+    _eval(tiny, fresh, batch_size=2)
+    expected = (fresh / "per_sequence.jsonl").read_bytes()
+
+    killed = tmp_path / "killed"
+    real, calls = E.generate_batch, []
+
+    def dies_on_third_batch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E, "generate_batch", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _eval(tiny, killed, batch_size=2)
+    assert len(_lines(killed / "per_sequence.jsonl")) == 4 and not (killed / "metrics.json").exists()
+    monkeypatch.setattr(E, "generate_batch", real)
+    _eval(tiny, killed, batch_size=2)
+    assert (killed / "per_sequence.jsonl").read_bytes() == expected  # same batches, same rows, same order
+
+    # a torn last line (killed during a write) is cut and its row generated again
+    path = killed / "per_sequence.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40])
+    _eval(tiny, killed, batch_size=2)
+    rows = _lines(path)
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in ROWS)
+    assert sorted(map(json.dumps, rows)) == sorted(map(json.dumps, _lines(fresh / "per_sequence.jsonl")))
+
+
+def test_a_grown_run_only_adds_the_new_sequences(tiny, tmp_path, monkeypatch):
+    """Run on the first half, then on all: no duplicates; with batch size 1 the rows equal a fresh run's."""
+    _eval(tiny, tmp_path / "all", batch_size=1)
+    _eval(tiny, tmp_path / "grown", batch_size=1, items=tiny["items"][:3])
+    seen = []
+    real = E.generate_batch
+    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, n: seen.extend(i.id for i in items) or real(m, t, items, n))
+    metrics = _eval(tiny, tmp_path / "grown", batch_size=1)
+    assert sorted(seen) == sorted(it.id for it in tiny["items"][3:])
+    rows = _lines(tmp_path / "grown/per_sequence.jsonl")
+    assert metrics["n"] == len(rows) == len({r["id"] for r in rows}) == len(ROWS)
+    fresh = {r["id"]: r for r in _lines(tmp_path / "all/per_sequence.jsonl")}
+    assert all(r == fresh[r["id"]] for r in rows)
+
+
+def test_read_jsonl_keeps_a_complete_last_line_and_refuses_a_bad_middle_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}')  # complete, no final newline
+    assert E.read_jsonl(p, repair=True) == [{"a": 1}, {"a": 2}]
+    assert p.read_text().endswith("}\n")
+    p.write_text('{"a": 1}\n{"a": 2')  # torn
+    assert E.read_jsonl(p) == [{"a": 1}] and p.read_text().endswith("2")  # reading alone changes nothing
+    assert E.read_jsonl(p, repair=True) == [{"a": 1}] and p.read_text() == '{"a": 1}\n'
+    p.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:2"):
+        E.read_jsonl(p)
+
+
+def test_reference_full_scores_against_the_full_model_and_is_cached(tiny, tmp_path, monkeypatch):
+    metrics = _eval(tiny, tmp_path, reference="full")
+    refs = {r["id"]: r["prediction"] for r in _lines(tmp_path / "full_reference.jsonl")}
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    assert all(r["reference"] == refs[r["id"]] == r["prediction"] for r in rows)
+    assert metrics["rouge1"] == pytest.approx(sum(1.0 if r["prediction"].strip() else 0.0 for r in rows) / len(rows))
+    # another depth in another directory: the reference is generated there once; a rerun generates nothing
+    ee = tmp_path / "ee"
+    _eval(tiny, ee, DepthConfig(mode="early_exit", exit_after=2), reference="full")
+    assert {r["id"]: r["prediction"] for r in _lines(ee / "full_reference.jsonl")} == refs
+    monkeypatch.setattr(E, "generate_batch", lambda *a, **k: pytest.fail("regenerated a cached row"))
+    _eval(tiny, ee, DepthConfig(mode="early_exit", exit_after=2), reference="full")
+
+
+def test_eval_command_line(tiny, tmp_path, capsys):
+    d, data = str(tiny["dir"]), str(tiny["data"])
+    out = tmp_path / "cli"
+    argv = ["eval", "--model", d, "--data", data, "--depth", '{"mode": "early_exit", "exit_after": 2}',
+            "--max_new_tokens", "5", "--limit", "4", "--batch-size", "2", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["avg_layers"] == 2.0 and metrics["depth"]["exit_after"] == 2
+    assert metrics["generation"]["max_new_tokens"] == 5
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 4
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {d}\ndepth: {{mode: static_skip, skip_layers: [1]}}\nmax_new_tokens: 3\n"
+                      "batch_size: 1\nlearning_rate: 1.0e-4\n")  # a training field: not eval's, not used
+    assert cli_main(["eval", "--data", data, "--recipe", str(recipe), "--limit", "2", "--batch-size", "2",
+                     "--out", str(tmp_path / "rec"), "--no-progress"]) == 0
+    rec = json.loads((tmp_path / "rec/metrics.json").read_text())
+    assert (rec["n"], rec["avg_layers"], rec["generation"]["max_new_tokens"]) == (2, 3.0, 3)
+    assert rec["generation"]["batch_size"] == 2 and rec["recipe"] == str(recipe)  # the command line wins
+    # bad input: one line and exit code 2
+    assert cli_main([*argv[:9], "--batch-size", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert cli_main(["eval", "--model", d, "--data", data, "--depth", "{bad json", "--out", str(tmp_path / "b")]) == 2
+    assert cli_main([*argv[:7], "--max-new-tokens", "6", "--out", str(out)]) == 2  # other settings in --out
+    err = capsys.readouterr().err
+    assert "adalas eval: error: --batch-size" in err and "malformed JSON" in err and "max_new_tokens=5" in err
+
+
+@pytest.mark.slow
+def test_embedded_model_eval(tmp_path):
+    from adalas.hub import load_tokenizer
+
+    m = AdalasForCausalLM.from_pretrained("smollm2-135m", depth=DepthConfig(mode="early_exit", exit_after=24))
+    tok = load_tokenizer("smollm2-135m")
+    items = E.load_items("builtin", tok, limit=4)
+    assert items[0].prompt.startswith("<|im_start|>")  # auto: the chat template
+    metrics = E.run_eval(m, tok, items, tmp_path, max_new_tokens=8, batch_size=4)
+    assert metrics["avg_layers"] == 24.0 and metrics["n"] == 4
+    assert 0.0 <= metrics["rougeL"] <= 1.0

@@ -1,0 +1,194 @@
+"""sweep: configs, sharding across ranks (same rows as one rank), resume, the full-model reference,
+learned checkpoints, the oracle over a sweep directory, and the commands. Tiny model of test_evaluate."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adalas import AdalasForCausalLM, DepthConfig
+from adalas import evaluate as E
+from adalas import sweep as S
+from adalas.cli import main as cli_main
+from adalas.oracle import random_routes, run_oracle, uniform_skip_route
+
+from test_evaluate import LAYERS, ROWS, make_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from adalas.hub import load_tokenizer
+
+    d, data = make_tiny(tmp_path_factory.mktemp("tiny"))
+    tok = load_tokenizer(str(d))
+    return {"dir": d, "data": data, "model": AdalasForCausalLM.from_pretrained(str(d)), "tok": tok,
+            "items": E.load_items(str(data), tok)}
+
+
+def _sweep(tiny, out, configs=None, **kw):
+    configs = configs or S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=0)
+    kw.setdefault("max_new_tokens", 5)
+    kw.setdefault("batch_size", 2)
+    return S.run_sweep(tiny["model"], tiny["tok"], kw.pop("items", tiny["items"]), configs, out, model_id="tiny", **kw)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_configs_and_budgets():
+    import doctest
+    assert doctest.testmod(S).failed == 0
+    assert S.parse_budgets("20-24:2,27,30", 30) == [20, 22, 24, 27, 30]
+    assert S.parse_budgets("24,20-21", 30) == [20, 21, 24]
+    assert S.parse_budgets(None, 30) == [20, 24, 27]
+    for bad in ("0", "31", "a", "24-20"):
+        with pytest.raises(ValueError, match="budgets"):
+            S.parse_budgets(bad, 30)
+    with pytest.raises(ValueError, match="strategies"):
+        S.parse_strategies("early_exit,skip")
+    cfgs = S.build_configs(30, budgets=[24, 30], routes_per_budget=3, seed=5, keep_first=True, routes=["1" * 29 + "0"])
+    ids = [c.config_id for c in cfgs]
+    assert ids == ["full", "early_exit@24", "uniform_skip@24", "random_route@24#0", "random_route@24#1",
+                   "random_route@24#2", "route#0"]  # budget 30 is the full model
+    by = {c.config_id: c for c in cfgs}
+    assert by["uniform_skip@24"].depth.static_route(30) == uniform_skip_route(30, 24)
+    assert by["early_exit@24"].depth.static_route(30) == [i < 24 for i in range(30)]
+    drawn = [by[f"random_route@24#{k}"].depth.route for k in range(3)]
+    assert drawn == random_routes(30, 24, 3, 5, keep_first=True) and all(r[0] and sum(r) == 24 for r in drawn)
+    assert by["route#0"].strategy == "route" and by["route#0"].budget == 29
+    with pytest.raises(ValueError, match="routes"):
+        S.build_configs(30, budgets=[24], routes=["1101"])
+
+
+def test_sweep_rows_and_oracle(tiny, tmp_path):
+    rows = _sweep(tiny, tmp_path)
+    ids = [r["config_id"] for r in rows]
+    assert ids == ["full", "early_exit@3", "uniform_skip@3", "random_route@3#0", "early_exit@2", "uniform_skip@2",
+                   "random_route@2#0"]
+    assert _lines(tmp_path / "sweep.jsonl") == rows
+    per_seq = _lines(tmp_path / "per_sequence.jsonl")
+    assert len(per_seq) == len(rows) * len(ROWS)
+    assert len({(r["config_id"], r["id"]) for r in per_seq}) == len(per_seq)
+    for r in rows:
+        mine = [p for p in per_seq if p["config_id"] == r["config_id"]]
+        assert r["n"] == len(ROWS) and r["rougeL"] == pytest.approx(sum(p["rougeL"] for p in mine) / len(mine))
+        assert r["avg_layers"] == r["budget"] == r["route"].count("1") and r["model"] == "tiny"
+        assert {p["layers_used"] for p in mine} == {float(r["budget"])}
+    assert rows[0]["route"] == "1111" and rows[0]["num_layers"] == LAYERS
+    doc = run_oracle(tmp_path)
+    assert doc["n_sequences"] == len(ROWS) and doc["full_score"] == pytest.approx(rows[0]["rougeL"])
+    assert (tmp_path / "oracle.json").is_file()
+    # the same command again: nothing to do, identical bytes
+    before = {f: (tmp_path / f).read_bytes() for f in ("sweep.jsonl", "per_sequence.jsonl")}
+    _sweep(tiny, tmp_path)
+    assert before == {f: (tmp_path / f).read_bytes() for f in before}
+
+
+def test_two_ranks_give_the_same_rows_as_one(tiny, tmp_path):
+    one = tmp_path / "one"
+    _sweep(tiny, one)
+    two = tmp_path / "two"
+    assert _sweep(tiny, two, rank=1, world_size=2) is None  # rank 1 first: waits for rank 0
+    assert not (two / "sweep.jsonl").exists()
+    assert _sweep(tiny, two, rank=0, world_size=2) is not None  # the last to finish merges
+    for f in ("sweep.jsonl", "per_sequence.jsonl"):
+        assert (two / f).read_bytes() == (one / f).read_bytes()
+    assert not list((two / "parts").glob("*.jsonl"))
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch: ~15 s on an idle machine
+def test_two_rank_processes_in_parallel_via_env(tiny, tmp_path):
+    """`adalas sweep` under RANK / WORLD_SIZE, two processes at once: the merged rows equal one rank's."""
+    base = [sys.executable, "-m", "adalas", "sweep", "--model", str(tiny["dir"]), "--data", str(tiny["data"]),
+            "--budgets", "2", "--routes-per-budget", "1", "--max-new-tokens", "4", "--batch-size", "2",
+            "--no-progress", "--out"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(base + [str(tmp_path / "two")], env={**env, "RANK": str(r), "WORLD_SIZE": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("done; the last rank" in o for o in outs) == 1  # exactly one merged
+    assert subprocess.run(base + [str(tmp_path / "one")], env=env, capture_output=True).returncode == 0
+    for f in ("sweep.jsonl", "per_sequence.jsonl"):
+        assert (tmp_path / "two" / f).read_bytes() == (tmp_path / "one" / f).read_bytes()
+
+
+def test_killed_and_grown_sweeps_resume_without_duplicates(tiny, tmp_path, monkeypatch):
+    fresh = tmp_path / "fresh"
+    _sweep(tiny, fresh)
+    out = tmp_path / "resumed"
+    real, calls = E.generate_batch, []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E, "generate_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tiny, out)
+    assert [r["config_id"] for r in _lines(out / "sweep.jsonl")] == ["full", "early_exit@3"]  # finished configs
+    monkeypatch.setattr(E, "generate_batch", real)
+    with open(out / "per_sequence.jsonl", "ab") as f:
+        f.write(b'{"config_id": "uniform_skip@3", "id": "r')  # torn last line
+    _sweep(tiny, out)
+    for f in ("sweep.jsonl", "per_sequence.jsonl"):
+        assert (out / f).read_bytes() == (fresh / f).read_bytes()
+
+    # more budgets and more sequences later: only the new (config, sequence) pairs run
+    grown = tmp_path / "grown"
+    _sweep(tiny, grown, S.build_configs(LAYERS, budgets=[3], routes_per_budget=1), items=tiny["items"][:4],
+           batch_size=1)
+    seen = []
+    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, n: seen.extend(i.id for i in items) or real(m, t, items, n))
+    rows = _sweep(tiny, grown, batch_size=1)
+    assert len(seen) == 4 * 3 + 3 * 7  # 4 old configs x 3 new sequences + 3 new configs x 7
+    per_seq = _lines(grown / "per_sequence.jsonl")
+    assert len(per_seq) == len({(r["config_id"], r["id"]) for r in per_seq}) == 7 * len(ROWS)
+    assert all(r["n"] == len(ROWS) for r in rows)
+    configs = S.build_configs(LAYERS, budgets=[3], routes_per_budget=1)
+    other = next(r for r in ([True, True, True, False], [False, True, True, True]) if r != configs[-1].depth.route)
+    configs[-1] = S.SweepConfig(configs[-1].config_id, "random_route", 3, DepthConfig(mode="route", route=other))
+    with pytest.raises(ValueError, match="random_route@3#0"):  # e.g. another seed: the same id, another route
+        _sweep(tiny, grown, configs)
+
+
+def test_reference_full_and_learned_checkpoints(tiny, tmp_path):
+    m = tiny["model"]
+    m.set_depth(DepthConfig(mode="learned", controller_input="fixed"))
+    for i, c in m.controllers.items():  # fixed input: layer 1 always skipped, layer 3 never, others by bias sign
+        c.net[-1].bias.data = __import__("torch").tensor([1.0, -1.0] if i == "1" else [-1.0, 1.0])
+    ckpt = tmp_path / "ckpt-a"
+    m.save_pretrained(ckpt)
+    m.set_depth(DepthConfig())
+    configs = S.build_configs(LAYERS, ["early_exit"], [2], checkpoints=[str(ckpt)])
+    rows = _sweep(tiny, tmp_path / "s", configs, reference="full")
+    per_seq = _lines(tmp_path / "s/per_sequence.jsonl")
+    full = {r["id"]: r["prediction"] for r in per_seq if r["config_id"] == "full"}
+    assert all(r["reference"] == full[r["id"]] for r in per_seq)
+    learned = rows[-1]
+    assert learned["config_id"] == "learned:ckpt-a" and learned["strategy"] == "learned"
+    assert learned["checkpoint"] == str(ckpt) and learned["depth"]["mode"] == "learned"
+    assert learned["avg_layers"] == pytest.approx(3.0) and learned["layer_usage"][1] == 0.0
+    assert all(len(r["layer_runs"]) == LAYERS for r in per_seq if r["config_id"] == learned["config_id"])
+
+
+def test_sweep_and_oracle_commands(tiny, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["sweep", "--model", str(tiny["dir"]), "--data", str(tiny["data"]), "--strategies", "uniform_skip",
+            "--budgets", "2-3", "--max-new-tokens", "4", "--batch_size", "3", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 0
+    assert [r["config_id"] for r in _lines(out / "sweep.jsonl")] == ["full", "uniform_skip@3", "uniform_skip@2"]
+    assert cli_main(["oracle", "--sweep", str(out), "--out", str(tmp_path / "o.json")]) == 0
+    text = capsys.readouterr().out
+    assert "oracle over 3 configs x 7 sequences" in text
+    assert json.loads((tmp_path / "o.json").read_text())["n_configs"] == 3
+    assert cli_main(["oracle", "--sweep", str(tmp_path / "missing")]) == 2
+    assert cli_main(argv[:-3] + ["--budgets", "9", "--out", str(tmp_path / "x")]) == 2
+    assert "budgets: 9 is out of range" in capsys.readouterr().err
