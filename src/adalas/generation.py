@@ -41,12 +41,6 @@ _IGNORED = {"use_cache", "output_scores", "output_attentions", "output_hidden_st
 _HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
 
 
-def new_cache(model: "AdalasForCausalLM", batch_size: int, max_length: int) -> KVCache:
-    fam = model.family
-    return KVCache(model.num_layers, batch_size, fam.num_kv_heads, fam.head_dim, max_length,
-                   dtype=model.dtype, device=model.device, track_stored=model.depth.kv_fill == "mask")
-
-
 def effective_options(model, temperature: float | None, top_k: int | None, top_p: float | None,
                       repetition_penalty: float | None) -> tuple:
     """(temperature, top_k, top_p, repetition_penalty): an option left None takes the model's
