@@ -3,12 +3,11 @@ JSONL lines, the full-model reference, and the `adalas eval` command.
 
 A tiny random Llama (4 layers) with a word-level tokenizer over the test data's words is saved to a
 directory once per module, so the command line runs on it too; its EOS is made likely so rows end at
-different lengths. `make_tiny` is shared with test_sweep.py and test_report.py.
+different lengths (`make_tiny`, in conftest.py).
 """
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -18,47 +17,7 @@ from adalas import AdalasForCausalLM, DepthConfig
 from adalas import evaluate as E
 from adalas.cli import main as cli_main
 
-ROWS = [{"id": f"r{i}", "instruction": ins, "input": inp, "output": out} for i, (ins, inp, out) in enumerate([
-    ("Name a color.", "", "Red is a color."),
-    ("Summarize the text.", "The cat sat on the mat all day long and did not move.", "A cat sat on a mat."),
-    ("What is two plus two?", "", "Two plus two is four."),
-    ("Rewrite politely.", "Give me the report now.", "Could you please send me the report?"),
-    ("List three fruits.", "", "Apple, banana, cherry."),
-    ("Classify the sentiment.", "I love this movie so much!", "The sentiment is positive."),
-    ("Extract the city.", "She moved to Paris in 2010.", "Paris."),
-])]
-TEMPLATE_WORDS = ("Below is an instruction that describes a task, paired with an input that provides further "
-                  "context. Write a response that appropriately completes the request. ### Instruction: Input: "
-                  "Response:")
-LAYERS = 4
-
-
-def make_tiny(directory: Path) -> tuple[Path, Path]:
-    """(model directory, data file): a tiny Llama + word-level tokenizer, and ROWS as JSONL."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    text = " ".join([TEMPLATE_WORDS] + [" ".join(r.values()) for r in ROWS])
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                unk_token="<unk>")
-    cfg = LlamaConfig(vocab_size=len(t), hidden_size=32, num_hidden_layers=LAYERS, intermediate_size=64,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        hf.lm_head.weight[2] *= 2.0  # EOS often enough that rows end at different lengths
-    directory.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(directory)
-    t.save_pretrained(directory)
-    data = directory / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return directory, data
+from conftest import LAYERS, ROWS, make_tiny
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +176,15 @@ def test_read_jsonl_keeps_a_complete_last_line_and_refuses_a_bad_middle_line(tmp
     p.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
     with pytest.raises(ValueError, match=r"x.jsonl:2"):
         E.read_jsonl(p)
+
+
+def test_rows_holding_unicode_line_breaks_read_back_whole(tmp_path):
+    """dumps_row leaves U+2028, U+0085, ... unescaped (a model may generate them): lines end at \\n only."""
+    store = E.RowStore(tmp_path, "rows.jsonl", ("id",))
+    rows = [{"id": "a", "prediction": "one\u2028two\x85three\x1cfour\u2029"}, {"id": "b", "prediction": "x"}]
+    store.append(rows)
+    assert E.read_jsonl(tmp_path / "rows.jsonl", repair=True) == rows
+    assert E.RowStore(tmp_path, "rows.jsonl", ("id",)).rows() == {("a",): rows[0], ("b",): rows[1]}
 
 
 def test_reference_full_scores_against_the_full_model_and_is_cached(tiny, tmp_path, monkeypatch):

@@ -1,6 +1,9 @@
 """Property tests (hypothesis): random valid depth configs always run with consistent layer usage;
-random invalid ones always raise ValueError."""
+random invalid ones always raise ValueError; a malformed row in a JSONL data file is rejected with
+its line number, and valid rows of any Unicode text load intact."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -101,3 +104,53 @@ def test_out_of_range_configs_raise_for_the_model(kw):
     m = _model("llama")
     with pytest.raises(ValueError):
         m.set_depth(DepthConfig(**kw))
+
+
+# --- data rows --------------------------------------------------------------------------------
+
+_text = st.text(max_size=12)  # any Unicode: U+2028, U+0085, NUL, ... inside JSON strings
+_filled = _text.filter(str.strip)
+valid_rows = st.fixed_dictionaries({"instruction": _filled, "output": _filled},
+                                   optional={"input": _text, "note": _text | st.integers()})
+_not_an_object = st.integers() | st.booleans() | st.floats(allow_nan=False) | st.lists(st.integers(), max_size=2)
+_not_a_string = _not_an_object | st.dictionaries(st.sampled_from("ab"), st.integers(), max_size=1)
+# (why the row is bad, its line in the file) from a valid row
+malformed_lines = st.one_of(
+    st.tuples(st.just("invalid JSON"), st.sampled_from(['{', '{"instruction": ', 'nope', '{"a": 1,}', "{'a': 1}",
+                                                        '"unterminated', '[1, 2', '{"instruction": "a"} x'])),
+    valid_rows.map(lambda r: ("invalid JSON", json.dumps(r, ensure_ascii=False)[:-1])),  # cut short
+    st.tuples(st.just("expected a JSON object"), (_not_an_object | _text | st.none()).map(json.dumps)),
+    st.tuples(valid_rows, st.sampled_from(["instruction", "output", "input"]), _not_a_string).map(
+        lambda t: ("must be a string", json.dumps({**t[0], t[1]: t[2]}))),
+    st.tuples(valid_rows, st.sampled_from(["instruction", "output"]), st.booleans()).map(
+        lambda t: ("is missing", json.dumps({k: v for k, v in t[0].items() if k != t[1]} | ({t[1]: None} if t[2] else {})))),
+    st.tuples(valid_rows, st.sampled_from(["instruction", "output"]), st.sampled_from(["", " ", "\t\u3000"])).map(
+        lambda t: ("is empty", json.dumps({**t[0], t[1]: t[2]}))),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(valid_rows, min_size=1, max_size=5), blanks=st.lists(st.booleans(), min_size=6, max_size=6),
+       bad=malformed_lines, at=st.integers(0, 5))
+def test_malformed_data_rows_are_rejected_with_their_line(tmp_path, rows, blanks, bad, at):
+    from adalas.data import DataError, load_examples
+
+    why, bad_line = bad
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    for k in reversed(range(len(lines) + 1)):  # blank lines in between count in the numbering
+        if blanks[k]:
+            lines.insert(k, "")
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    loaded = load_examples(str(path))  # the valid rows alone: all of them, text intact, in order
+    assert [(e.instruction, e.response, e.context) for e in loaded] == \
+        [(r["instruction"], r["output"], r.get("input", "")) for r in rows]
+
+    at = min(at, len(lines))
+    lines.insert(at, bad_line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_examples(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: line {at + 1}: ") and why in message, (message, lines)
+    assert "\n" not in message

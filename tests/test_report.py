@@ -13,7 +13,7 @@ from adalas.analysis import hidden_similarity
 from adalas.oracle import run_oracle
 from adalas.sweep import build_configs
 
-from test_evaluate import LAYERS, make_tiny
+from conftest import LAYERS, make_tiny
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # (config_id, strategy, budget, route, per-sequence rougeL for s0, s1, s2)

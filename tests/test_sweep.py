@@ -16,7 +16,7 @@ from adalas import sweep as S
 from adalas.cli import main as cli_main
 from adalas.oracle import random_routes, run_oracle, uniform_skip_route
 
-from test_evaluate import LAYERS, ROWS, make_tiny
+from conftest import LAYERS, ROWS, make_tiny
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"adalas.commands.{COMMANDS[name][0]}")
     try:
         return int(module.main(rest) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
         if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -174,9 +174,15 @@ def guess_task(column_names: Iterable[str], columns: Mapping[str, str] | None = 
         if score > best_score:
             best, best_score = name, score
     if best is None:
+        # name what the closest task lacks: the one with most of its required columns present
+        def lacking(name: str) -> list[str]:
+            cmap = {**TASKS[name].columns, **(columns or {})}
+            return [cmap[f] for f in TASKS[name].required if cmap[f] not in present]
+        near = min(TASKS, key=lambda name: len(lacking(name)))
         raise DataError(f"cannot tell the task from columns {sorted(present)}; expected Alpaca "
                         "(instruction, input, output), SAMSum (dialogue, summary), CNN (article, highlights) "
-                        "or Dolly (instruction, context, response) columns, or pass columns=/task=")
+                        f"or Dolly (instruction, context, response) columns (closest: {near}, missing "
+                        f"{', '.join(map(repr, lacking(near)))}), or pass columns=/task=")
     return best
 
 
@@ -195,12 +201,33 @@ class _Table:
     skip_invalid: bool = False
 
 
-def _read_records(text: str, name: str) -> tuple[list[dict], list[str]]:
-    """Parse a JSON array of objects or JSON Lines (sniffed: '[' first means an array).
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
-    Returns the rows and a label for each (e.g. "line 3") for error messages.
+
+def _is_json_array(text: str, name: str) -> bool:
+    """'[' first means a JSON array, except in a *.jsonl file that does not parse whole while every
+    line after the first parses alone: JSON Lines whose first row is broken (reported by its line)."""
+    text = text.lstrip()
+    if not text.startswith("["):
+        return False
+    if not name.lower().endswith(".jsonl") or _parses(text):
+        return True
+    rest = [line for line in text.split("\n")[1:] if line.strip()]
+    return not (rest and all(map(_parses, rest)))
+
+
+def _read_records(text: str, name: str) -> tuple[list[dict], list[str]]:
+    """Parse a JSON array of objects or JSON Lines (sniffed: see `_is_json_array`).
+
+    Returns the rows and a label for each (e.g. "line 3") for error messages. Lines end at "\n"
+    only: U+2028 and other Unicode line breaks may sit unescaped inside a JSON string.
     """
-    if text.lstrip().startswith("["):
+    if _is_json_array(text, name):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
@@ -208,7 +235,7 @@ def _read_records(text: str, name: str) -> tuple[list[dict], list[str]]:
         labels = [f"row {i + 1}" for i in range(len(rows))]
     else:
         rows, labels = [], []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -230,7 +257,8 @@ def _file_table(path: Path, name: str, split: str, validation_fraction: float | 
     except FileNotFoundError:
         raise DataError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{name}: cannot read: {e}") from None
+        raise DataError(f"{name}: cannot read ({e}); --data takes a readable UTF-8 JSON or JSONL file, a hub "
+                        f"dataset id, or builtin") from None
     rows, labels = _read_records(text, name)
     columns = list(dict.fromkeys(k for row in rows for k in row))  # union, in first-seen order
     indices = list(range(len(rows)))
@@ -379,8 +407,8 @@ def iter_examples(data: str | os.PathLike, split: str = "test", columns: Mapping
     if skipped:
         logger.warning("%s: skipped %d invalid row(s), first: %s", table.name, len(skipped), skipped[0])
     if count == 0:
-        raise DataError(f"{table.name}: no rows left (split={split!r}, limit={limit}, "
-                        f"{len(skipped)} invalid row(s) skipped)")
+        raise DataError(f"{table.name}: no rows left (split {split!r}: {len(table.indices)} of {len(table.rows)} rows, "
+                        f"limit={limit}, {len(skipped)} invalid row(s) skipped); a data set needs at least one")
 
 
 def load_examples(data: str | os.PathLike, split: str = "test", columns: Mapping[str, str] | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import sys
@@ -40,8 +41,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .config import DepthConfig
-from .data import build_prompt, load_examples, make_collator, resolve_format, tokenize_prompt
-from .io import atomic_write_json, atomic_write_text
+from .data import Example, build_prompt, load_examples, make_collator, resolve_format, tokenize_prompt
+from .io import atomic_write_json, atomic_write_text, check_output_dir
+
+logger = logging.getLogger(__name__)
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 REFERENCES = ("data", "full")
@@ -75,25 +78,75 @@ class EvalItem:
     input_ids: tuple[int, ...]
 
 
-def load_items(data: str, tokenizer, *, split: str = "test", limit: int | None = None,
-               prompt_format: str = "auto", max_prompt_tokens: int | None = None) -> list[EvalItem]:
-    """The evaluation set, tokenized for generation (prompt only)."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit: must be >= 1, got {limit}")
+LONG_PROMPTS = ("refuse", "truncate")  # a prompt that does not fit the model's context with the new tokens
+
+
+def context_length(model) -> int | None:
+    """Positions the model attends over (prompt + generated tokens), when its config says."""
+    return model.family.max_positions
+
+
+def make_items(examples: Sequence[Example], tokenizer, *, prompt_format: str = "auto",
+               max_prompt_tokens: int | None = None, context: int | None = None, max_new_tokens: int = 0,
+               long_prompts: str = "refuse", source: str = "data") -> list[EvalItem]:
+    """Examples tokenized for generation (prompt only), each fitted to the model's context.
+
+    A prompt longer than `context - max_new_tokens` tokens (after `max_prompt_tokens`) is refused
+    (ValueError naming the row; the default) or, with long_prompts="truncate", has its content cut
+    to fit, as `max_prompt_tokens` cuts it (the template and response marker stay), with a warning.
+    """
+    if long_prompts not in LONG_PROMPTS:
+        raise ValueError(f"long_prompts: must be one of {', '.join(LONG_PROMPTS)}, got {long_prompts!r}")
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
         raise ValueError(f"max_prompt_tokens: must be >= 1, got {max_prompt_tokens}")
+    room = None
+    if context is not None:
+        room = context - max_new_tokens
+        if room < 1:
+            raise ValueError(f"max_new_tokens: {max_new_tokens} new tokens leave no room for a prompt in the "
+                             f"model's context of {context} positions; ask for fewer")
     fmt = resolve_format(prompt_format, tokenizer)
-    items, seen = [], set()
-    for i, ex in enumerate(load_examples(data, split=split, limit=limit)):
+    items, seen, cut = [], set(), []
+    for i, ex in enumerate(examples):
         if ex.id in seen:
-            raise ValueError(f"data {data!r}: duplicate id {ex.id!r} (ids key the result rows)")
+            raise ValueError(f"{source}: duplicate id {ex.id!r} (ids key the result rows)")
         seen.add(ex.id)
-        ids = tokenize_prompt(ex, tokenizer, fmt, max_prompt_tokens)["input_ids"]
+        ids = tokenize_prompt(ex, tokenizer, fmt)["input_ids"]
+        limit = max_prompt_tokens  # the user's cut, if any
+        if room is not None and len(ids) > room and (limit is None or limit > room):
+            if long_prompts == "refuse":
+                raise ValueError(f"{source}: the prompt with id {ex.id!r} has {len(ids)} tokens; with "
+                                 f"{max_new_tokens} new tokens the model's context of {context} positions leaves "
+                                 f"room for {room}; pass --long-prompts truncate to cut long prompts to fit (with a "
+                                 f"warning), or lower --max-prompt-tokens or --max-new-tokens")
+            limit = room
+            cut.append(ex.id)
         text = build_prompt(ex, fmt, tokenizer)
-        if max_prompt_tokens is not None and len(ids) < len(tokenize_prompt(ex, tokenizer, fmt)["input_ids"]):
+        if limit is not None and len(ids) > limit:
+            try:
+                ids = tokenize_prompt(ex, tokenizer, fmt, limit)["input_ids"]
+            except ValueError:  # the template alone does not fit
+                raise ValueError(f"{source}: the prompt with id {ex.id!r} cannot be cut to {limit} tokens: its "
+                                 f"template alone is longer; raise --max-prompt-tokens or lower "
+                                 f"--max-new-tokens") from None
             text = tokenizer.decode(ids)  # cut to fit: record what the model saw
         items.append(EvalItem(i, str(ex.id), text, ex.response, tuple(ids)))
+    if cut:
+        logger.warning("warning: %s: cut %d prompt(s) to %d tokens to fit the model's context of %d positions "
+                       "with %d new tokens (--long-prompts truncate); first: id %r",
+                       source, len(cut), room, context, max_new_tokens, cut[0])
     return items
+
+
+def load_items(data: str, tokenizer, *, split: str = "test", limit: int | None = None,
+               prompt_format: str = "auto", max_prompt_tokens: int | None = None, context: int | None = None,
+               max_new_tokens: int = 0, long_prompts: str = "refuse") -> list[EvalItem]:
+    """The evaluation set, tokenized for generation (prompt only); see `make_items` for `context`."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: must be >= 1, got {limit}")
+    return make_items(load_examples(data, split=split, limit=limit), tokenizer, prompt_format=prompt_format,
+                      max_prompt_tokens=max_prompt_tokens, context=context, max_new_tokens=max_new_tokens,
+                      long_prompts=long_prompts, source=f"data {data!r}")
 
 
 @dataclass(frozen=True)
@@ -218,6 +271,8 @@ def _check_against_counters(model, runs: torch.Tensor, steps: torch.Tensor) -> N
 # JSONL rows: append per batch, read back tolerantly, merge shards
 
 def dumps_row(row: dict) -> str:
+    """One JSONL line. ensure_ascii=False leaves U+2028 and other Unicode line breaks unescaped in
+    strings (a model may generate them), so readers split lines at "\n" only."""
     return json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
@@ -245,7 +300,7 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
         if keep_tail:
             end = len(data)
     rows = []
-    for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+    for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), 1):  # not splitlines: see dumps_row
         if not line.strip():
             continue
         try:
@@ -543,7 +598,11 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
         raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
-    out_dir = Path(out_dir)
+    if not items:
+        raise ValueError("items: the evaluation set is empty")
+    out_dir = check_output_dir(out_dir)
+    plan = plan_batches(items, batch_size)  # validated before anything is written
+    mine = shard(plan, rank, world_size)
     t0 = time.perf_counter()
     identity = dict(identity or {})
     depth = model.depth
@@ -553,8 +612,6 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
                 "max_new_tokens": max_new_tokens, "reference": reference,
                 **{k: v for k, v in generation.items() if k in ("prompt_format", "max_prompt_tokens")}}
     check_settings(out_dir, settings)
-    plan = plan_batches(items, batch_size)
-    mine = shard(plan, rank, world_size)
     store = RowStore(out_dir, "per_sequence.jsonl", ("id",), rank, world_size)
     ref_store = RowStore(out_dir, "full_reference.jsonl", ("id",), rank, world_size) if reference == "full" else None
     todo = missing_items(mine, store) + (missing_items(mine, ref_store) if ref_store is not None else 0)

@@ -106,17 +106,42 @@ def load_hf_model(name: str, dtype: str | torch.dtype | None = None, device: str
                   use_safetensors=None if allow_pickle else True)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    check_architecture(name, source, trust_remote_code)  # before the weights: a wrong model fails in a second
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = (" (offline: HF_HUB_OFFLINE is set, and it is not in the local Hugging Face cache; download it on a "
-                f"machine with network, e.g. `hf download {name}`, or pass a local directory)") if offline else ""
-        raise ValueError(f"model {name!r}: cannot load: {str(e).splitlines()[0]}{hint}") from None
+        raise ValueError(_cannot_load(name, "", e)) from None
     hf.eval()
     if device:
         hf.to(resolve_device(device))
     return hf, local
+
+
+def _cannot_load(name: str, what: str, error: Exception) -> str:
+    """One line: what failed, and with HF_HUB_OFFLINE set, that the model is not cached and how to fix it."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+    hint = (" (offline: HF_HUB_OFFLINE is set, and it is not in the local Hugging Face cache; download it on a "
+            f"machine with network, e.g. `hf download {name}`, or pass a local directory)") if offline else ""
+    return f"model {name!r}: cannot load{what}: {first}{hint}"
+
+
+def check_architecture(name: str, source: str | None = None, trust_remote_code: bool = False) -> None:
+    """Refuse, from its config alone, a model whose architecture no family drives (ValueError)."""
+    from transformers import AutoConfig
+
+    from .families import SUPPORTED_MODEL_TYPES
+
+    try:
+        config = AutoConfig.from_pretrained(source or resolve(name)[0], trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ValueError(_cannot_load(name, "", e)) from None
+    except ValueError as e:  # an unknown model_type
+        raise ValueError(f"model {name!r}: {str(e).strip().splitlines()[0]}; supported model types: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model {name!r}: unsupported architecture {config.model_type!r}; supported model "
+                         f"types: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -126,7 +151,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise ValueError(f"model {name!r}: cannot load its tokenizer: {str(e).splitlines()[0]}") from None
+        raise ValueError(_cannot_load(name, " its tokenizer", e)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

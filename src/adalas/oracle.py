@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .io import check_output_file
+
 LAYER_RESOLUTION = 8  # cost units per layer: fractional depths are rounded to 1/8 layer
 CURVE_STEP = 0.25  # default spacing of the oracle curve, in layers
 DP_MAX_WORK = 200_000_000  # N * K * budget cells; the DP does ~200M a second on 2 cores
@@ -499,6 +501,41 @@ def _number(row: dict, key: str, where: str) -> float:
     return float(x)
 
 
+def sweep_identity(sweep_dir: Path, *row_lists: list[tuple[int, dict]]) -> tuple[Any, int | None]:
+    """(model, num_layers) that the rows of a sweep record; ValueError when they record more than one
+    of either (one directory holding two models' rows would compare unrelated scores)."""
+    seen: dict[str, tuple[str, str]] = {}  # field -> (value as JSON, where first seen)
+    for name, rows in zip(("sweep.jsonl", "per_sequence.jsonl"), row_lists):
+        for lineno, row in rows:
+            for key in ("model", "num_layers"):
+                if row.get(key) is None:
+                    continue
+                value = json.dumps(row[key], sort_keys=True)
+                if key not in seen:
+                    seen[key] = (value, f"{name}:{lineno}")
+                elif value != seen[key][0]:
+                    raise ValueError(f"{sweep_dir}: rows come from different models: {key} {seen[key][0]} "
+                                     f"({seen[key][1]}) and {value} ({name}:{lineno}); one sweep directory holds one "
+                                     f"model's rows: rerun the sweep into a new --out")
+    model, layers = (json.loads(seen[k][0]) if k in seen else None for k in ("model", "num_layers"))
+    return model, layers
+
+
+def check_sweep_model(sweep_dir: str | os.PathLike, model: str) -> None:
+    """Refuse a sweep made with another model than `model` (an id, or a directory: compared resolved)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ValueError(f"sweep directory {sweep_dir} does not exist")
+    recorded, _ = sweep_identity(sweep_dir, _read_jsonl(sweep_dir / "sweep.jsonl"))
+    if recorded is None or recorded == model:
+        return
+    if isinstance(recorded, str) and Path(recorded).expanduser().is_dir() and Path(model).expanduser().is_dir() \
+            and Path(recorded).expanduser().resolve() == Path(model).expanduser().resolve():
+        return
+    raise ValueError(f"--model: the sweep {sweep_dir} was made with model {recorded!r}, not {model!r}; pass "
+                     f"--model {recorded}, or sweep this model first")
+
+
 def _write_json_atomic(path: Path, doc: dict) -> None:
     """Temp file in the same directory, then os.replace: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -531,21 +568,11 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         strategies = [strategies]
     if not sweep_dir.is_dir():
         raise ValueError(f"sweep directory {sweep_dir} does not exist")
+    out = check_output_file(Path(out) if out is not None else sweep_dir / "oracle.json", example="oracle.json")
     sweep_path, seq_path = sweep_dir / "sweep.jsonl", sweep_dir / "per_sequence.jsonl"
     sweep_rows, seq_rows = _read_jsonl(sweep_path), _read_jsonl(seq_path)
 
-    # one model throughout: mixing checkpoints would compare unrelated scores
-    model_seen: tuple[str, str] | None = None
-    for path, rows in ((sweep_path, sweep_rows), (seq_path, seq_rows)):
-        for lineno, row in rows:
-            if row.get("model") is None:
-                continue
-            key = json.dumps(row["model"], sort_keys=True)
-            if model_seen is None:
-                model_seen = (key, f"{path.name}:{lineno}")
-            elif key != model_seen[0]:
-                raise ValueError(f"rows come from different models: {model_seen[0]} "
-                                 f"({model_seen[1]}) and {key} ({path.name}:{lineno})")
+    model_id, _ = sweep_identity(sweep_dir, sweep_rows, seq_rows)
 
     configs: dict[Any, dict] = {}
     for lineno, row in sweep_rows:
@@ -564,6 +591,11 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     else:
         num_layers = int(round(_number(full_row, "avg_layers", f"{sweep_path} (full config)")))
 
+    present = sorted({row["strategy"] for row in configs.values()})
+    unknown = sorted(set(strategies or []) - set(present))
+    if unknown:
+        raise ValueError(f"strategies: {', '.join(map(repr, unknown))} not in {sweep_path}; its strategies: "
+                         f"{', '.join(present)}")
     chosen = [cid for cid, row in configs.items()
               if strategies is None or row["strategy"] in strategies
               or (include_full and cid == full_id)]
@@ -619,8 +651,8 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         "n_configs": len(chosen),
         "configs": chosen,
         "strategies": None if strategies is None else list(strategies),
-        "model": None if model_seen is None else json.loads(model_seen[0]),
+        "model": model_id,
         "choices_at_match": choices,
     }
-    _write_json_atomic(Path(out) if out is not None else sweep_dir / "oracle.json", doc)
+    _write_json_atomic(out, doc)
     return doc

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from .config import DepthConfig
 from .evaluate import (REFERENCES, EvalItem, Progress, RowStore, dumps_row, check_settings, finish_shards,
                        missing_items, plan_batches, plan_fingerprint, run_depth, shard, summarize, versions)
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, check_output_dir
 from .oracle import random_routes, route_from_str, route_to_skip_layers, route_to_str, uniform_skip_route
 
 STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route")
@@ -116,7 +116,10 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
             for k, r in enumerate(drawn):
                 configs.append(SweepConfig(f"random_route@{b}#{k}", "random_route", b, DepthConfig(mode="route", route=r)))
     for k, text in enumerate(routes):
-        r = route_from_str(text.strip())
+        try:
+            r = route_from_str(text.strip())
+        except ValueError as e:
+            raise ValueError(f"routes: {e}") from None
         if len(r) != L:
             raise ValueError(f"routes: {text!r} has {len(r)} entries; the model has {L} layers")
         configs.append(SweepConfig(f"route#{k}", "route", sum(r), DepthConfig(mode="route", route=r)))
@@ -129,9 +132,23 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
         names[name] = names.get(name, 0) + 1
         cid = f"learned:{name}" if names[name] == 1 else f"learned:{name}#{names[name] - 1}"
         depth = checkpoint_depth(p)
+        n = checkpoint_num_layers(p)
+        if n is not None and n != L:
+            raise ValueError(f"checkpoints: {d!r} has {n} layers, the model {L}; a sweep compares depths of one "
+                             f"model: pass checkpoints fine-tuned from --model")
         route = depth.static_route(L)
         configs.append(SweepConfig(cid, "learned", sum(route) if route else None, depth, checkpoint=str(p)))
     return configs
+
+
+def checkpoint_num_layers(directory: Path) -> int | None:
+    """The layer count a model directory's config.json records (None when it has none)."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(str(directory)).num_hidden_layers)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def checkpoint_depth(directory: Path) -> DepthConfig:
@@ -172,19 +189,21 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
         raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if not items:
+        raise ValueError("items: the evaluation set is empty")
     if not configs or configs[0].strategy != "full":
         raise ValueError("configs: the first must be the full model (build_configs does this)")
     ids = [c.config_id for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"configs: duplicate config ids {sorted({i for i in ids if ids.count(i) > 1})}")
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
+    plan = plan_batches(items, batch_size)  # validated before anything is written
+    mine = shard(plan, rank, world_size)
     t_start = time.perf_counter()
     L = model.num_layers
     check_settings(out_dir, {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens,
                              "reference": reference, **(settings or {})},
                    {c.config_id: c.definition() for c in configs})
-    plan = plan_batches(items, batch_size)
-    mine = shard(plan, rank, world_size)
     store = RowStore(out_dir, "per_sequence.jsonl", ("config_id", "id"), rank, world_size)
     done = set(store.rows())
     todo = sum(missing_items(mine, store, {"config_id": c.config_id}, done) for c in configs)

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .config import DepthConfig
-from .io import atomic_write_text
+from .io import atomic_write_text, check_output_dir
 from .model import CONTROLLERS_FILE, DEPTH_FILE, AdalasForCausalLM
 from .recipes import check_fields, load_recipe, packaged_file, split_recipe_flag, to_argv
 
@@ -133,10 +133,17 @@ class AdalasArguments:
         return value
 
 
+class _Parser(HfArgumentParser):
+    """HfArgumentParser whose errors are one line (no usage dump), as the other commands' are."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(command: str = "train") -> HfArgumentParser:
-    return HfArgumentParser((AdalasArguments, TrainingArguments), prog=f"adalas {command}",
-                            description="Fine-tune with a dynamic depth on the Hugging Face Trainer; flags "
-                                        "override the recipe's fields (dash and underscore spellings alike).")
+    return _Parser((AdalasArguments, TrainingArguments), prog=f"adalas {command}",
+                   description="Fine-tune with a dynamic depth on the Hugging Face Trainer; flags "
+                               "override the recipe's fields (dash and underscore spellings alike).")
 
 
 def parse_args(argv: list[str], command: str = "train") -> tuple[AdalasArguments, TrainingArguments]:
@@ -151,6 +158,14 @@ def parse_args(argv: list[str], command: str = "train") -> tuple[AdalasArguments
     cfg.recipe = recipe
     if not args.output_dir:
         raise ValueError("--output_dir: required (or set output_dir in the recipe)")
+    check_output_dir(args.output_dir, "--output_dir")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}: must be >= 1, got {getattr(args, name)}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max_steps: must be >= 1, or -1 (train --num_train_epochs), got {args.max_steps}")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs: must be > 0, got {args.num_train_epochs}")
     return cfg, args
 
 
@@ -572,9 +587,10 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     from transformers import set_seed
 
     from .data import make_collator
-    from .hub import load_tokenizer
+    from .hub import check_architecture, load_tokenizer
 
     cfg, args = parse_args(argv, "warmup" if warmup else "train")
+    check_architecture(cfg.model, trust_remote_code=cfg.trust_remote_code)  # before tokenizing any data
     if args.label_smoothing_factor:
         raise ValueError("--label_smoothing_factor: not supported (the loss is the model's own causal LM loss)")
     args.remove_unused_columns = False  # our rows hold exactly input_ids, attention_mask, labels

@@ -37,18 +37,23 @@ def main(argv: list[str]) -> int:
     from ..analysis import hidden_similarity
     from ..cli import load_model_from_args
     from ..data import load_examples
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, check_output_dir
     from ..report import plot_similarity
     from ..sweep import build_configs, parse_budgets, parse_strategies
 
     args = build_parser().parse_args(argv)
-    if args.limit < 1:
-        raise ValueError(f"--limit: must be >= 1, got {args.limit}")
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--routes-per-budget", args.routes_per_budget, 0),
+                               ("--max-seq-length", args.max_seq_length, 2)):
+        if value < least:
+            raise ValueError(f"{flag}: must be >= {least}, got {value}")
+    check_output_dir(args.out)
+    strategies = parse_strategies(args.strategies)
+    examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
     model, tok = load_model_from_args(args)
     L = model.num_layers
-    configs = build_configs(L, parse_strategies(args.strategies), parse_budgets(args.budgets, L),
-                            args.routes_per_budget, args.seed, args.keep_first)
-    examples = load_examples(args.data, split=args.split, limit=args.limit)
+    configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
+                            args.keep_first)
     doc = hidden_similarity(model, tok, examples, configs, batch_size=args.batch_size,
                             prompt_format=args.prompt_format, max_seq_length=args.max_seq_length)
     doc.update(model=args.model, data={"name": args.data, "split": args.split, "limit": args.limit})

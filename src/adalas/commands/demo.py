@@ -15,13 +15,18 @@ PROMPTS = ["What is the capital of France?", "Give three tips for staying health
 
 
 def build_parser():
+    from .eval import add_long_prompts_arg
+
     p = make_parser("demo", __doc__)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    add_long_prompts_arg(p, "refuse")
     return p
 
 
 def main(argv: list[str]) -> int:
+    from ..data import Example, make_collator
+    from ..evaluate import context_length, make_items
     from ..hub import load_tokenizer
 
     args = build_parser().parse_args(argv)
@@ -30,9 +35,12 @@ def main(argv: list[str]) -> int:
     m = AdalasForCausalLM.from_pretrained(args.model)
     tok = load_tokenizer(args.model)
     L = m.num_layers
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             if tok.chat_template else p for p in PROMPTS]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    # the chat template when the tokenizer has one, else the Alpaca template; fitted to the model's context
+    examples = [Example(str(i), p, "", "", "alpaca") for i, p in enumerate(PROMPTS)]
+    items = make_items(examples, tok, context=context_length(m), max_new_tokens=args.max_new_tokens,
+                       long_prompts=args.long_prompts, source="demo prompts")
+    enc = make_collator(tok, "left")([{"input_ids": list(it.input_ids), "attention_mask": [1] * len(it.input_ids)}
+                                      for it in items])
     configs = {
         "full": DepthConfig(),
         f"early_exit@{L - 3}": DepthConfig(mode="early_exit", exit_after=L - 3),

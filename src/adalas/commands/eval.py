@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 
 from ..cli import add_model_args, make_parser
+from ..io import check_output_dir
 
 # what `adalas eval` takes from a recipe (a training recipe also names the model, data and depth it trains)
 RECIPE_FIELDS = ("model", "data", "split", "depth", "prompt_format", "max_new_tokens", "max_prompt_tokens",
-                 "batch_size", "dtype")
+                 "long_prompts", "batch_size", "dtype")
 DEFAULTS = {"model": "smollm2-135m", "data": "builtin", "split": "test", "max_new_tokens": 32, "batch_size": 8,
-            "limit": None, "prompt_format": "auto", "max_prompt_tokens": None, "reference": "data"}
+            "limit": None, "prompt_format": "auto", "max_prompt_tokens": None, "long_prompts": "refuse",
+            "reference": "data"}
 
 
 def add_generation_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
@@ -32,9 +34,17 @@ def add_generation_args(p: argparse.ArgumentParser, defaults: dict | None = None
                    help="auto (default): the chat template when the tokenizer has one")
     p.add_argument("--max-prompt-tokens", type=int, default=d.get("max_prompt_tokens"),
                    help="cut prompt content to fit (default: no limit)")
+    add_long_prompts_arg(p, d.get("long_prompts"))
     p.add_argument("--reference", default=d.get("reference"), choices=["data", "full"],
                    help="score against the data's references (default) or the full-depth model's output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_long_prompts_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--long-prompts", default=default, choices=["refuse", "truncate"],
+                   help="a prompt that does not fit the model's context beside --max-new-tokens: refuse "
+                        "(default: an error naming it, before any generation) or truncate (cut its content to "
+                        "fit, with a warning)")
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -47,6 +57,9 @@ def fill_defaults(args: argparse.Namespace) -> None:
             raise ValueError(f"--{key.replace('_', '-')}: must be >= 1, got {getattr(args, key)}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit: must be >= 1, got {args.limit}")
+    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
+        raise ValueError(f"--max-prompt-tokens: must be >= 1, got {args.max_prompt_tokens}")
+    check_output_dir(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from ..cli import load_model_from_args
     from ..config import DepthConfig
-    from ..evaluate import dist_info, load_items, rank_device, run_eval, write_stdout_summary
+    from ..data import load_examples
+    from ..evaluate import context_length, dist_info, make_items, rank_device, run_eval, write_stdout_summary
     from ..recipes import load_recipe, split_recipe_flag, to_argv
 
     recipe, rest = split_recipe_flag(list(argv))
@@ -74,11 +88,14 @@ def main(argv: list[str]) -> int:
     depth = DepthConfig.parse(args.depth) if args.depth else None
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
+    examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
     model, tok = load_model_from_args(args, depth=depth)  # depth None: the model directory's saved depth
-    items = load_items(args.data, tok, split=args.split, limit=args.limit, prompt_format=args.prompt_format,
-                       max_prompt_tokens=args.max_prompt_tokens)
+    items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
+                       context=context_length(model), max_new_tokens=args.max_new_tokens,
+                       long_prompts=args.long_prompts, source=f"data {args.data!r}")
     identity = {"model": args.model, "data": {"name": args.data, "split": args.split}, "limit": args.limit,
-                "generation": {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens},
+                "generation": {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
+                               "long_prompts": args.long_prompts},
                 **({"recipe": args.recipe} if args.recipe else {})}
     metrics = run_eval(model, tok, items, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        reference=args.reference, rank=rank, world_size=world, identity=identity,

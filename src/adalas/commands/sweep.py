@@ -33,7 +33,8 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     from ..cli import load_model_from_args
-    from ..evaluate import dist_info, load_items, rank_device
+    from ..data import load_examples
+    from ..evaluate import context_length, dist_info, make_items, rank_device
     from ..sweep import build_configs, parse_budgets, parse_strategies, run_sweep
 
     args = build_parser().parse_args(argv)
@@ -41,13 +42,15 @@ def main(argv: list[str]) -> int:
     strategies = parse_strategies(args.strategies)
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
+    examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
     model, tok = load_model_from_args(args)
     L = model.num_layers
     configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
                             args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
                             args.checkpoints)
-    items = load_items(args.data, tok, split=args.split, limit=args.limit, prompt_format=args.prompt_format,
-                       max_prompt_tokens=args.max_prompt_tokens)
+    items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
+                       context=context_length(model), max_new_tokens=args.max_new_tokens,
+                       long_prompts=args.long_prompts, source=f"data {args.data!r}")
     print(f"sweep: {len(configs)} configs x {len(items)} sequences x {args.max_new_tokens} new tokens"
           + (f" (rank {rank} of {world})" if world > 1 else ""), flush=True)
     rows = run_sweep(model, tok, items, configs, args.out, max_new_tokens=args.max_new_tokens,

@@ -77,7 +77,8 @@ def _layers(text: str | None, L: int) -> list[int]:
 
 def main(argv: list[str]) -> int:
     from ..config import DepthConfig
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, check_output_dir
+    from ..oracle import check_sweep_model
     from ..sequence import load_sweep, measure_speed, sweep_prompts, train_from_sweep
 
     args = build_parser().parse_args(argv)
@@ -87,8 +88,22 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--speed-check: must be >= 0, got {args.speed_check}")
     if args.speed_repeats < 1:
         raise ValueError(f"--speed-repeats: must be >= 1, got {args.speed_repeats}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+    if not 0 < args.test_fraction < 1:
+        raise ValueError(f"--test-fraction: must be in (0, 1) (router_eval.json compares on held-out sequences), "
+                         f"got {args.test_fraction}")
+    check_output_dir(args.out)
+    if args.save_model:
+        check_output_dir(args.save_model, "--save-model")
+    check_sweep_model(args.sweep, args.model)
     strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
     model, tok = load_model_from_args(args)
+    if args.target_avg_layers is not None and not 0 < args.target_avg_layers <= model.num_layers:
+        raise ValueError(f"--target-avg-layers: must be in (0, {model.num_layers}] for a model with "
+                         f"{model.num_layers} layers, got {args.target_avg_layers}")
     doc = train_from_sweep(args.sweep, model, tok, args.out, strategies=strategies, data=args.data,
                            prompt_format=args.prompt_format,
                            feature_layers=_layers(args.feature_layers, model.num_layers),
