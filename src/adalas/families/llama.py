@@ -139,7 +139,13 @@ class LlamaFamily(Family):
     def mlp(self, layer, h):
         fused = self.active.get(layer)
         if fused is not None:
-            gate, up = fused_matmul(_rms_norm(layer.post_attention_layernorm, h), *fused["gate_up"]).chunk(2, dim=-1)
+            x = _rms_norm(layer.post_attention_layernorm, h)
+            # CPU BLAS (measured, fp32): the fused (in, out) gate/up copy wins for one row, but from two
+            # rows on the module's own (out, in) weights are 1.2-1.5x faster for this wide matrix
+            if x.shape[0] * x.shape[1] > 1 and x.device.type == "cpu":
+                gate, up = layer.mlp.gate_proj(x), layer.mlp.up_proj(x)
+            else:
+                gate, up = fused_matmul(x, *fused["gate_up"]).chunk(2, dim=-1)
             act = F.silu if type(layer.mlp.act_fn) is nn.SiLU else layer.mlp.act_fn
             down = layer.mlp.down_proj
             y = (act(gate) * up).view(-1, gate.shape[-1])  # (B*T, I)
