@@ -21,7 +21,9 @@ def _median_threshold(m, ids, mask, n_new, measure: str) -> float:
     full_mask = torch.cat([mask, torch.ones(mask.shape[0], n_new, dtype=mask.dtype)], dim=1)
     hidden = m(input_ids=out, attention_mask=full_mask, output_hidden_states=True).hidden_states
     conf = confidence(m.family.head(m.family.final(hidden[EXITS[0]])), measure)  # (B, T)
-    return float(conf[:, ids.shape[1]:].median())
+    values = conf[:, ids.shape[1]:].flatten().sort().values
+    mid = len(values) // 2  # halfway between two neighbours: no token sits on the threshold, where a
+    return float(values[mid - 1:mid + 1].mean())  # rounding difference between two paths would flip it
 
 
 def _generate_with_steps(m, ids, mask, n_new):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import BUILDERS, LAYERS, batch, positions
 
+import adalas.cost
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas.cache import KVCache
 from adalas.controllers import hash_uniform
@@ -73,38 +74,47 @@ def _count_rows(m):
 @pytest.mark.parametrize("kv_fill", ["propagate", "mask"])
 @pytest.mark.parametrize("mode", ["static_skip", "random_budget", "stochastic"])
 @torch.no_grad()
-def test_skipped_layers_run_no_attention_or_mlp(kv_fill, mode):
+def test_skipped_layers_run_no_attention_or_mlp(kv_fill, mode, monkeypatch):
     """Hooks count what each layer's q/k/v/o projections and MLP process in decode steps: a layer
     runs exactly on the (row, step) pairs its route gives it; a skipped one runs only k/v (propagate)
-    or nothing (mask). Per-row routes run each layer on the rows that execute it (gather/scatter)."""
+    or nothing (mask). A layer some rows of a step run is run on those rows only (gather/scatter)
+    where the cost model says it pays, else on every row with the runners' outputs kept: both give
+    the same tokens."""
     cfg = {"static_skip": dict(mode="static_skip", skip_layers=[1, 3]),
            "random_budget": dict(mode="random_budget", budget=2, seed=5),
            "stochastic": dict(mode="stochastic", skip_probs=[0.0, 0.5, 0.5, 0.5], seed=2)}[mode]
     m = AdalasForCausalLM.from_hf(BUILDERS["llama"](), DepthConfig(kv_fill=kv_fill, **cfg)).eval()
     B, T, n = 3, 6, 6
     ids, mask = batch(B=B, T=T)
-    counts, handles = _count_rows(m)
-    try:
-        m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n)
-    finally:
-        for h in handles:
-            h.remove()
     steps = n - 1  # the first new token comes from the prefill
     if mode == "stochastic":  # the router's own draws: hash of (seed, row, position, layer)
         pos = positions(mask)[:, -1:] + 1 + torch.arange(steps)  # (B, steps) decode positions
         runs = torch.stack([hash_uniform(2, torch.arange(B)[:, None], pos, i) >= p
                             for i, p in enumerate(cfg["skip_probs"])], -1)  # (B, steps, L)
-        expected = runs.sum((0, 1)).tolist()
     elif mode == "random_budget":
         routes = m.router.start(B, torch.device("cpu"))  # (B, L): drawn from (seed, row) alone
-        expected = (routes.long() * steps).sum(0).tolist()
+        runs = routes[:, None, :].expand(B, steps, LAYERS)
     else:
-        expected = [0 if i in cfg["skip_layers"] else B * steps for i in range(LAYERS)]
-    assert 0 < sum(expected) < B * steps * LAYERS
-    for name in ("q_proj", "o_proj", "mlp"):
-        assert counts[name] == expected, name
-    kv = [B * steps] * LAYERS if kv_fill == "propagate" else expected
-    assert counts["k_proj"] == kv and counts["v_proj"] == kv
+        runs = torch.tensor([i not in cfg["skip_layers"] for i in range(LAYERS)]).expand(B, steps, LAYERS)
+    assert 0 < int(runs.sum()) < B * steps * LAYERS
+    outputs = {}
+    for strategy, margin in (("gather", 1e9), ("every_row", 0.0)):
+        monkeypatch.setattr(adalas.cost, "GATHER_MARGIN", margin)
+        counts, handles = _count_rows(m)
+        try:
+            outputs[strategy] = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n)
+        finally:
+            for h in handles:
+                h.remove()
+        if strategy == "gather":
+            expected = runs.sum((0, 1)).tolist()
+        else:  # a layer any row of a step runs is run on all B rows
+            expected = (runs.any(0).sum(0) * B).tolist()
+        for name in ("q_proj", "o_proj", "mlp"):
+            assert counts[name] == expected, (strategy, name)
+        kv = [B * steps] * LAYERS if kv_fill == "propagate" else expected
+        assert counts["k_proj"] == kv and counts["v_proj"] == kv, strategy
+    assert torch.equal(outputs["gather"], outputs["every_row"])
 
 
 @torch.no_grad()

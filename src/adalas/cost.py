@@ -74,6 +74,57 @@ class Shapes:
         return 2 * self.head_macs
 
 
+# Time of one pass over `rows` (batch x tokens) relative to one row, by device type: (rows, time)
+# points, linear in between and beyond. CPU: measured on the 2-core dev machine (SmolLM2-135M, fp32,
+# one thread, full depth + head): reading the weights dominates small passes, so 9 rows cost 1.8x one
+# row and 72 rows 4.1x. Other devices (GPUs at these sizes): nearly flat.
+ROW_COST = {"cpu": ((1, 1.0), (3, 1.27), (5, 1.45), (9, 1.82), (24, 2.4), (40, 3.26), (72, 4.1)),
+            "default": ((1, 1.0), (64, 1.3))}
+# Running a layer on some rows only costs gathering their states and cache rows and scattering the
+# result back: gathering must beat running every row (outputs selected) by this factor. Measured on
+# the CPU (SmolLM2-135M, decode steps, n of B rows running each layer, time gathered / every row):
+# 1 of 8: 0.55; 2-4 of 8: 1.0-1.1; 4-8 of 32: 0.75-0.83; 16 of 32: 0.91; 24 of 32: 1.09. End to end,
+# one random half-depth route per row at batch 8 ran at 0.87x full depth gathered, 1.02x not.
+GATHER_MARGIN = 0.7
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Relative time of a decode pass, in units of one layer for one row (token), for the choices
+    made while decoding (self-speculative drafts, gathering rows): (layers + kv * kv_layers + head)
+    * row_cost(rows), rows = batch x tokens of the pass. Shapes and a per-device table only (no
+    timing), so decisions are reproducible."""
+
+    head: float  # the final norm + head, in layers
+    kv: float  # a skipped layer's key/value projection, in layers
+    points: tuple[tuple[int, float], ...]  # ROW_COST
+
+    @classmethod
+    def of(cls, model: Any) -> "CostModel":
+        """For an AdalasForCausalLM (its shapes and its device's table)."""
+        s = Shapes.of(model)
+        layer = s.layer_flops(0)
+        points = ROW_COST.get(model.device.type, ROW_COST["default"])
+        return cls(head=s.head_flops() / layer, kv=s.kv_flops() / layer, points=points)
+
+    def row_cost(self, rows: int) -> float:
+        """Piecewise-linear in the table, extended with the last segment's slope."""
+        pts = self.points
+        for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
+            if rows <= r1 or (r1, c1) == pts[-1]:
+                return c0 + (c1 - c0) * (rows - r0) / (r1 - r0)
+        return pts[0][1]
+
+    def pass_cost(self, layers: int, kv_layers: int, rows: int, head: bool) -> float:
+        return (layers + self.kv * kv_layers + (self.head if head else 0.0)) * self.row_cost(rows)
+
+    def gather_pays(self, run: int, rows: int, kv_for_the_rest: bool) -> bool:
+        """Whether a layer that `run` of `rows` rows run is cheaper on those rows alone (the others
+        computing keys/values only when `kv_for_the_rest`) than on every row, outputs selected."""
+        rest = self.kv * self.row_cost(rows - run) if kv_for_the_rest and run < rows else 0.0
+        return self.row_cost(run) + rest < GATHER_MARGIN * self.row_cost(rows)
+
+
 def flops_per_token(model_or_family: Any, layer_usage: Sequence[float], kv_fill: str, context_length: float,
                     head_evals_per_token: float = 0.0) -> float:
     """FLOPs per generated token: each layer counted in proportion to its usage (the fraction of

@@ -354,18 +354,33 @@ class AdalasForCausalLM(nn.Module):
         return torch.where(run.unsqueeze(-1), self._layer(i, layer, h, ctx, stored), h)
 
     def _gathered(self, i, layer, h, ctx, run_rows: torch.Tensor) -> torch.Tensor:
-        """A decode step where some rows run layer i: run it on those rows only (gather/scatter)."""
+        """A decode step where some rows run layer i: run it on those rows only (gather/scatter), or,
+        where the cost model says gathering does not pay (few rows: reading the weights dominates),
+        on every row, keeping the runners' outputs. Both store the same keys/values: a full layer
+        computes them from the state that reaches it, as a skipped layer does under propagate, and
+        under mask the skippers' are marked not stored."""
         n_run = int(run_rows.sum())
         if n_run == run_rows.numel():
             return self._layer(i, layer, h, ctx)
         if n_run == 0:
             self._skip(i, layer, h, ctx)
             return h
+        if not self._decode_costs().gather_pays(n_run, run_rows.numel(), self.depth.kv_fill == "propagate"):
+            stored = run_rows[:, None].expand(h.shape[:2]) if self.depth.kv_fill == "mask" else None
+            return torch.where(run_rows.view(-1, 1, 1), self._layer(i, layer, h, ctx, stored), h)
         run_idx = run_rows.nonzero().flatten()
         skip_idx = (~run_rows).nonzero().flatten()
         self._skip(i, layer, h[skip_idx], ctx.rows(skip_idx))
         out = self._layer(i, layer, h[run_idx], ctx.rows(run_idx))
         return h.index_copy(0, run_idx, out)
+
+    def _decode_costs(self):
+        """The decode cost model of `adalas.cost` for this model's shapes and device (cached)."""
+        from .cost import CostModel
+        key = (self.device.type, self.num_layers)
+        if getattr(self, "_costs", (None,))[0] != key:
+            self._costs = (key, CostModel.of(self))
+        return self._costs[1]
 
     def _skip(self, i, layer, h, ctx: StepContext) -> None:
         """A skipped layer: keys/values from the state that reaches it (propagate), or nothing (mask)."""

@@ -40,7 +40,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from .config import DepthConfig
-from .cost import Shapes
+from .cost import CostModel
 from .generation import KV, NOKV, RUN, DecodePlan, add_usage, lean_step, new_cache, prefill
 from .model import positions_from_mask
 
@@ -56,42 +56,9 @@ CALIBRATION_POSITIONS = 16
 PAYS = 1.05  # speculate only where the cost model predicts at least this speedup (its error margin)
 PRIOR_WEIGHT = 4.0  # pseudo-observations behind the calibrated acceptance rate
 UNCALIBRATED_ACCEPTANCE = 0.5  # prior for a draft the prompt cannot calibrate (one that skips inside)
-# Time of one pass over `rows` (batch x tokens) relative to one row, by device type: (rows, time)
-# points, linear in between and beyond. CPU: measured on the 2-core dev machine (SmolLM2-135M, fp32,
-# one thread, full depth + head): reading the weights dominates small passes, so 9 rows cost 1.8x one
-# row and 72 rows 4.1x. Other devices (GPUs at these sizes): nearly flat.
-ROW_COST = {"cpu": ((1, 1.0), (3, 1.27), (5, 1.45), (9, 1.82), (24, 2.4), (40, 3.26), (72, 4.1)),
-            "default": ((1, 1.0), (64, 1.3))}
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Relative time of one pass, in units of one layer for one row (token):
-    (layers + kv * kv_layers + head) * row_cost(rows), rows = batch x tokens of the pass.
-    Shapes and a per-device table only (no timing), so decisions are reproducible."""
-
-    head: float  # the final norm + head, in layers
-    kv: float  # a skipped layer's key/value projection, in layers
-    points: tuple[tuple[int, float], ...]  # ROW_COST
-
-    @classmethod
-    def of(cls, model: "AdalasForCausalLM") -> "CostModel":
-        s = Shapes.of(model)
-        layer = s.layer_flops(0)
-        points = ROW_COST.get(model.device.type, ROW_COST["default"])
-        return cls(head=s.head_flops() / layer, kv=s.kv_flops() / layer, points=points)
-
-    def row_cost(self, rows: int) -> float:
-        """Piecewise-linear in the table, extended with the last segment's slope."""
-        pts = self.points
-        for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
-            if rows <= r1 or (r1, c1) == pts[-1]:
-                return c0 + (c1 - c0) * (rows - r0) / (r1 - r0)
-        return pts[0][1]
-
-    def pass_cost(self, actions: list[int], rows: int, head: bool) -> float:
-        layers = sum(a == RUN for a in actions) + self.kv * sum(a == KV for a in actions)
-        return (layers + (self.head if head else 0.0)) * self.row_cost(rows)
+def _pass(cost: CostModel, actions: list[int], rows: int, head: bool) -> float:
+    """The cost model's time for one pass of a plan's actions over `rows` rows."""
+    return cost.pass_cost(sum(a == RUN for a in actions), sum(a == KV for a in actions), rows, head)
 
 
 @dataclass
@@ -115,10 +82,10 @@ class Draft:
         drafts yields (1 - alpha^(k+1)) / (1 - alpha) tokens when each draft is accepted with
         probability alpha (the last one is the target's own)."""
         tokens = k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-        draft = cost.pass_cost(self.plan.actions, batch, head=True)
-        low = cost.pass_cost(self.plan.actions[:self.first], batch, head=False)
-        verify = cost.pass_cost(target.actions[self.first:], batch * (k + 1), head=True)
-        plain = cost.pass_cost(target.actions, batch, head=True)
+        draft = _pass(cost, self.plan.actions, batch, head=True)
+        low = _pass(cost, self.plan.actions[:self.first], batch, head=False)
+        verify = _pass(cost, target.actions[self.first:], batch * (k + 1), head=True)
+        plain = _pass(cost, target.actions, batch, head=True)
         return tokens * plain / (k * draft + low + verify)
 
     def best_k(self, target: DecodePlan, cost: CostModel, batch: int, alpha: float) -> tuple[int, float]:
