@@ -16,8 +16,11 @@ Configs, per batch size (L layers, H = L // 2):
   model with those layers deleted; hf_half_deleted: transformers running that model (the limit).
 - adalas_exit_half: early exit after H layers; hf_exit_deleted: transformers with layers H.. deleted.
 - adalas_per_sequence: one random route of H layers per row (random_budget); adalas_per_token: each
-  token skips each layer with probability 1/2 (a layer runs on the rows that chose it only;
-  computing every row and masking would cost at least adalas_full).
+  token skips each layer with probability 1/2. A layer that only some rows of a step run runs on
+  those rows alone (gather/scatter) where the cost model of `adalas.cost` says that pays, else on
+  every row with the runners' outputs kept; at batch 1 every layer is run or skipped outright.
+  With different routes per row no deleted-layer model exists to compare with: in a batch, a step
+  costs about what the union of the rows' layers costs.
 - adalas_spec_auto, adalas_spec_exit_half: self-speculative decoding, draft chosen by "auto" /
   early exit after H layers with an adaptive length; hf_assistant_early_exit (batch 1: transformers
   supports no more): transformers' own self-speculative decoding, exit after H layers.

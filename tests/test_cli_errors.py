@@ -492,8 +492,9 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_a_rerun_gives_the_same_bytes(world, tm
     sweep.jsonl and per_sequence.jsonl; the same command again finishes with the bytes that one
     uninterrupted run writes."""
     def argv(out: Path) -> list[str]:
-        return ["sweep", "--model", world["model"], "--data", world["data"], "--max-new-tokens", "4",
-                "--batch-size", "1", "--budgets", "2-3", "--routes-per-budget", "1", "--no-progress", "--out", str(out)]
+        # enough work (16 configs x 7 sequences x 12 tokens, some seconds) that the signal lands mid-way
+        return ["sweep", "--model", world["model"], "--data", world["data"], "--max-new-tokens", "12",
+                "--batch-size", "1", "--budgets", "1-3", "--routes-per-budget", "3", "--no-progress", "--out", str(out)]
 
     out = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "ADALAS_CACHE": world["cache"],
@@ -515,7 +516,7 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_a_rerun_gives_the_same_bytes(world, tm
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().split("\n")[-1] == "adalas sweep: interrupted; finished work is saved"
-    total = 7 * len(ROWS)  # full + 2 budgets x (early exit, uniform skip, a random route), every sequence
+    total = 16 * len(ROWS)  # full + 3 budgets x (early exit, uniform skip, 3 random routes), every sequence
     done = _jsonl_lines(rows)
     assert 0 < len(done) < total, "the sweep was not stopped mid-way"
     if (out / "sweep.jsonl").is_file():
