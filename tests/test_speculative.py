@@ -92,6 +92,9 @@ def test_auto_equals_full_depth(family):
         if scale == 0.0:
             assert not choice["fallback"] and choice["exit_after"] == LAYERS // 2
             assert m.speculative_stats()["acceptance_rate"] == 1.0
+        elif choice["fallback"]:  # the plain loop continued from the calibration's prefill
+            assert m.speculative_stats()["plain_tokens"] == 3 * 14 and m.speculative_stats()["rounds"] == 0
+            assert m.layer_usage() == [1.0] * LAYERS
 
 
 @torch.no_grad()

@@ -301,11 +301,19 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
         if penalty != 1.0:
             raise ValueError(f"repetition_penalty: {penalty} is not supported with draft_depth "
                              "(self-speculative decoding takes greedy, temperature, top_k and top_p)")
+        eos_t = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
+        plain_processors = build_processors(model, do_sample, temperature, top_k, top_p, 1.0, None, attention_mask,
+                                            min_new_tokens, eos)
+
+        def plain(prefilled):  # "auto" found no draft that pays: the plain loop, from the prefill done
+            return _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, plain_processors, None,
+                           eos_t, pad_token_id, generator, fast_path, prefilled=prefilled)
+
         with model.family.fused_weights(fast_path):
             return generate_speculative(model, input_ids, attention_mask, draft_depth, num_draft_tokens,
                                         max_new_tokens, min_new_tokens, do_sample,
                                         build_warpers(do_sample, temperature, top_k, top_p), eos, pad_token_id,
-                                        generator)
+                                        generator, plain=plain)
     processors = build_processors(model, do_sample, temperature, top_k, top_p, repetition_penalty, logits_processor,
                                   attention_mask, min_new_tokens, eos)
     if stop_strings is not None:
@@ -320,16 +328,20 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
 
 
 def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors, stopping_criteria, eos_t,
-            pad_token_id, generator, fast_path) -> torch.Tensor:
+            pad_token_id, generator, fast_path, prefilled: tuple[KVCache, torch.Tensor] | None = None) -> torch.Tensor:
+    """`prefilled`: (cache, last states) of a static route's prefill already run (by "auto")."""
     device = input_ids.device
     B, T0 = input_ids.shape
     positions = positions_from_mask(attention_mask)
     row_ids = torch.arange(B, device=device)
-    cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
     state = model.router.start(B, device)
-    if fast_path and model.depth.static_route(model.num_layers) is not None:
+    if prefilled is not None:
+        cache, h = prefilled
+    elif fast_path and model.depth.static_route(model.num_layers) is not None:
+        cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
         h = prefill(model, cache, input_ids, positions, attention_mask, row_ids)
     else:
+        cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
         h = model.step(input_ids, positions, cache, attention_mask, prompt=True, sequence_state=state)
     logits = model.logits_from_state(h[:, -1])
     plan = decode_plan(model, state, B) if fast_path else None

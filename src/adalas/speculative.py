@@ -34,7 +34,7 @@ Notable:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from transformers import LogitsProcessorList
@@ -234,8 +234,10 @@ class _Selector:
 def generate_speculative(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          draft_depth: Any, num_draft_tokens: int | None, max_new_tokens: int, min_new_tokens: int,
                          do_sample: bool, warpers: LogitsProcessorList, eos: list[int], pad_token_id: int,
-                         generator: torch.Generator | None) -> torch.Tensor:
-    """Returns (B, T_prompt + n_new) token ids, as `generation.generate` (which validates the options)."""
+                         generator: torch.Generator | None, plain: Callable | None = None) -> torch.Tensor:
+    """Returns (B, T_prompt + n_new) token ids, as `generation.generate` (which validates the options).
+    `plain((cache, final states))`: the plain decoding loop, for when "auto" finds no draft that pays
+    (it continues from this prefill, so falling back costs only the calibration)."""
     if num_draft_tokens is not None and (isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int)
                                          or not 1 <= num_draft_tokens <= 64):
         raise ValueError(f"num_draft_tokens: must be an integer in 1..64 or None (adaptive), got {num_draft_tokens!r}")
@@ -278,6 +280,12 @@ def generate_speculative(model: "AdalasForCausalLM", input_ids: torch.Tensor, at
                           "exit_after": None if draft is None else draft.exit_after,
                           "num_draft_tokens": k if draft is not None else 0,
                           "predicted_speedup": round(best, 3), "agreement": agreement, "fallback": draft is None})
+    if draft is None and plain is not None:
+        before = model._usage_tokens
+        out = plain((cache, final))
+        stats.plain_tokens += B + int(model._usage_tokens - before)  # the prefill's token, then each step's rows
+        model._last_cache_bytes = cache.peak_bytes
+        return out
     acc_prior = alpha * PRIOR_WEIGHT  # running acceptance: (accepted + prior) / (drafted-and-judged + weight)
     acc_seen, judged = 0.0, 0.0
 
