@@ -19,6 +19,9 @@ propagate, 0.60 under mask (= the checkpoint with those layers deleted: a 1.66x 
 20% of the full model's work).
 
     config_flops(model, DepthConfig(mode="static_skip", skip_layers=list(range(1, 30, 2))), 128)
+
+`CostModel` is the decode-time counterpart: relative time rather than FLOPs, for the choices made
+while decoding (a self-speculative draft and its length; gathering the rows that run a layer).
 """
 from __future__ import annotations
 

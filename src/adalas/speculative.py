@@ -23,7 +23,7 @@ Notable:
 - "auto" (as SWIFT calibrates off-the-shelf models on their context, here with early exits as the
   candidate drafts): the full-depth prefill already computes every layer's state for the prompt, so
   each candidate exit's agreement with the final layer on the last prompt positions costs one head
-  evaluation. A cost model (`CostModel`) turns agreement into expected speedup; the best
+  evaluation. A cost model (`adalas.cost.CostModel`) turns agreement into expected speedup; the best
   (exit, k) wins, or plain decoding when none is predicted to pay. Each round re-estimates the
   acceptance rate and re-chooses k; "auto" falls back to plain decoding once speculation stops paying.
   All decisions depend on the model's shapes and the tokens only, never on timings, so a seeded
