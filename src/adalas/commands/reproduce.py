@@ -48,8 +48,8 @@ def main(argv: list[str]) -> int:
     from ..analysis import hidden_similarity
     from ..cli import load_model_from_args
     from ..data import load_examples
-    from ..evaluate import load_items, versions
-    from ..io import atomic_write_json
+    from ..evaluate import context_length, load_items, versions
+    from ..io import atomic_write_json, check_output_dir
     from ..oracle import run_oracle
     from ..report import oracle_sentence, read_json, results_table, write_report
     from ..sweep import build_configs, parse_budgets, run_sweep
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}: must be >= 1, got {getattr(args, key)}")
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     stages: dict[str, float] = {}
 
     def stage(name: str, t0: float) -> None:
@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
     L = model.num_layers
     budgets = parse_budgets(args.budgets, L)
     configs = build_configs(L, STRATEGIES, budgets, args.routes_per_budget, args.seed, keep_first=True)
-    items = load_items(args.data, tok, limit=args.limit)
+    items = load_items(args.data, tok, limit=args.limit, context=context_length(model),
+                       max_new_tokens=args.max_new_tokens)  # a prompt too long for the context: refused
     stage("load", t0)
     print(f"[reproduce] sweep: {len(configs)} configs x {len(items)} sequences x {args.max_new_tokens} new tokens "
           f"-> {out}", flush=True)
