@@ -117,22 +117,29 @@ class Family:
         mods = [m for g in groups.values() for m in g]
         if any(type(m) is not nn.Linear for m in mods):
             return None
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in mods for t in (m.weight, m.bias)
+
+        def build() -> dict:
+            fused = {}
+            for name, g in groups.items():
+                # (in_features, sum of out_features): decode multiplies (B*T, in) @ w with no transpose op
+                w = torch.cat([m.weight.detach() for m in g]).t().contiguous()
+                b = None
+                if any(m.bias is not None for m in g):
+                    b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                                   for m in g])
+                fused[name] = (w, b)
+            return fused
+        return self._cached_copy(layer, mods, build)
+
+    def _cached_copy(self, owner: nn.Module, sources: list[nn.Module], build) -> dict:
+        """`build()`'s weight copies for `owner`, kept in `_fused` until a weight or bias of `sources`
+        changes (in place, as an optimizer step does, or replaced)."""
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in sources for t in (m.weight, m.bias)
                     if t is not None)
-        hit = self._fused.get(layer)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        fused = {}
-        for name, g in groups.items():
-            # (in_features, sum of out_features): decode multiplies (B*T, in) @ w with no transpose op
-            w = torch.cat([m.weight.detach() for m in g]).t().contiguous()
-            b = None
-            if any(m.bias is not None for m in g):
-                b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
-                               for m in g])
-            fused[name] = (w, b)
-        self._fused[layer] = (key, fused)
-        return fused
+        hit = self._fused.get(owner)
+        if hit is None or hit[0] != key:
+            hit = self._fused[owner] = (key, build())
+        return hit[1]
 
     @contextmanager
     def fused_weights(self, enabled: bool = True) -> Iterator[None]:
@@ -236,13 +243,8 @@ class Family:
         as weight @ rows^T than as rows @ weight^T (what nn.Linear and transformers run)."""
         x = h.reshape(-1, h.shape[-1])
         if x.shape[0] == 1:
-            w = head.weight
-            key = (w.data_ptr(), w._version)
-            hit = self._fused.get(head)
-            if hit is None or hit[0] != key:
-                hit = (key, {"head": (w.detach().t().contiguous(), None)})
-                self._fused[head] = hit
-            y = torch.mm(x, hit[1]["head"][0])
+            copy = self._cached_copy(head, [head], lambda: {"head": (head.weight.detach().t().contiguous(), None)})
+            y = torch.mm(x, copy["head"][0])
         else:
             y = torch.mm(head.weight, x.t()).t()
         return y.reshape(*h.shape[:-1], y.shape[-1])
