@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 # subcommand -> (module under adalas.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,7 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class DashUnderscoreParser(argparse.ArgumentParser):
+class OneLineErrors:
+    """An argparse mixin: a usage error is one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class DashUnderscoreParser(OneLineErrors, argparse.ArgumentParser):
     """argparse that accepts `--max-new-tokens` and `--max_new_tokens` alike."""
 
     def add_argument(self, *names, **kwargs):
@@ -38,9 +46,6 @@ class DashUnderscoreParser(argparse.ArgumentParser):
                     if alt not in spellings and alt not in names:
                         spellings.append(alt)
         return super().add_argument(*spellings, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def make_parser(command: str, description: str) -> DashUnderscoreParser:
@@ -66,6 +71,15 @@ def load_model_from_args(args: argparse.Namespace, depth=None):
                                               allow_pickle=args.allow_pickle,
                                               trust_remote_code=args.trust_remote_code)
     return model, load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+
+
+def check_counts(*checks: tuple[str, Any, int]) -> None:
+    """(flag, value, least) each: ValueError naming the first value below its least (None: unset,
+    fine; a list: each element)."""
+    for flag, value, least in checks:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None and v < least:
+                raise ValueError(f"{flag}: must be >= {least}, got {v}")
 
 
 def _usage() -> str:

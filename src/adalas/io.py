@@ -32,7 +32,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-
 def _file_in_the_way(path: Path) -> Path | None:
     """The first of `path` and its parents that exists and is not a directory (None: there is none)."""
     for p in (path, *path.parents):

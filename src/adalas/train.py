@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
+from .cli import OneLineErrors
 from .config import DepthConfig
 from .io import atomic_write_text, check_output_dir
 from .model import CONTROLLERS_FILE, DEPTH_FILE, AdalasForCausalLM
@@ -133,11 +134,8 @@ class AdalasArguments:
         return value
 
 
-class _Parser(HfArgumentParser):
-    """HfArgumentParser whose errors are one line (no usage dump), as the other commands' are."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+class _Parser(OneLineErrors, HfArgumentParser):
+    """HfArgumentParser whose errors are one line, as the other commands' are."""
 
 
 def build_parser(command: str = "train") -> HfArgumentParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import add_model_args, make_parser
+from ..cli import add_model_args, check_counts, make_parser
 
 ANALYSES = ("hidden",)
 
@@ -42,11 +42,8 @@ def main(argv: list[str]) -> int:
     from ..sweep import build_configs, parse_budgets, parse_strategies
 
     args = build_parser().parse_args(argv)
-    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
-                               ("--routes-per-budget", args.routes_per_budget, 0),
-                               ("--max-seq-length", args.max_seq_length, 2)):
-        if value < least:
-            raise ValueError(f"{flag}: must be >= {least}, got {value}")
+    check_counts(("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                 ("--routes-per-budget", args.routes_per_budget, 0), ("--max-seq-length", args.max_seq_length, 2))
     check_output_dir(args.out)
     strategies = parse_strategies(args.strategies)
     examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads

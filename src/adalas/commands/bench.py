@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ..cli import make_parser
+from ..cli import check_counts, make_parser
 from ..io import check_output_file
 
 BENCHMARKS = {"decode": "decode.py"}
@@ -39,11 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("new_tokens", "repeats", "batch_sizes", "threads"):  # counts the benchmark takes, if given
-        value = getattr(args, name, None)
-        bad = [v for v in (value if isinstance(value, list) else [value]) if v is not None and v < 1]
-        if bad:
-            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {bad[0]}")
+    check_counts(*((f"--{name.replace('_', '-')}", getattr(args, name, None), 1)  # those the benchmark takes
+                   for name in ("new_tokens", "repeats", "batch_sizes", "threads")))
     if getattr(args, "out", None) is not None:
         check_output_file(args.out, example=f"{args.what}.json")
     return int(_benchmark(args.what).run(args) or 0)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from ..cli import make_parser
+from ..cli import check_counts, make_parser
 from ..config import DepthConfig
 from ..model import AdalasForCausalLM
 
@@ -30,8 +30,7 @@ def main(argv: list[str]) -> int:
     from ..hub import load_tokenizer
 
     args = build_parser().parse_args(argv)
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+    check_counts(("--max-new-tokens", args.max_new_tokens, 1))
     m = AdalasForCausalLM.from_pretrained(args.model)
     tok = load_tokenizer(args.model)
     L = m.num_layers

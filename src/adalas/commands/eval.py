@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_model_args, make_parser
+from ..cli import add_model_args, check_counts, make_parser
 from ..io import check_output_dir
 
 # what `adalas eval` takes from a recipe (a training recipe also names the model, data and depth it trains)
@@ -52,13 +52,8 @@ def fill_defaults(args: argparse.Namespace) -> None:
     for key, value in DEFAULTS.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("max_new_tokens", "batch_size"):
-        if getattr(args, key) < 1:
-            raise ValueError(f"--{key.replace('_', '-')}: must be >= 1, got {getattr(args, key)}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit: must be >= 1, got {args.limit}")
-    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
-        raise ValueError(f"--max-prompt-tokens: must be >= 1, got {args.max_prompt_tokens}")
+    check_counts(*((f"--{key.replace('_', '-')}", getattr(args, key), 1)
+                   for key in ("max_new_tokens", "batch_size", "limit", "max_prompt_tokens")))
     check_output_dir(args.out)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..cli import add_model_args, make_parser
+from ..cli import add_model_args, check_counts, make_parser
 
 # Sized for 2 CPU cores (about 60-75 generated tokens/s at batch 8 for the 30-layer default):
 # sequences x new tokens x configs / tokens per second, plus the analysis. DESIGN: sweeps on this
@@ -60,9 +60,8 @@ def main(argv: list[str]) -> int:
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit"):
-        if getattr(args, key) < 1:
-            raise ValueError(f"--{key.replace('_', '-')}: must be >= 1, got {getattr(args, key)}")
+    check_counts(*((f"--{key.replace('_', '-')}", getattr(args, key), 1)
+                   for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit")))
     out = check_output_dir(args.out)
     stages: dict[str, float] = {}
 

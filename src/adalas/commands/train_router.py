@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from ..cli import add_model_args, load_model_from_args, make_parser
+from ..cli import add_model_args, check_counts, load_model_from_args, make_parser
 
 
 def build_parser():
@@ -84,14 +84,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.folds == 1 or args.folds < 0:
         raise ValueError(f"--folds: must be 0 (skip) or >= 2, got {args.folds}")
-    if args.speed_check < 0:
-        raise ValueError(f"--speed-check: must be >= 0, got {args.speed_check}")
-    if args.speed_repeats < 1:
-        raise ValueError(f"--speed-repeats: must be >= 1, got {args.speed_repeats}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+    check_counts(("--speed-check", args.speed_check, 0), ("--speed-repeats", args.speed_repeats, 1),
+                 ("--batch-size", args.batch_size, 1), ("--max-new-tokens", args.max_new_tokens, 1))
     if not 0 < args.test_fraction < 1:
         raise ValueError(f"--test-fraction: must be in (0, 1) (router_eval.json compares on held-out sequences), "
                          f"got {args.test_fraction}")
