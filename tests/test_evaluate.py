@@ -1,5 +1,6 @@
-"""evaluate: ROUGE as rouge-score computes it, per-sequence layer counts, resume after a kill, torn
-JSONL lines, the full-model reference, and the `adalas eval` command.
+"""evaluate: ROUGE as rouge-score computes it, per-sequence layer counts (a mismatch with the model's
+counters is an error here), random draws that belong to the sequence, intervals, resume after a
+kill, torn JSONL lines, the full-model reference, the training-data warning, and `adalas eval`.
 
 A tiny random Llama (4 layers) with a word-level tokenizer over the test data's words is saved to a
 directory once per module, so the command line runs on it too; its EOS is made likely so rows end at
@@ -18,6 +19,8 @@ from adalas import evaluate as E
 from adalas.cli import main as cli_main
 
 from conftest import LAYERS, ROWS, make_tiny
+
+pytestmark = pytest.mark.filterwarnings("error::adalas.evaluate.LayerCountWarning")
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,116 @@ def test_per_row_counts_of_input_dependent_routes_match_the_counters(tiny, tmp_p
                 assert m.avg_layers() == pytest.approx(r["layers_used"], abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def tiny8(tmp_path_factory):
+    """The tiny model with 8 layers (70 routes of 4 layers: room for distinct draws)."""
+    from adalas.hub import load_tokenizer
+
+    d, data = make_tiny(tmp_path_factory.mktemp("tiny8"), layers=8)
+    tok = load_tokenizer(str(d))
+    return {"dir": d, "data": data, "model": AdalasForCausalLM.from_pretrained(str(d)), "tok": tok,
+            "items": E.load_items(str(data), tok)}
+
+
+@pytest.mark.parametrize("depth", [DepthConfig(mode="random_budget", budget=4, seed=3),
+                                   DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.4] * 7, seed=3)])
+def test_random_draws_belong_to_the_sequence(tiny8, tmp_path, depth):
+    """The same sequence draws the same route (random_budget: the `route` column) or the same per-token
+    skips (stochastic: `layer_runs`) at batch sizes 1, 3 and 7 and in reverse order, and generates the
+    same text; distinct prompts draw independently (more distinct routes than rows in a batch)."""
+    runs = {}
+    for name, bs, items in (("b1", 1, tiny8["items"]), ("b3", 3, tiny8["items"]), ("b7", 7, tiny8["items"]),
+                            ("rev", 2, tiny8["items"][::-1])):
+        _eval(tiny8, tmp_path / name, depth, batch_size=bs, items=items)
+        runs[name] = {r["id"]: r for r in _lines(tmp_path / name / "per_sequence.jsonl")}
+    key = "route" if depth.mode == "random_budget" else "layer_runs"
+    for name, rows in runs.items():
+        assert {i: (r[key], r["prediction"]) for i, r in rows.items()} == \
+            {i: (r[key], r["prediction"]) for i, r in runs["b1"].items()}, name
+    if depth.mode == "random_budget":
+        routes = [r["route"] for r in runs["b3"].values()]
+        assert all(len(x) == 8 and x.count("1") == 4 for x in routes)
+        assert len(set(routes)) >= 5  # 7 prompts; keyed on the row's place, batch 3 gave at most 3
+    else:
+        assert "route" not in next(iter(runs["b1"].values()))  # decided per token: no one route
+
+
+def test_rouge_interval_in_metrics(tiny, tmp_path):
+    from adalas.stats import bootstrap_ci
+
+    metrics = _eval(tiny, tmp_path, DepthConfig(mode="early_exit", exit_after=3))
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    assert metrics["rougeL_ci95"] == bootstrap_ci([r["rougeL"] for r in rows])
+    lo, hi = json.loads((tmp_path / "metrics.json").read_text())["rougeL_ci95"]
+    assert lo <= metrics["rougeL"] <= hi
+    assert {r["route"] for r in rows} == {"1110"}  # a static route is the route column too
+
+
+def test_sequence_mode_counts_the_routes_generate_chose(tiny, tmp_path):
+    """Per-row counts come from the routes generate() chose: they equal the model's counters (an error
+    otherwise) and each row's route when it runs alone. The candidate routes differ below the feature
+    layer, where a teacher-forced forward could not even decide; the controller reads the last prompt
+    token's state, which a forward that counts the last generated token as prompt would change."""
+    from adalas.sequence import SequenceController, prompt_features
+
+    m = tiny["model"]
+    routes = [[True, True, True, True], [True, False, True, True], [True, True, False, False]]
+    ctrl = SequenceController(2 * 32 + 1, routes, feature_layer=2)
+    feats = prompt_features(m, [it.input_ids for it in tiny["items"]], [2])[2]  # (N, F)
+    with torch.no_grad():  # standardized features, random weights: the rows' routes differ
+        ctrl.feature_mean.copy_(feats.mean(0))
+        ctrl.feature_scale.copy_(feats.std(0).clamp(min=1e-6))
+        torch.manual_seed(0)
+        ctrl.linear.weight.normal_(std=1.0)
+    m.sequence_controller = ctrl
+    depth = DepthConfig(mode="sequence")
+    try:
+        metrics = _eval(tiny, tmp_path, depth, batch_size=len(ROWS))
+        rows = _lines(tmp_path / "per_sequence.jsonl")
+        assert len({r["route"] for r in rows}) > 1  # rows took different routes
+        assert metrics["layer_usage"] == pytest.approx(m.layer_usage(), abs=1e-12)
+        by_id = {it.id: it for it in tiny["items"]}
+        for r in rows:
+            steps = r["output_tokens"] - 1
+            assert r["layer_runs"] == [steps * int(c) for c in r["route"]]
+            E.generate_batch(m, tiny["tok"], [by_id[r["id"]]], 6)  # alone
+            assert "".join("1" if x else "0" for x in m.router.last_state.routes[0].tolist()) == r["route"]
+    finally:
+        m.set_depth(DepthConfig())
+        m.sequence_controller = None
+
+
+def test_a_count_mismatch_is_an_error_in_tests(tiny):
+    m = tiny["model"]
+    m.set_depth(DepthConfig(mode="early_exit", exit_after=3))
+    E.generate_batch(m, tiny["tok"], tiny["items"][:2], 4)
+    with pytest.raises(E.LayerCountWarning):
+        E._check_against_counters(m, torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1]]), torch.tensor([1, 1]))
+    m.set_depth(DepthConfig())
+
+
+def test_eval_warns_when_the_model_was_trained_on_the_data(tiny, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "trained"
+    shutil.copytree(tiny["dir"], model)
+    data = str(tiny["data"])
+    assert E.training_data_warning(str(model), data) is None  # no record: nothing to say
+    record = model / E.TRAINING_FILE
+    record.write_text(json.dumps({"data": "elsewhere.jsonl", "data_sha256": E._local_data_sha256(data)}))
+    assert "trained on" in E.training_data_warning(str(model), data)  # the same bytes under another name
+    record.write_text(json.dumps({"data": "builtin", "data_sha256": E._local_data_sha256("builtin")}))
+    assert E.training_data_warning(str(model), data) is None
+    assert "evaluated on ('builtin')" in E.training_data_warning(str(model), "builtin")
+    record.write_text(json.dumps({"data": "tatsu-lab/alpaca", "data_sha256": None, "split": "train"}))
+    assert E.training_data_warning(str(model), "tatsu-lab/alpaca", "test") is None  # held-out split
+    assert E.training_data_warning(str(model), "tatsu-lab/alpaca", "train") is not None
+    record.write_text(json.dumps({"data": data, "data_sha256": E._local_data_sha256(data)}))
+    assert cli_main(["eval", "--model", str(model), "--data", data, "--limit", "2", "--max-new-tokens", "2",
+                     "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "its scores are not held-out numbers" in capsys.readouterr().err
+
+
 def test_same_command_twice_gives_identical_rows(tiny, tmp_path):
     _eval(tiny, tmp_path / "a")
     _eval(tiny, tmp_path / "b")
@@ -156,7 +269,7 @@ def test_a_grown_run_only_adds_the_new_sequences(tiny, tmp_path, monkeypatch):
     _eval(tiny, tmp_path / "grown", batch_size=1, items=tiny["items"][:3])
     seen = []
     real = E.generate_batch
-    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, n: seen.extend(i.id for i in items) or real(m, t, items, n))
+    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, *a: seen.extend(i.id for i in items) or real(m, t, items, *a))
     metrics = _eval(tiny, tmp_path / "grown", batch_size=1)
     assert sorted(seen) == sorted(it.id for it in tiny["items"][3:])
     rows = _lines(tmp_path / "grown/per_sequence.jsonl")

@@ -16,7 +16,7 @@ from conftest import BUILDERS, LAYERS, batch, positions
 import adalas.cost
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas.cache import KVCache
-from adalas.controllers import hash_uniform
+from adalas.controllers import hash_uniform, random_route, sequence_keys
 
 ATOL = 1e-5
 MODES = {
@@ -87,12 +87,13 @@ def test_skipped_layers_run_no_attention_or_mlp(kv_fill, mode, monkeypatch):
     B, T, n = 3, 6, 6
     ids, mask = batch(B=B, T=T)
     steps = n - 1  # the first new token comes from the prefill
-    if mode == "stochastic":  # the router's own draws: hash of (seed, row, position, layer)
+    keys = sequence_keys(cfg.get("seed", 0), ids, mask.bool())  # (B,): (seed, each row's prompt tokens)
+    if mode == "stochastic":  # the router's own draws: hash of (row key, position, layer)
         pos = positions(mask)[:, -1:] + 1 + torch.arange(steps)  # (B, steps) decode positions
-        runs = torch.stack([hash_uniform(2, torch.arange(B)[:, None], pos, i) >= p
+        runs = torch.stack([hash_uniform(keys[:, None], pos, i) >= p
                             for i, p in enumerate(cfg["skip_probs"])], -1)  # (B, steps, L)
     elif mode == "random_budget":
-        routes = m.router.start(B, torch.device("cpu"))  # (B, L): drawn from (seed, row) alone
+        routes = torch.stack([random_route(LAYERS, 2, False, k) for k in keys.tolist()])  # (B, L): from the key alone
         runs = routes[:, None, :].expand(B, steps, LAYERS)
     else:
         runs = torch.tensor([i not in cfg["skip_layers"] for i in range(LAYERS)]).expand(B, steps, LAYERS)

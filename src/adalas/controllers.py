@@ -5,11 +5,21 @@ A router answers `decide(layer_idx, h, ctx)` with
   - a bool tensor (B, T): per token (stochastic, per-sequence routes, learned in eval),
   - a float tensor (B, T) of 0/1 values carrying straight-through gradients (learned in training).
 Modes differ only in the router they build (`build_router`); the depth loop in `model.py` is shared.
+
+Random draws (`stochastic` skips, `random_budget` routes) belong to the sequence: each row's key is a
+hash of (seed, its non-pad prompt token ids), plus the Trainer's `global_step` in training
+(`Router.train_step`, set by `adalas.callbacks.RouteKeyCallback`). A row gets the same draws at any
+batch size, order, padding or shard, and distinct prompts get independent draws. The key is read
+when the router first sees the prompt: the prefill of a generation, or the first layer of a forward.
 """
 from __future__ import annotations
 
+import hashlib
+import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class Router:
     """Base: every layer runs."""
+
+    train_step: int | None = None  # the Trainer's global_step while training (joins the random keys)
+    last_state: Any = None  # the state of the last `start` (routes a generation chose, for counting)
 
     def start(self, batch_size: int, device: torch.device) -> Any:
         """Per-sequence state drawn at the start of a forward or a generation (None if none)."""
@@ -43,11 +56,45 @@ class StaticRouter(Router):
         return self.route[layer_idx]
 
 
-class StochasticRouter(Router):
+@dataclass
+class RouteState:
+    """One forward's or generation's per-row random state, filled when the router first sees the prompt."""
+
+    keys: torch.Tensor | None = None  # (B,) int64: each row's key (seed, prompt token ids[, step])
+    routes: torch.Tensor | None = None  # (B, L) bool: random_budget's route per row
+
+
+class _KeyedRouter(Router):
+    """A router whose random draws are keyed on each row's prompt (see the module doc)."""
+
+    seed: int = 0
+
+    def start(self, batch_size, device):
+        self.last_state = RouteState()
+        return self.last_state
+
+    def observe(self, layer_idx, h, ctx):
+        if ctx.sequence_state.keys is None:
+            self._read_prompt(ctx)
+
+    def _state(self, ctx) -> RouteState:
+        state: RouteState = ctx.sequence_state
+        if state.keys is None:
+            self._read_prompt(ctx)
+        return state
+
+    def _read_prompt(self, ctx) -> None:
+        state = ctx.sequence_state
+        state.keys = sequence_keys(self.seed, ctx.input_ids, prompt_tokens(ctx), self.train_step).to(
+            ctx.input_ids.device)
+
+
+class StochasticRouter(_KeyedRouter):
     """Each token skips layer i with probability p_i.
 
-    The draw is a hash of (seed, row, position, layer), not a stream of a generator, so a token gets
-    the same decision whether it is processed in a cached decode step or in one uncached forward.
+    The draw is a hash of (row key, position, layer), not a stream of a generator, so a token gets
+    the same decision whether it is processed in a cached decode step or in one uncached forward,
+    and whatever else shares its batch.
     """
 
     def __init__(self, skip_probs: list[float], seed: int):
@@ -60,28 +107,30 @@ class StochasticRouter(Router):
             return True
         if p >= 1.0:
             return False
-        u = hash_uniform(self.seed, ctx.row_ids[:, None], ctx.position_ids, layer_idx)  # (B, T)
-        return u >= p
+        keys = self._state(ctx).keys[ctx.row_ids]  # (B,)
+        return hash_uniform(keys[:, None], ctx.position_ids, layer_idx) >= p  # (B, T)
 
 
-class PerSequenceRouter(Router):
-    """random_budget: each sequence draws one route with exactly `budget` layers and keeps it."""
+class PerSequenceRouter(_KeyedRouter):
+    """random_budget: each sequence draws one route with exactly `budget` layers (from its key) and keeps it."""
 
     def __init__(self, num_layers: int, budget: int, keep_first: bool, seed: int):
         self.num_layers, self.budget, self.keep_first, self.seed = num_layers, budget, keep_first, seed
 
-    def start(self, batch_size, device):
-        return torch.stack([random_route(self.num_layers, self.budget, self.keep_first, self.seed, row)
-                            for row in range(batch_size)]).to(device)  # (B, L) bool
+    def _read_prompt(self, ctx) -> None:
+        super()._read_prompt(ctx)
+        state = ctx.sequence_state
+        state.routes = torch.stack([random_route(self.num_layers, self.budget, self.keep_first, key)
+                                    for key in state.keys.tolist()]).to(ctx.input_ids.device)  # (B, L)
 
     def decide(self, layer_idx, h, ctx):
-        run = ctx.sequence_state[ctx.row_ids, layer_idx]  # (B,)
+        run = self._state(ctx).routes[ctx.row_ids, layer_idx]  # (B,)
         return run[:, None].expand_as(ctx.position_ids)
 
 
-def random_route(num_layers: int, budget: int, keep_first: bool, seed: int, row: int) -> torch.Tensor:
-    """A route with exactly `budget` layers, drawn from (seed, row) alone."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(row))
+def random_route(num_layers: int, budget: int, keep_first: bool, key: int) -> torch.Tensor:
+    """A route with exactly `budget` layers, drawn from `key` alone (a row's `sequence_keys`)."""
+    g = torch.Generator().manual_seed(int(key))
     route = torch.zeros(num_layers, dtype=torch.bool)
     if keep_first:
         route[0] = True
@@ -90,6 +139,64 @@ def random_route(num_layers: int, budget: int, keep_first: bool, seed: int, row:
         rest = torch.randperm(num_layers, generator=g)[:budget]
     route[rest] = True
     return route
+
+
+def sequence_keys(seed: int, input_ids: torch.Tensor, use: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    """(B,) int64 keys in [0, 2^63): a hash of (seed, step, each row's token ids where `use`).
+
+    input_ids, use: (B, T). `step` None (outside training) and 0 give different keys.
+    """
+    header = struct.pack("<qq", int(seed), -1 if step is None else int(step))
+    ids, use = input_ids.detach().cpu().long().numpy(), use.detach().cpu().bool().numpy()
+    keys = [int.from_bytes(hashlib.blake2b(header + row[keep].astype("<i8").tobytes(), digest_size=8,
+                                           person=b"adalas-key").digest(), "little") >> 1
+            for row, keep in zip(ids, use)]
+    return torch.tensor(np.array(keys, dtype=np.int64))
+
+
+def real_tokens(ctx: "StepContext") -> torch.Tensor:
+    """(B, T) bool: positions of this step that are real tokens (not padding).
+
+    Cached steps read the cache's key mask. An uncached forward reads its attention mask: the last
+    query sees every real key and itself; whether the last position is itself real follows from the
+    mask-derived positions (a right pad repeats the position before it; a row's first real token,
+    after left padding, is position 0). The one case this cannot tell apart: a row of a single real
+    token followed by two or more pads reads its last pad as real.
+    """
+    if ctx.cache is not None:
+        start = ctx.cache.length
+        valid = ctx.cache.key_valid[:, start:start + ctx.num_tokens]
+        return valid if ctx.cache_rows is None else valid[ctx.cache_rows]
+    if ctx.mask is None:
+        return torch.ones_like(ctx.input_ids, dtype=torch.bool)
+    valid = ctx.mask[:, 0, -1, :].clone()  # (B, T)
+    if valid.shape[1] > 1:
+        pos = ctx.position_ids
+        valid[:, -1] = (pos[:, -1] > pos[:, -2]) | (~valid[:, -2] & (pos[:, -1] == 0))
+    return valid
+
+
+def prompt_tokens(ctx: "StepContext") -> torch.Tensor:
+    """(B, T) bool: the non-pad prompt tokens of a step (every real token of a prefill or of a forward
+    without labels; label -100 in a forward with labels, unless `skip_prompt` hides which those are)."""
+    real = real_tokens(ctx)
+    return real if isinstance(ctx.prompt, bool) else real & ctx.prompt
+
+
+def chosen_routes(router: Router) -> torch.Tensor | None:
+    """(B, L) bool: the routes the router's last forward or generation gave its rows, when it fixes one
+    route per sequence (random_budget, sequence); None otherwise."""
+    routes = getattr(router.last_state, "routes", None)
+    return routes if isinstance(routes, torch.Tensor) else None
+
+
+def set_train_step(model: nn.Module, step: int | None) -> None:
+    """Set the training step that joins the random keys, on every adalas model inside `model` (a peft
+    or DDP wrapper included); None outside training."""
+    for m in model.modules():
+        router = getattr(m, "router", None)
+        if isinstance(router, Router):
+            router.train_step = step
 
 
 class Controller(nn.Module):
@@ -211,14 +318,13 @@ def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict |
 _MASK64 = (1 << 63) - 1
 
 
-def hash_uniform(seed: int, row: torch.Tensor, position: torch.Tensor, layer: int) -> torch.Tensor:
+def hash_uniform(key: torch.Tensor, position: torch.Tensor, layer: int) -> torch.Tensor:
     """Uniform [0, 1) numbers from integer keys (a splitmix-style integer hash, vectorized).
 
     Written by hand because torch generators give streams, and stochastic skipping needs a value
-    that depends only on (seed, row, position, layer).
+    that depends only on (row key, position, layer). key: (B, 1) int64; position: (B, T).
     """
-    x = (row.long() * 0x9E3779B1 + position.long() * 0x85EBCA77 + (layer + 1) * 0xC2B2AE3D
-         + (int(seed) & 0xFFFFFFFF) * 0x27D4EB2F) & _MASK64
+    x = (key.long() * 0x9E3779B1 + position.long() * 0x85EBCA77 + (layer + 1) * 0xC2B2AE3D) & _MASK64
     for mult in (0x7FEB352D, 0x846CA68B):
         x = (x ^ (x >> 16)) * mult & _MASK64
     x = x ^ (x >> 16)

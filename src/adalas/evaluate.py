@@ -14,13 +14,18 @@ Notable:
   to finish merges the parts into the main file in plan order (the order one rank would have
   written) under a file lock, or rank 0 after a barrier when torch.distributed is initialized.
 - Layers used per sequence are counted as `layer_usage()` counts them (decode steps only: a row
-  that generates n tokens is counted on n - 1 steps): a static route gives route x steps; a
-  `random_budget` row, the route the router drew for it; the input-dependent modes (learned,
-  stochastic), the `layer_gates` of one teacher-forced forward over prompt + generated tokens,
-  which equal the decode decisions since cached decoding equals recomputation. Every batch is
-  checked against the model's own counters (a mismatch, only possible on a float near-tie of a
-  learned controller, is warned about).
-- ROUGE: rouge-score, no stemmer, rouge1 / rouge2 / rougeL F1 per sequence, averaged.
+  that generates n tokens is counted on n - 1 steps): a row that follows one route (static modes;
+  `random_budget` and `sequence`: the route `generate()` chose for it) counts route x steps, and
+  its row has a `route` column; the per-token modes (learned, stochastic), the `layer_gates` of one
+  teacher-forced forward over prompt + generated tokens (labels -100 on the prompt alone, so the
+  forward's prompt, and the random keys read from it, are the prefill's), which equal the decode
+  decisions since cached decoding equals recomputation. Every batch is checked against the model's
+  own counters: a mismatch, only possible on a float near-tie of a learned controller, is a
+  `LayerCountWarning` (an error in the tests).
+- ROUGE: rouge-score, no stemmer, rouge1 / rouge2 / rougeL F1 per sequence, averaged, with the
+  percentile-bootstrap interval of rougeL's mean (`rougeL_ci95`, see `adalas.stats`).
+- Sampling (`Sampling`): the oracle's null control generates at full depth with temperature 0.7,
+  top-p 0.9 (top-k off) and a seed; everything else is greedy.
 """
 from __future__ import annotations
 
@@ -41,8 +46,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .config import DepthConfig
+from .controllers import chosen_routes
 from .data import Example, build_prompt, load_examples, make_collator, resolve_format, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text, check_output_dir
+from .stats import bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +204,23 @@ class Generation:
     output_tokens: int  # generated tokens up to and including the first EOS
     steps: int  # decode steps counted for this row: output_tokens - 1
     layer_runs: list[int]  # per layer, how many of those steps ran it
+    route: str | None = None  # "1101...": the one route this row followed (None: decided per token)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled instead of greedy generation (the null control's full-depth alternatives)."""
+
+    seed: int
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+    def generate_kwargs(self) -> dict:
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0, "seed": self.seed}
+
+
+class LayerCountWarning(UserWarning):
+    """Per-row layer counts disagree with the model's own counters."""
 
 
 def _eos_ids(model) -> list[int]:
@@ -207,13 +231,15 @@ def _eos_ids(model) -> list[int]:
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, items: Sequence[EvalItem], max_new_tokens: int) -> list[Generation]:
-    """Greedy generation for one batch (left padding) at the model's current depth."""
+def generate_batch(model, tokenizer, items: Sequence[EvalItem], max_new_tokens: int,
+                   sampling: Sampling | None = None) -> list[Generation]:
+    """Greedy (or `sampling`) generation for one batch (left padding) at the model's current depth."""
     collate = make_collator(tokenizer, "left")
     enc = collate([{"input_ids": list(it.input_ids), "attention_mask": [1] * len(it.input_ids)} for it in items])
     ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
     model.reset_usage()
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+    options = sampling.generate_kwargs() if sampling is not None else {"do_sample": False}
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **options)
     new = out[:, ids.shape[1]:].cpu()  # (B, n_new)
     eos = _eos_ids(model)
     lengths = []
@@ -225,32 +251,43 @@ def generate_batch(model, tokenizer, items: Sequence[EvalItem], max_new_tokens: 
                 break
         lengths.append(n)
     steps = torch.tensor([max(n - 1, 0) for n in lengths])  # (B,)
-    runs = row_layer_runs(model, ids, mask, new, steps)  # (B, L)
+    routes = row_routes(model, len(items))  # (B, L) or None
+    runs = row_layer_runs(model, ids, mask, new, steps, routes)  # (B, L)
     _check_against_counters(model, runs, steps)
     texts = [tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new.tolist(), lengths)]
-    return [Generation(t, len(it.input_ids), n, int(s), r) for t, it, n, s, r in
-            zip(texts, items, lengths, steps.tolist(), runs.tolist())]
+    route_strs = [None] * len(items) if routes is None else ["".join("1" if x else "0" for x in r) for r in routes.tolist()]
+    return [Generation(t, len(it.input_ids), n, int(s), r, rt) for t, it, n, s, r, rt in
+            zip(texts, items, lengths, steps.tolist(), runs.tolist(), route_strs)]
 
 
-def row_layer_runs(model, ids: torch.Tensor, mask: torch.Tensor, new: torch.Tensor,
-                   steps: torch.Tensor) -> torch.Tensor:
-    """(B, L) per row and layer, the counted decode steps that ran the layer (see the module doc)."""
-    L, B = model.num_layers, ids.shape[0]
-    route = model.depth.static_route(L)
+def row_routes(model, batch_size: int) -> torch.Tensor | None:
+    """(B, L) bool: each row's route when the depth gives a sequence one route (static modes; for
+    random_budget and sequence, the routes the last `generate()` chose), else None (per token)."""
+    route = model.depth.static_route(model.num_layers)
     if route is not None:
-        return torch.tensor(route, dtype=torch.long)[None, :] * steps[:, None]
-    if model.depth.mode == "random_budget":
-        drawn = model.router.start(B, torch.device("cpu"))  # (B, L): the draw generation made, from (seed, row)
-        return drawn.long() * steps[:, None]
-    # input-dependent routes: one teacher-forced forward; token j of the output is the input of decode step j
+        return torch.tensor(route, dtype=torch.bool)[None, :].expand(batch_size, -1)
+    chosen = chosen_routes(model.router)
+    if chosen is not None and chosen.shape[0] != batch_size:
+        raise AssertionError(f"the router holds routes for {chosen.shape[0]} rows, the batch has {batch_size}")
+    return None if chosen is None else chosen.cpu()
+
+
+def row_layer_runs(model, ids: torch.Tensor, mask: torch.Tensor, new: torch.Tensor, steps: torch.Tensor,
+                   routes: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L) per row and layer, the counted decode steps that ran the layer (see the module doc).
+    `routes` (B, L): each row's one route (`row_routes`); None: read per token from a forward."""
+    if routes is not None:
+        return routes.long() * steps[:, None]
+    # per-token routes: one teacher-forced forward; token j of the output is the input of decode step j.
+    # Every generated position has a label (the last token, never fed back, and pads after a row
+    # finished are simply not counted): the forward's prompt tokens are the prefill's.
     T0, n_new = ids.shape[1], new.shape[1]
     j = torch.arange(n_new)[None, :]
     counted = j < steps[:, None]  # (B, n_new)
     real = j < (steps + 1)[:, None]  # (B, n_new) generated tokens before padding
     full = torch.cat([ids.cpu(), new], dim=1).to(model.device)  # (B, T0 + n_new)
     attention = torch.cat([mask.cpu(), real.long()], dim=1).to(model.device)
-    labels = full.masked_fill(~torch.cat([torch.zeros_like(ids.cpu(), dtype=torch.bool), counted], 1).to(
-        model.device), -100)
+    labels = torch.cat([torch.full_like(ids.cpu(), -100), new], dim=1).to(model.device)
     out = model(input_ids=full, attention_mask=attention, labels=labels)
     gates = out.layer_gates[:, T0:].detach().cpu() > 0.5  # (B, n_new, L)
     return (gates & counted[..., None]).sum(dim=1).long()
@@ -264,7 +301,8 @@ def _check_against_counters(model, runs: torch.Tensor, steps: torch.Tensor) -> N
     theirs = model.layer_usage()
     if any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)):
         warnings.warn(f"per-row layer counts disagree with the model's counters ({sum(ours):.4f} vs "
-                      f"{sum(theirs):.4f} layers per token); a learned controller near a tie can do this")
+                      f"{sum(theirs):.4f} layers per token); a learned controller near a tie can do this",
+                      LayerCountWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +477,41 @@ def plan_fingerprint(*parts: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Evaluating a model on its own training data
+
+TRAINING_FILE = "adalas_training.json"  # written by training into a model directory: `data`, `data_sha256`
+
+
+def _local_data_sha256(data: str) -> str | None:
+    """sha256 of a local data file's bytes (the packaged file for `builtin`); None for hub datasets."""
+    from .data import _builtin_path
+
+    path = _builtin_path() if data == "builtin" else Path(data).expanduser()
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def training_data_warning(model: str, data: str, split: str = "test") -> str | None:
+    """A warning when `model` is a directory whose `adalas_training.json` names the data being
+    evaluated: the same file (by sha256), the same local file or `builtin` by name (used whole for
+    both), or the same hub dataset and split. None otherwise."""
+    record_path = Path(str(model)).expanduser() / TRAINING_FILE
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except ValueError:
+        return f"warning: {record_path} is not valid JSON; cannot tell what the model was trained on"
+    trained = record.get("data")
+    sha = _local_data_sha256(data)
+    same = (sha is not None and sha == record.get("data_sha256")) or (
+        trained == data and (sha is not None or record.get("split") == split))
+    if not same:
+        return None
+    return (f"warning: {model} was trained on {trained!r} ({TRAINING_FILE}), the data it is evaluated on "
+            f"({data!r}); its scores are not held-out numbers")
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings a result directory was made with (a rerun must match them)
 
 def versions() -> dict[str, str]:
@@ -485,6 +558,8 @@ def make_row(item: EvalItem, gen: Generation, reference: str, static: bool, fall
     row = {"id": item.id, "prompt": item.prompt, "reference": reference, "prediction": gen.prediction,
            **scores, "layers_used": layers_used, "prompt_tokens": gen.prompt_tokens,
            "output_tokens": gen.output_tokens, **(extra or {})}
+    if gen.route is not None:
+        row["route"] = gen.route
     if not static:
         row["layer_runs"] = gen.layer_runs  # per layer, decode steps of this row that ran it
     return row
@@ -519,10 +594,11 @@ def missing_items(batches: Sequence[Batch], store: RowStore, extra: dict | None 
 
 def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, max_new_tokens: int,
               references: dict[str, str] | str | None = None, extra: dict | None = None,
-              progress: Progress | None = None, desc: str = "") -> float:
+              progress: Progress | None = None, desc: str = "", sampling: Sampling | None = None) -> float:
     """Generate the rows of `batches` that `store` lacks, at the model's current depth; returns seconds.
 
     references: None (the data's), {id: text}, or "self" (the full model scored against its own output).
+    sampling: sample (the null control's alternatives) instead of greedy decoding.
     """
     model.eval()
     static = model.depth.static_route(model.num_layers) is not None
@@ -534,7 +610,7 @@ def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, ma
         if not missing:
             continue
         t0 = time.perf_counter()
-        gens = generate_batch(model, tokenizer, batch.items, max_new_tokens)  # the whole batch: same companions
+        gens = generate_batch(model, tokenizer, batch.items, max_new_tokens, sampling)  # whole batch: same companions
         seconds += time.perf_counter() - t0
         fallback = _fallback_layers(model)
         rows = [make_row(it, g, _reference(references, it, g), static, fallback, extra)
@@ -564,7 +640,8 @@ def _fallback_layers(model) -> float:
 
 
 def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | None = None) -> dict:
-    """Mean ROUGE F1 over rows; layer usage pooled over every counted token (as `layer_usage()`)."""
+    """Mean ROUGE F1 over rows, with the bootstrap interval of rougeL's (`rougeL_ci95`); layer usage
+    pooled over every counted token (as `layer_usage()`)."""
     if not rows:
         raise ValueError("summarize: no rows")
     n = len(rows)
@@ -581,6 +658,7 @@ def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | Non
         runs = [a + b for a, b in zip(runs, row_runs)]
     usage = [r / steps for r in runs] if steps else [0.0] * num_layers
     out = {name: sum(float(r[name]) for r in rows) / n for name in ROUGE_TYPES}
+    out["rougeL_ci95"] = bootstrap_ci([float(r["rougeL"]) for r in rows])
     out.update(avg_layers=sum(usage), layer_usage=usage, n=n,
                output_tokens=sum(int(r["output_tokens"]) for r in rows) / n)
     return out

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import DepthConfig
-from ..controllers import Router
+from ..controllers import Router, real_tokens
 from ..oracle import route_to_str
 from .controller import SequenceController, batches, left_pad, pool_features, prompt_features, temporary_depth
 
@@ -56,7 +56,7 @@ class SequenceRouter(Router):
 
     def observe(self, layer_idx, h, ctx):
         if layer_idx == self.controller.feature_layer and ctx.sequence_state.routes is None:
-            self._predict(h, ctx, _real_tokens(ctx))
+            self._predict(h, ctx, real_tokens(ctx))
 
     def decide(self, layer_idx, h, ctx):
         state: SequenceState = ctx.sequence_state
@@ -64,7 +64,7 @@ class SequenceRouter(Router):
             if layer_idx == self.controller.feature_layer:
                 prompt = ctx.prompt if not isinstance(ctx.prompt, bool) else torch.full_like(ctx.input_ids, ctx.prompt,
                                                                                              dtype=torch.bool)
-                self._predict(h, ctx, _real_tokens(ctx) & prompt)
+                self._predict(h, ctx, real_tokens(ctx) & prompt)
             elif self._common[layer_idx] is not None:
                 return self._common[layer_idx]
             else:
@@ -78,17 +78,6 @@ class SequenceRouter(Router):
         state: SequenceState = ctx.sequence_state
         state.choice = self.controller.choose(pool_features(h, valid), self.lam).to(h.device)  # (B,)
         state.routes = self.controller.routes.to(h.device)[state.choice]  # (B, L)
-
-
-def _real_tokens(ctx) -> torch.Tensor:
-    """(B, T) bool: positions of this step that are real tokens (not left padding)."""
-    if ctx.cache is not None:
-        start = ctx.cache.length
-        valid = ctx.cache.key_valid[:, start:start + ctx.num_tokens]
-        return valid if ctx.cache_rows is None else valid[ctx.cache_rows]
-    if ctx.mask is None:
-        return torch.ones_like(ctx.input_ids, dtype=torch.bool)
-    return ctx.mask[:, 0, -1, :]  # the last query sees every real key (and itself, which is real)
 
 
 def ensure_controller(depth: DepthConfig, num_layers: int,

@@ -1,0 +1,148 @@
+"""Random draws belong to the sequence: `stochastic` skips and `random_budget` routes are keyed on
+(seed, the non-pad prompt token ids), never on the row's place in the batch, plus the Trainer's
+step in training (`RouteKeyCallback`). Tiny random Llama (conftest)."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from adalas import AdalasForCausalLM, DepthConfig
+from adalas.callbacks import RouteKeyCallback
+from adalas.controllers import sequence_keys, set_train_step
+
+from conftest import LAYERS, VOCAB, tiny_llama
+
+L8 = 8
+
+
+def _model(depth: DepthConfig, layers: int = L8) -> AdalasForCausalLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if layers == LAYERS:
+        return AdalasForCausalLM.from_hf(tiny_llama(), depth).eval()
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, intermediate_size=64,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return AdalasForCausalLM.from_hf(LlamaForCausalLM(cfg).eval(), depth).eval()
+
+
+def _prompts(n: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def _pad(prompts, side: str = "left"):
+    T = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        sl = slice(T - len(p), T) if side == "left" else slice(0, len(p))
+        ids[r, sl], mask[r, sl] = torch.tensor(p), 1
+    return ids, mask
+
+
+def _generated_routes(m, prompts) -> list[tuple[bool, ...]]:
+    ids, mask = _pad(prompts)
+    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3)
+    return [tuple(r) for r in m.router.last_state.routes.tolist()]
+
+
+def test_keys_depend_on_the_prompt_tokens_alone():
+    a, b = [5, 6, 7], [5, 6, 8]
+    ids, mask = _pad([a, b, [9, 9, 9, 9, 9]])
+    keys = sequence_keys(0, ids, mask.bool())
+    alone = sequence_keys(0, torch.tensor([a]), torch.ones(1, 3, dtype=torch.bool))
+    assert keys[0] == alone[0] and keys[0] != keys[1]  # padding does not enter; one token changes the key
+    assert sequence_keys(1, ids, mask.bool())[0] != keys[0]  # the seed does
+    assert sequence_keys(0, ids, mask.bool(), step=0)[0] != keys[0] != sequence_keys(0, ids, mask.bool(), step=1)[0]
+    assert keys.dtype == torch.long and bool((keys >= 0).all())
+
+
+def test_random_budget_routes_are_the_same_at_any_batch_size_and_order():
+    m = _model(DepthConfig(mode="random_budget", budget=4, keep_first=True, seed=3))
+    prompts = _prompts(8)
+    together = _generated_routes(m, prompts)
+    assert _generated_routes(m, prompts[::-1]) == together[::-1]
+    assert [_generated_routes(m, [p])[0] for p in prompts] == together
+    assert _generated_routes(m, prompts[2:5]) == together[2:5]  # a shard
+    assert len(set(together)) >= 6  # 8 prompts draw (nearly) independent routes of 35
+    assert all(sum(r) == 4 and r[0] for r in together)
+
+
+@torch.no_grad()
+def test_stochastic_skips_are_the_same_alone_and_batched():
+    """Generation (left padding) and a forward with labels (right padding, as training pads) give each
+    sequence the same per-token skips as it gets alone."""
+    m = _model(DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.5] * (L8 - 1), seed=1))
+    prompts = _prompts(4, seed=2)
+    # forward with labels, right padding: the prompt is the first 3 tokens of each row
+    seqs = [p + [11, 12, 13, 14] for p in prompts]
+    ids, mask = _pad(seqs, side="right")
+    labels = ids.masked_fill(mask == 0, -100)
+    for r, p in enumerate(prompts):
+        labels[r, :len(p)] = -100
+    gates = m(input_ids=ids, attention_mask=mask, labels=labels).layer_gates  # (B, T, L)
+    for r, (p, s) in enumerate(zip(prompts, seqs)):
+        one = torch.tensor([s])
+        lab = one.clone()
+        lab[0, :len(p)] = -100
+        alone = m(input_ids=one, labels=lab).layer_gates[0]
+        assert torch.equal(gates[r, :len(s)], alone), r
+    assert 0 < float(gates[:, :, 1:].mean()) < 1
+
+
+@torch.no_grad()
+def test_training_steps_draw_anew_and_the_callback_sets_the_step():
+    m = _model(DepthConfig(mode="random_budget", budget=4, seed=0))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    labels = ids.clone()
+    labels[0, :3] = -100
+
+    def route():
+        return tuple(m(input_ids=ids, labels=labels).layer_gates[0, -1].tolist())
+
+    outside = route()
+    assert route() == outside  # no step: the sequence's own draw, every time
+    wrapped = nn.ModuleDict({"inner": m})  # as peft or DDP wrap the model
+    cb = RouteKeyCallback()
+    seen = set()
+    for step in range(6):
+        cb.on_step_begin(None, types.SimpleNamespace(global_step=step), None, model=wrapped)
+        assert m.router.train_step == step
+        seen.add(route())
+        cb.on_step_end(None, types.SimpleNamespace(global_step=step + 1), None, model=wrapped)
+        assert m.router.train_step is None
+    assert len(seen) > 1  # steps differ
+    assert route() == outside
+    set_train_step(m, 2)
+    m.set_depth(DepthConfig(mode="random_budget", budget=4, seed=0))  # a new router starts outside training
+    assert m.router.train_step is None
+
+
+@pytest.mark.parametrize("mode", ["random_budget", "stochastic"])
+@torch.no_grad()
+def test_cached_generation_equals_recomputation_with_keyed_draws(mode):
+    """The uncached forward reads the same prompt (labels -100) and so draws what generation drew."""
+    depth = (DepthConfig(mode="random_budget", budget=4, seed=2) if mode == "random_budget"
+             else DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.5] * (L8 - 1), seed=2))
+    m = _model(depth)
+    ids, mask = _pad(_prompts(3, seed=5))
+    out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4)
+    m.reset_usage()
+    steps = []
+    orig = m.logits_from_state
+    m.logits_from_state = lambda h: steps.append(orig(h)) or steps[-1]
+    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4)
+    m.logits_from_state = orig
+    full_mask = torch.cat([mask, torch.ones(3, 4, dtype=mask.dtype)], 1)
+    labels = out.clone()
+    labels[:, :ids.shape[1]] = -100
+    ref = m(input_ids=out, attention_mask=full_mask, labels=labels).logits
+    T0 = ids.shape[1]
+    for s, logits in enumerate(steps):
+        torch.testing.assert_close(logits, ref[:, T0 - 1 + s], atol=1e-4, rtol=0)
