@@ -9,6 +9,7 @@ Writes DIR/metrics.json and DIR/per_sequence.jsonl; a rerun skips the sequences 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..cli import add_model_args, check_counts, make_parser
 from ..io import check_output_dir
@@ -57,6 +58,15 @@ def fill_defaults(args: argparse.Namespace) -> None:
     check_output_dir(args.out)
 
 
+def warn_if_trained_on(model: str, data: str, split: str) -> None:
+    """One line on stderr when the model directory records training on this data (`adalas_training.json`)."""
+    from ..evaluate import training_data_warning
+
+    message = training_data_warning(model, data, split)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("eval", __doc__.splitlines()[0])
     add_model_args(p, default_model=None)
@@ -84,6 +94,7 @@ def main(argv: list[str]) -> int:
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
     examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
+    warn_if_trained_on(args.model, args.data, args.split)
     model, tok = load_model_from_args(args, depth=depth)  # depth None: the model directory's saved depth
     items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
                        context=context_length(model), max_new_tokens=args.max_new_tokens,
