@@ -146,7 +146,7 @@ def test_killed_and_grown_sweeps_resume_without_duplicates(tiny, tmp_path, monke
     _sweep(tiny, grown, S.build_configs(LAYERS, budgets=[3], routes_per_budget=1), items=tiny["items"][:4],
            batch_size=1)
     seen = []
-    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, n: seen.extend(i.id for i in items) or real(m, t, items, n))
+    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, *a: seen.extend(i.id for i in items) or real(m, t, items, *a))
     rows = _sweep(tiny, grown, batch_size=1)
     assert len(seen) == 4 * 3 + 3 * 7  # 4 old configs x 3 new sequences + 3 new configs x 7
     per_seq = _lines(grown / "per_sequence.jsonl")
