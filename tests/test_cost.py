@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_gpt2, tiny_llama, tiny_opt
 
 from adalas import AdalasForCausalLM, DepthConfig
-from adalas.cost import Shapes, config_flops, flops_per_token
+from adalas.cost import Shapes, config_flops, flops_per_token, generation_flops
 
 C = 10  # keys each generated token attends to
 
@@ -29,7 +29,13 @@ def test_hand_count_tiny_llama():
     assert Shapes.of(m) == Shapes(4, 32, 4, 2, 8, 64, 3, 96 * 32)
     assert flops_per_token(m, [1.0] * 4, "propagate", C) == 4 * layer + head == 84992
     skip = DepthConfig(mode="static_skip", skip_layers=[1, 3])
-    assert config_flops(m, skip, C)["flops_per_token"] == 2 * layer + 2 * kv + head
+    # a route fixed per sequence stores no keys/values for skipped layers under either kv_fill (none is read)
+    assert config_flops(m, skip, C)["flops_per_token"] == 2 * layer + head
+    assert not config_flops(m, skip, C)["skipped_kv_computed"]
+    # per-token skipping under propagate: a skipped (token, layer) costs its key/value projection
+    per_token = config_flops(m, DepthConfig(mode="stochastic", skip_probs=[0.0, 1.0, 0.0, 1.0]), C,
+                             layer_usage=[1.0, 0.0, 1.0, 0.0])
+    assert per_token["flops_per_token"] == 2 * layer + 2 * kv + head and per_token["skipped_kv_computed"]
     masked = config_flops(m, DepthConfig(mode="static_skip", skip_layers=[1, 3], kv_fill="mask"), C)
     assert masked["flops_per_token"] == 2 * layer + head
     # half the layers skipped: the expected ratio (and 1/ratio is the speed-up bound)
@@ -74,6 +80,15 @@ def test_measured_usage_from_generation():
     m.generate(input_ids=ids, max_new_tokens=6)
     r = config_flops(m, None, C, layer_usage=m.layer_usage())
     assert r["avg_layers"] == pytest.approx(m.avg_layers()) and 0 < r["relative_to_full"] < 1
+
+
+def test_generation_flops_uses_measured_usage_and_context():
+    layer, kv, head = llama_by_hand()  # attention term for C = 10 keys
+    m = AdalasForCausalLM.from_hf(tiny_llama(), DepthConfig(mode="static_skip", skip_layers=[1, 3]))
+    # context = prompt + half the new tokens = 6 + 8 / 2 = 10 = C
+    assert generation_flops(m, None, [1.0, 0.0, 1.0, 0.0], prompt_tokens=6, output_tokens=8) == 2 * layer + head
+    assert generation_flops(m, DepthConfig(mode="stochastic", skip_probs=[0.5] * 4), [1.0, 0.5, 0.5, 0.0], 6, 8) \
+        == pytest.approx(2 * layer + 2 * kv + head)
 
 
 def test_errors_name_the_argument():

@@ -28,6 +28,8 @@ def delete_layers(hf, keep):
                 mod.layer_idx = new_idx
     _set_layer_list(m, kept)
     m.config.num_hidden_layers = len(keep)
+    if isinstance(getattr(m.config, "layer_types", None), list):  # per-layer attention kinds (sliding windows)
+        m.config.layer_types = [m.config.layer_types[i] for i in keep]
     if hasattr(m.config, "n_layer"):
         m.config.n_layer = len(keep)
     return m

@@ -113,7 +113,7 @@ def test_skipped_layers_run_no_attention_or_mlp(kv_fill, mode, monkeypatch):
             expected = (runs.any(0).sum(0) * B).tolist()
         for name in ("q_proj", "o_proj", "mlp"):
             assert counts[name] == expected, (strategy, name)
-        kv = [B * steps] * LAYERS if kv_fill == "propagate" else expected
+        kv = [B * steps] * LAYERS if kv_fill == "propagate" and mode == "stochastic" else expected  # see test_compat
         assert counts["k_proj"] == kv and counts["v_proj"] == kv, strategy
     assert torch.equal(outputs["gather"], outputs["every_row"])
 
@@ -175,7 +175,7 @@ def test_mask_cache_holds_only_what_a_static_route_stores():
         m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10)
         sizes[name] = m._last_cache_bytes
     per_slot = sizes["full"] // (LAYERS * 16)  # bytes per (layer, slot): 6 prompt + 10 new slots
-    assert sizes["exit_propagate"] == sizes["full"]
+    assert sizes["exit_propagate"] == sizes["exit_mask"]  # a static route stores no skipped keys/values either way
     assert sizes["exit_mask"] == per_slot * (2 * 16 + 2 * 6)  # skipped layers keep the prompt only
     assert sizes["exit_mask_skip_prompt"] == per_slot * 2 * 16
 

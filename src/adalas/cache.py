@@ -1,8 +1,7 @@
 """A preallocated key/value cache for the depth loop.
 
 One (B, H_kv, T_max, Dh) tensor pair per layer (views of one (L, B, H_kv, T_max, Dh) pair when all
-layers have the same length, so `write_layers` fills many layers in one op), allocated once per
-generation; all rows share the
+layers have the same length: one allocation), allocated once per generation; all rows share the
 write position ("slot"; prompts are left-padded, so a row's slot and its position id differ). A
 (B, T_max) bool mask, `key_valid`, says which slots hold real tokens: left padding, and the holes a
 batched self-speculative round leaves where a row accepted fewer drafted tokens than another.
@@ -10,11 +9,12 @@ batched self-speculative round leaves where a row accepted fewer drafted tokens 
 Under `kv_fill="mask"` a (L, B, T_max) bool tensor records which (layer, token) pairs hold keys and
 values; attention at layer i ignores the others.
 
-Memory under `kv_fill="mask"`: a layer that a *static* route skips never stores a generated token,
-so its buffers hold only the prompt (or nothing, with `skip_prompt=True`): `layer_lengths` sizes each
-layer's buffers (early exit after half the layers then needs about half the cache). Routes that
-vary per token or per sequence keep full buffers: positions are shared across rows, so freeing a
-skipped slot would need a ragged layout that slows every step; there it saves compute, not memory.
+Memory: a layer that a *static* route skips never stores a generated token (under either `kv_fill`:
+nothing would read it), so its buffers hold only the prompt (or nothing, with `skip_prompt=True`):
+`layer_lengths` sizes each layer's buffers (early exit after half the layers then needs about half
+the cache). Routes that vary per token or per sequence keep full buffers: positions are shared
+across rows, so freeing a skipped slot would need a ragged layout that slows every step; there it
+saves compute, not memory.
 """
 from __future__ import annotations
 
@@ -71,16 +71,6 @@ class KVCache:
         else:
             self.keys[layer][rows, :, s:e] = k
             self.values[layer][rows, :, s:e] = v
-
-    def write_layers(self, layers: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keys/values (n, B, H_kv, T, Dh) of n layers (a long tensor of their indices) at once."""
-        s, e = self.length, self.length + k.shape[3]
-        if self.all_keys is None:
-            for j, i in enumerate(layers.tolist()):
-                self.write(i, k[j], v[j])
-            return
-        self.all_keys[layers, :, :, s:e] = k
-        self.all_values[layers, :, :, s:e] = v
 
     def read(self, layer: int, end: int, rows: torch.Tensor | None = None):
         if rows is None:

@@ -94,6 +94,8 @@ class DepthConfig:
             for i, p in enumerate(self.skip_probs):
                 if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0) or math.isnan(p):
                     raise ValueError(f"skip_probs[{i}]: {p!r} is not a probability in [0, 1]")
+            if self.skip_probs and all(p == 1.0 for p in self.skip_probs):
+                raise ValueError(f"skip_probs: every layer is skipped with probability 1, so {_RUNS_NO_LAYER}")
         if self.route is not None:
             _check_route("route", self.route)
         if self.exit_after is not None and (not _is_int(self.exit_after) or self.exit_after < 1):
@@ -131,6 +133,8 @@ class DepthConfig:
             for i in getattr(self, name) or []:
                 if i >= L:
                     raise ValueError(f"{name}: layer {i} is out of range for a model with {L} layers (0..{L - 1})")
+        if self.mode == "static_skip" and len(set(self.skip_layers)) >= L:
+            raise ValueError(f"skip_layers: skips all {L} layers of the model, so {_RUNS_NO_LAYER}")
         if self.skip_probs is not None and len(self.skip_probs) != L:
             raise ValueError(f"skip_probs: has {len(self.skip_probs)} entries; the model has {L} layers")
         if self.route is not None and len(self.route) != L:
@@ -209,6 +213,23 @@ class DepthConfig:
             return [bool(r) for r in self.route]
         return None
 
+    @property
+    def one_route_per_sequence(self) -> bool:
+        """Every generated token of a sequence follows the same route (static modes, random_budget,
+        sequence). Then no later token ever queries a layer that the sequence's tokens skip, so the
+        keys/values a skipped layer would store are never read: `kv_fill` "propagate" and "mask" give
+        the same output, and neither computes them (see `stores_skipped_kv`)."""
+        return self.mode in _ONE_ROUTE_PER_SEQUENCE
+
+    @property
+    def stores_skipped_kv(self) -> bool:
+        """Whether a skipped (token, layer) computes and stores its keys/values: only under
+        `kv_fill="propagate"` in modes that decide per token, where a later token may run that layer."""
+        return self.kv_fill == "propagate" and not self.one_route_per_sequence
+
+
+_ONE_ROUTE_PER_SEQUENCE = frozenset({"full", "static_skip", "early_exit", "route", "random_budget", "sequence"})
+_RUNS_NO_LAYER = "generated tokens would run no layer; a depth config must keep at least one"
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "static_skip": ("skip_layers",),

@@ -5,8 +5,10 @@ norms, activations, softmax, rotary, biases and embedding lookups are left out, 
 - a layer a token runs: its projections, q and o `2*D*(H*Dh)` each, k and v `2*D*(Hkv*Dh)` each;
   attention over `context_length` keys, `2*2*H*Dh*C` (scores, then the weighted sum of values);
   the MLP, `2*m*D*I` (m = 2 weight matrices, 3 for a gated MLP such as Llama's);
-- a layer it skips: its key/value projections, `2*2*D*(Hkv*Dh)`, under `kv_fill="propagate"`;
-  nothing under `"mask"` (nor for a layer deleted from the checkpoint, see `adalas export`);
+- a layer it skips: its key/value projections, `2*2*D*(Hkv*Dh)`, under `kv_fill="propagate"` in the
+  modes that decide per token (stochastic, learned, confidence_exit); nothing under `"mask"`, nor in
+  the modes with one route per sequence, where no later token reads them (`DepthConfig.stores_skipped_kv`),
+  nor for a layer deleted from the checkpoint (see `adalas export`);
 - the head (final projection + vocabulary, `2*V*D` for a plain head) once per token, and once more
   per confidence check (`confidence_exit`: `model.head_evaluations()` per token).
 
@@ -14,9 +16,9 @@ norms, activations, softmax, rotary, biases and embedding lookups are left out, 
 (for a whole generation, about prompt length + half the new tokens). It applies to every layer run;
 under `kv_fill="mask"` a layer holds fewer keys, so the attention term is then an upper bound.
 
-Example (SmolLM2-135M, every other layer skipped, 128 keys): `relative_to_full` 0.63 under
-propagate, 0.60 under mask (= the checkpoint with those layers deleted: a 1.66x bound; the head is
-20% of the full model's work).
+Example (SmolLM2-135M, every other layer skipped, 128 keys): `relative_to_full` 0.60 under either
+kv_fill (= the checkpoint with those layers deleted: a 1.66x bound; the head is 20% of the full
+model's work); with each layer skipped per token with probability 1/2 under propagate, 0.63.
 
     config_flops(model, DepthConfig(mode="static_skip", skip_layers=list(range(1, 30, 2))), 128)
 
@@ -181,9 +183,22 @@ def config_flops(model_or_family: Any, depth: "DepthConfig | dict | str | None",
             raise ValueError("head_evals_per_token: required for confidence_exit; measure it, e.g. "
                              "model.head_evaluations() after generate")
         head_evals_per_token = 0.0
-    flops = flops_per_token(s, layer_usage, depth.kv_fill, context_length, head_evals_per_token)
-    full = flops_per_token(s, [1.0] * s.num_layers, depth.kv_fill, context_length)
+    fill = depth.kv_fill if depth.stores_skipped_kv else "mask"  # what the engine computes
+    flops = flops_per_token(s, layer_usage, fill, context_length, head_evals_per_token)
+    full = flops_per_token(s, [1.0] * s.num_layers, fill, context_length)
     return {"flops_per_token": flops, "full_flops_per_token": full, "relative_to_full": flops / full,
             "speedup_bound": full / flops, "avg_layers": float(sum(layer_usage)),
             "head_evals_per_token": float(head_evals_per_token), "context_length": context_length,
-            "kv_fill": depth.kv_fill, "shapes": asdict(s)}
+            "kv_fill": depth.kv_fill, "skipped_kv_computed": depth.stores_skipped_kv, "shapes": asdict(s)}
+
+
+def generation_flops(model: Any, depth: "DepthConfig | dict | str | None", layer_usage: Sequence[float],
+                     prompt_tokens: float, output_tokens: float, head_evals_per_token: float = 0.0) -> float:
+    """FLOPs per generated token of a finished generation (a sweep row's `flops_per_token`): the
+    measured `layer_usage` (`model.layer_usage()`) and head evaluations, attending on average to the
+    mean prompt length plus half the mean number of new tokens (`context_length` of `config_flops`)."""
+    if prompt_tokens < 0 or output_tokens < 0:
+        raise ValueError("prompt_tokens, output_tokens: must be >= 0")
+    context = prompt_tokens + output_tokens / 2.0
+    return config_flops(model, depth, context, layer_usage=list(layer_usage),
+                        head_evals_per_token=head_evals_per_token)["flops_per_token"]

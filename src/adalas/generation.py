@@ -1,29 +1,41 @@
 """The decoding loop: prefill at full depth (the prompt), then one token per step at the chosen depth.
 
-Hugging Face semantics: left-padded batches, greedy or sampling (temperature, top-k, top-p,
-repetition penalty through transformers' own logits processors), `max_new_tokens`,
-`min_new_tokens`, `eos_token_id` (int or list), finished rows padded with `pad_token_id`, extra
-`logits_processor` / `stopping_criteria`, `stop_strings` (with `tokenizer`); options left unset take
-the model's generation_config, then transformers' defaults. Unsupported options (beam search, ...) raise ValueError
-instead of being ignored. The cache is preallocated for prompt + max_new_tokens.
+Hugging Face semantics, option by option as transformers' `generate` resolves them: the caller's
+keywords, else `generation_config=` (a `GenerationConfig`), else the model's own generation_config,
+else transformers' defaults (so `max_length=20` applies when neither `max_new_tokens` nor
+`max_length` is given). Supported: left-padded batches, greedy or sampling (temperature, top-k, top-p,
+repetition penalty through transformers' own logits processors), `max_new_tokens` / `max_length`,
+`min_new_tokens` / `min_length`, `eos_token_id` (int or list), finished rows padded with
+`pad_token_id`, extra `logits_processor` / `stopping_criteria`, `stop_strings` (with `tokenizer`),
+`use_cache` (any value: the output is the same), and `return_dict_in_generate` with `output_scores`
+/ `output_logits`, which return transformers' `GenerateDecoderOnlyOutput` (`sequences`, `scores`,
+`logits` as transformers gives them; `cache` is None: the key/value cache is adalas' own). Any other
+option set to a non-default value (beam search, `no_repeat_ngram_size`, `output_attentions`, ...),
+and any unknown keyword, raises ValueError instead of being ignored, as transformers raises for
+keywords it does not use. A right-padded batch (a pad after a row's last token) is refused: every
+row continues from its last position. The cache is preallocated for prompt + max_new_tokens.
 
 The fast path (`fast_path=True`, the default) serves every mode whose route is known before a decode
 step: static routes (full, static_skip, early_exit, route) and one route per sequence
 (random_budget, sequence). It resolves the route once into a `DecodePlan`, so a decode step is a
 plain loop over layers with no router call and no per-layer bookkeeping (usage is counted once, at
-the end); a skipped layer costs one branch plus its key/value projection under `kv_fill="propagate"`.
-It runs the same layer body as the depth loop in `model.py`, with the family's fused projection
-weights (`Family.fused_weights`). Per-token modes (stochastic, learned, confidence_exit) use the
-depth loop itself. `draft_depth=` switches to self-speculative decoding (`adalas.speculative`).
+the end); a skipped layer costs one branch and nothing else: with one route per sequence no later
+token reads the keys/values it would store, so `kv_fill` "propagate" and "mask" compute the same
+thing (`DepthConfig.stores_skipped_kv`). It runs the same layer body as the depth loop in `model.py`,
+with the family's fused projection weights (`Family.fused_weights`). Per-token modes (stochastic,
+learned, confidence_exit) use the depth loop itself. `draft_depth=` switches to self-speculative
+decoding (`adalas.speculative`).
 """
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                          StoppingCriteriaList, StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import (GenerationConfig, LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                          RepetitionPenaltyLogitsProcessor, StoppingCriteriaList, StopStringCriteria,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation import GenerateDecoderOnlyOutput
 
 from .cache import KVCache
 from .model import StepContext, positions_from_mask
@@ -31,28 +43,83 @@ from .model import StepContext, positions_from_mask
 if TYPE_CHECKING:  # pragma: no cover
     from .model import AdalasForCausalLM
 
-# Options transformers accepts that this loop does not implement: refuse them rather than ignore them.
-_UNSUPPORTED = {"num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "assistant_model": None,
-                "num_return_sequences": 1, "prompt_lookup_num_tokens": None, "constraints": None,
-                "force_words_ids": None, "guidance_scale": None, "assistant_early_exit": None}
-_IGNORED = {"use_cache", "output_scores", "output_attentions", "output_hidden_states", "synced_gpus",
-            "return_dict_in_generate", "generation_config"}
+# GenerationConfig fields this loop implements (any value), or that do not change what a decoder-only
+# model generates from input ids (token ids used only to start from nothing or for encoders; how
+# transformers would cache or compile: adalas has its own cache and does not compile).
+_SUPPORTED = frozenset({
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+    "repetition_penalty", "eos_token_id", "pad_token_id", "stop_strings", "return_dict_in_generate",
+    "output_scores", "output_logits",
+    "bos_token_id", "decoder_start_token_id", "use_cache", "cache_implementation", "cache_config", "max_cache_len",
+    "compile_config", "disable_compile", "transformers_version"})
+# arguments of transformers' generate() that are not GenerationConfig fields: accepted only unset
+_UNSET_ONLY = ("prefix_allowed_tokens_fn", "assistant_model", "streamer", "negative_prompt_ids",
+               "negative_prompt_attention_mask", "custom_generate", "assistant_tokenizer", "past_key_values")
+# the value that switches off an option transformers' defaults leave unset
+_OFF = {"guidance_scale": 1.0, "min_p": 0.0}
 # transformers' defaults for options neither the caller nor the model's generation_config sets
 _HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
 
 
-def effective_options(model, temperature: float | None, top_k: int | None, top_p: float | None,
-                      repetition_penalty: float | None) -> tuple:
-    """(temperature, top_k, top_p, repetition_penalty): an option left None takes the model's
-    generation_config value, else transformers' default (so sampling keeps top_k=50, as there)."""
-    gen_cfg = getattr(model.model, "generation_config", None)
+def _global_defaults() -> dict[str, Any]:
+    """transformers' values for generation options nobody set (`max_length=20`, `top_k=50`, ...)."""
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    if defaults is not None:
+        return dict(defaults())
+    return {"max_length": 20, "min_length": 0, "do_sample": False, "use_cache": True, "num_beams": 1,
+            "num_return_sequences": 1, "output_scores": False, "return_dict_in_generate": False, **_HF_DEFAULTS}
 
-    def default(value, name):
-        value = value if value is not None else getattr(gen_cfg, name, None)
-        return value if value is not None else _HF_DEFAULTS[name]
 
-    return (default(temperature, "temperature"), default(top_k, "top_k"), default(top_p, "top_p"),
-            default(repetition_penalty, "repetition_penalty"))
+def resolve_generation_config(model, generation_config: GenerationConfig | None,
+                              options: dict[str, Any]) -> GenerationConfig:
+    """The options of one call, as transformers resolves them: `options` (the caller's keywords), else
+    `generation_config`, else the model's own generation_config, else transformers' defaults. Raises
+    ValueError for an unknown keyword and for an option this loop does not implement."""
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise ValueError(f"generation_config: expected a transformers GenerationConfig, got "
+                         f"{type(generation_config).__name__}")
+    cfg = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
+    fields = {k for k in vars(cfg) if not k.startswith("_")}
+    own = getattr(model.model, "generation_config", None)
+    defaults = _global_defaults()
+    for name, value in (own.to_dict().items() if own is not None else ()):
+        if name in fields and getattr(cfg, name) is None and value is not None:
+            setattr(cfg, name, value)
+    for name, value in defaults.items():
+        if name in fields and getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"generate: unknown option(s) {', '.join(unknown)} (not used by the model; check for typos)")
+    cfg.update(**given)  # transformers' own checks of the values
+    for name in sorted(fields - _SUPPORTED):
+        value = getattr(cfg, name)
+        if value is None or value is False or value == defaults.get(name, _OFF.get(name)):
+            continue
+        source = ("the call" if name in given else "generation_config=" if generation_config is not None
+                  and getattr(generation_config, name, None) is not None else "the model's generation_config")
+        hint = "" if source == "the call" else "; pass a generation_config= that leaves it unset"
+        raise ValueError(f"generate: {name}={value!r} (from {source}) is not supported by adalas (greedy and "
+                         f"sampling decoding; see adalas.generation){hint}")
+    return cfg
+
+
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """Refuse a mask where a pad follows a row's token (right padding) or a row has no token: every
+    row continues from its last position, so only left padding gives each row its own text."""
+    m = attention_mask.bool()
+    if bool(m.all()):
+        return
+    right = (m[:, :-1] & ~m[:, 1:]).any(1)  # (B,) a real token followed by a pad
+    if bool(right.any()):
+        row = int(right.nonzero()[0])
+        raise ValueError(f"attention_mask: row {row} is right-padded (a pad follows one of its tokens); generate() "
+                         f"continues every row from its last position, so pad prompts on the left "
+                         f"(tokenizer.padding_side = \"left\")")
+    empty = ~m.any(1)
+    if bool(empty.any()):
+        raise ValueError(f"attention_mask: row {int(empty.nonzero()[0])} has no token to continue from")
 
 
 def build_warpers(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
@@ -74,11 +141,9 @@ def build_processors(model, do_sample: bool, temperature: float | None, top_k: i
                      repetition_penalty: float | None, extra: LogitsProcessorList | None,
                      attention_mask: torch.Tensor | None = None, min_new_tokens: int = 0,
                      eos: list[int] | None = None) -> LogitsProcessorList:
-    """transformers' processors in transformers' order (options defaulted by `effective_options`)."""
-    temperature, top_k, top_p, repetition_penalty = effective_options(model, temperature, top_k, top_p,
-                                                                      repetition_penalty)
+    """transformers' processors in transformers' order (options as `resolve_generation_config` gives them)."""
     procs = LogitsProcessorList()
-    if repetition_penalty != 1.0:
+    if repetition_penalty not in (None, 1.0):
         pad = (attention_mask != 0).int().argmax(dim=1) if attention_mask is not None else None  # left padding
         procs.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty), prompt_ignore_length=pad))
     if min_new_tokens > 0 and eos and attention_mask is not None:
@@ -100,57 +165,49 @@ def _token_list(value: Any) -> list[int]:
 
 # Layer actions of a DecodePlan.
 RUN = 0  # the whole layer
-KV = 1  # skipped: store keys/values computed from the state that reaches it (kv_fill="propagate")
-NOKV = 2  # skipped: store nothing (kv_fill="mask"; a self-speculative draft's skipped upper layers)
-MIXED = 3  # some rows run it, the others skip it (one route per sequence)
+SKIP = 1  # skipped: nothing computed, nothing stored (no later token of the sequence runs this layer)
+MIXED = 2  # some rows run it, the others skip it (one route per sequence)
 
 
 class DecodePlan:
     """Per layer, what a cached step does, fixed for a whole generation (resolved once, so a decode
-    step needs no router). `routes` (B or 1, L) bool: which rows run which layer (usage counting)."""
+    step needs no router). `routes` (B or 1, L) bool: which rows run which layer (usage counting).
+    Only for routes fixed per sequence: then a skipped (token, layer) stores no keys/values whatever
+    `kv_fill` says, since no later token of that sequence runs the layer to read them."""
 
-    def __init__(self, routes: torch.Tensor, skip_action: int):
+    def __init__(self, routes: torch.Tensor):
         self.routes = routes
-        self._index: dict[tuple, torch.Tensor] = {}
         self.actions: list[int] = []
         self.run_rows: list[torch.Tensor | None] = []
         for column in routes.unbind(1):  # (B,) per layer
             n_run = int(column.sum())
-            action = RUN if n_run == column.numel() else skip_action if n_run == 0 else MIXED
+            action = RUN if n_run == column.numel() else SKIP if n_run == 0 else MIXED
             self.actions.append(action)
             self.run_rows.append(column if action == MIXED else None)
         # layers above the last one that does anything are not visited at all
-        self.stop = max((i + 1 for i, a in enumerate(self.actions) if a != NOKV), default=0)
+        self.stop = max((i + 1 for i, a in enumerate(self.actions) if a != SKIP), default=0)
 
     @classmethod
-    def static(cls, route: list[bool], kv_fill: str, device=None) -> "DecodePlan":
-        return cls(torch.tensor([route], dtype=torch.bool, device=device), KV if kv_fill == "propagate" else NOKV)
-
-    def layer_index(self, layers: list[int]) -> torch.Tensor:
-        """The long tensor of these layer indices (cached: a decode step asks for the same ones)."""
-        key = tuple(layers)
-        if key not in self._index:
-            self._index[key] = torch.tensor(layers, dtype=torch.long, device=self.routes.device)
-        return self._index[key]
+    def static(cls, route: list[bool], device=None) -> "DecodePlan":
+        return cls(torch.tensor([route], dtype=torch.bool, device=device))
 
     def with_actions(self, actions: list[int]) -> "DecodePlan":
         """A copy with other actions for a static plan (a self-speculative draft)."""
         plan = DecodePlan.__new__(DecodePlan)
         plan.routes = torch.tensor([[a == RUN for a in actions]], dtype=torch.bool, device=self.routes.device)
-        plan.actions, plan.run_rows, plan._index = list(actions), [None] * len(actions), {}
-        plan.stop = max((i + 1 for i, a in enumerate(actions) if a != NOKV), default=0)
+        plan.actions, plan.run_rows = list(actions), [None] * len(actions)
+        plan.stop = max((i + 1 for i, a in enumerate(actions) if a != SKIP), default=0)
         return plan
 
 
 def decode_plan(model: "AdalasForCausalLM", sequence_state: Any, batch_size: int) -> DecodePlan | None:
     """The plan of the model's depth for decode steps, or None for modes that decide per token."""
     L, depth = model.num_layers, model.depth
-    skip = KV if depth.kv_fill == "propagate" else NOKV
     static = depth.static_route(L)
     if static is not None:
-        return DecodePlan.static(static, depth.kv_fill, model.device)
+        return DecodePlan.static(static, model.device)
     routes = _sequence_routes(sequence_state, batch_size, L)
-    return DecodePlan(routes, skip) if routes is not None else None
+    return DecodePlan(routes) if routes is not None else None
 
 
 def _sequence_routes(state: Any, batch_size: int, num_layers: int) -> torch.Tensor | None:
@@ -163,12 +220,12 @@ def _sequence_routes(state: Any, batch_size: int, num_layers: int) -> torch.Tens
 
 
 def new_cache(model: "AdalasForCausalLM", batch_size: int, max_length: int, prompt_length: int | None = None) -> KVCache:
-    """A cache for prompt + new tokens. Under kv_fill="mask" a static route's skipped layers never
-    store a generated token: they get room for the prompt only (none with skip_prompt)."""
+    """A cache for prompt + new tokens. A static route's skipped layers never store a generated token
+    (under either kv_fill): they get room for the prompt only (none with skip_prompt)."""
     fam, depth = model.family, model.depth
     lengths = None
     route = depth.static_route(model.num_layers)
-    if depth.kv_fill == "mask" and route is not None and prompt_length is not None:
+    if route is not None and prompt_length is not None:
         prompt_slots = 0 if depth.skip_prompt else prompt_length
         lengths = [max_length if run else prompt_slots for run in route]
     return KVCache(model.num_layers, batch_size, fam.num_kv_heads, fam.head_dim, max_length,
@@ -201,24 +258,17 @@ def lean_step(model: "AdalasForCausalLM", cache: KVCache, positions: torch.Tenso
     T = positions.shape[1]
     ctx = StepContext(family=fam, position_ids=positions, input_ids=tokens if tokens is not None else positions,
                       row_ids=row_ids, rotary=fam.rotary(h, positions), mask=_step_mask(model, cache, T),
-                      prompt=False, cache=cache)
+                      prompt=False, cache=cache, windows=fam.windows)
     layers = fam.layers()
     end = plan.stop if stop is None else min(stop, plan.stop)
-    deferred, states = [], []  # skipped layers that store keys/values, and the state reaching each
     for i in range(start, end):
         if capture is not None and i in capture:
             capture[i] = h
         action = plan.actions[i]
         if action == RUN:
             h = model._layer_body(i, layers[i], h, ctx, None)
-        elif action == KV:
-            deferred.append(i)
-            states.append(h)
         elif action == MIXED:
             h = model._gathered(i, layers[i], h, ctx, plan.run_rows[i])
-    if deferred:  # no token of this step attends at a skipped layer: its keys/values can come last, batched
-        k, v = fam.kv_many([layers[i] for i in deferred], torch.stack(states), ctx.rotary)
-        cache.write_layers(plan.layer_index(deferred), k, v)
     if capture is not None:
         for layer_idx in capture:
             if layer_idx >= end and capture[layer_idx] is None:
@@ -231,7 +281,7 @@ def prefill(model: "AdalasForCausalLM", cache: KVCache, input_ids: torch.Tensor,
     """The prompt through a static route's model: every layer (or the route, with skip_prompt)."""
     depth, L = model.depth, model.num_layers
     route = depth.static_route(L) if depth.skip_prompt else [True] * L
-    plan = DecodePlan.static(route, depth.kv_fill, input_ids.device)
+    plan = DecodePlan.static(route, input_ids.device)
     cache.append_mask(attention_mask)
     h = lean_step(model, cache, positions, plan, row_ids, tokens=input_ids, capture=capture)
     cache.advance(input_ids.shape[1])
@@ -259,47 +309,65 @@ def resolve_eos_pad(model, eos_token_id, pad_token_id) -> tuple[list[int], int]:
 
 @torch.no_grad()
 def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             max_new_tokens: int = 20, min_new_tokens: int = 0, do_sample: bool = False,
-             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-             repetition_penalty: float | None = None, eos_token_id: int | list[int] | None = None,
-             pad_token_id: int | None = None, seed: int | None = None,
-             logits_processor: LogitsProcessorList | None = None,
-             stopping_criteria: StoppingCriteriaList | None = None, stop_strings: str | list[str] | None = None,
-             tokenizer: Any = None, draft_depth: Any = None, num_draft_tokens: int | None = None,
-             fast_path: bool = True, **kwargs: Any) -> torch.Tensor:
-    """Returns (B, T_prompt + n_new) token ids, like transformers' generate. `stop_strings` needs the
-    `tokenizer` (transformers' StopStringCriteria matches them against its vocabulary).
+             generation_config: GenerationConfig | None = None, logits_processor: LogitsProcessorList | None = None,
+             stopping_criteria: StoppingCriteriaList | None = None, tokenizer: Any = None, seed: int | None = None,
+             draft_depth: Any = None, num_draft_tokens: int | None = None, fast_path: bool = True,
+             synced_gpus: bool | None = None, **kwargs: Any) -> torch.Tensor | GenerateDecoderOnlyOutput:
+    """Returns (B, T_prompt + n_new) token ids, like transformers' generate, or with
+    `return_dict_in_generate=True` a `GenerateDecoderOnlyOutput` (`sequences`; `scores` and `logits`,
+    one (B, V) float tensor per new token, when `output_scores` / `output_logits`). Options in
+    `**kwargs` are transformers' (`max_new_tokens`, `do_sample`, `temperature`, ...), resolved as in
+    `resolve_generation_config`. `stop_strings` needs the `tokenizer` (transformers' StopStringCriteria
+    matches them against its vocabulary). `seed`: a torch generator for sampling (else the global one).
 
     `draft_depth` (a DepthConfig, dict, JSON, or "auto") and `num_draft_tokens` (k, or None to adapt
     it): self-speculative decoding, see `adalas.speculative`. `fast_path=False` runs every step
     through the depth loop of `model.py` with the original weights (tests compare the two)."""
-    for name, value in kwargs.items():
-        if name in _UNSUPPORTED and value != _UNSUPPORTED[name]:
-            raise ValueError(f"generate: {name}={value!r} is not supported by adalas (greedy and sampling only)")
-        if name not in _UNSUPPORTED and name not in _IGNORED:
-            raise ValueError(f"generate: unknown option {name!r}")
+    if synced_gpus:
+        raise ValueError("generate: synced_gpus=True is not supported by adalas (each rank decodes on its own)")
+    for name in _UNSET_ONLY:
+        if kwargs.get(name) is not None:
+            raise ValueError(f"generate: {name}={kwargs[name]!r} is not supported by adalas (greedy and sampling "
+                             f"decoding; see adalas.generation)")
+        kwargs.pop(name, None)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids: expected (batch, length), got shape {tuple(input_ids.shape)}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
-    if min_new_tokens < 0:
-        raise ValueError(f"min_new_tokens: must be >= 0, got {min_new_tokens!r}")
-    eos, pad_token_id = resolve_eos_pad(model, eos_token_id, pad_token_id)
+    cfg = resolve_generation_config(model, generation_config, kwargs)
+    B, T0 = input_ids.shape
+    max_new_tokens = cfg.max_new_tokens if cfg.max_new_tokens is not None else cfg.max_length - T0
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        where = "max_new_tokens" if cfg.max_new_tokens is not None else \
+            f"max_length: {cfg.max_length} leaves no room after the {T0}-token prompt; set max_new_tokens"
+        raise ValueError(f"{where}: must be a positive integer, got {max_new_tokens!r}"
+                         if cfg.max_new_tokens is not None else where)
+    min_new_tokens = max(cfg.min_new_tokens or 0, (cfg.min_length or 0) - T0)
+    if (cfg.min_new_tokens or 0) < 0:
+        raise ValueError(f"min_new_tokens: must be >= 0, got {cfg.min_new_tokens!r}")
+    do_sample, temperature, top_k, top_p = bool(cfg.do_sample), cfg.temperature, cfg.top_k, cfg.top_p
+    eos, pad_token_id = resolve_eos_pad(model, cfg.eos_token_id, cfg.pad_token_id)
+    want_scores, want_logits = cfg.return_dict_in_generate and cfg.output_scores, \
+        cfg.return_dict_in_generate and cfg.output_logits
 
     device = model.device
     input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask: shape {tuple(attention_mask.shape)} differs from input_ids' "
+                         f"{tuple(input_ids.shape)}")
+    check_left_padded(attention_mask)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     if draft_depth is not None or num_draft_tokens is not None:
         from .speculative import generate_speculative
         if draft_depth is None:
             raise ValueError("num_draft_tokens: needs draft_depth= (a DepthConfig or \"auto\")")
-        if logits_processor or stopping_criteria or stop_strings is not None:
+        if logits_processor or stopping_criteria or cfg.stop_strings is not None:
             raise ValueError("draft_depth: self-speculative decoding does not take logits_processor, "
                              "stopping_criteria or stop_strings (rows accept different numbers of tokens)")
-        temperature, top_k, top_p, penalty = effective_options(model, temperature, top_k, top_p, repetition_penalty)
-        if penalty != 1.0:
-            raise ValueError(f"repetition_penalty: {penalty} is not supported with draft_depth "
+        if want_scores or want_logits:
+            raise ValueError("draft_depth: self-speculative decoding does not return scores or logits "
+                             "(output_scores, output_logits)")
+        if cfg.repetition_penalty != 1.0:
+            raise ValueError(f"repetition_penalty: {cfg.repetition_penalty} is not supported with draft_depth "
                              "(self-speculative decoding takes greedy, temperature, top_k and top_p)")
         eos_t = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
         plain_processors = build_processors(model, do_sample, temperature, top_k, top_p, 1.0, None, attention_mask,
@@ -307,29 +375,37 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
 
         def plain(prefilled):  # "auto" found no draft that pays: the plain loop, from the prefill done
             return _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, plain_processors, None,
-                           eos_t, pad_token_id, generator, fast_path, prefilled=prefilled)
+                           eos_t, pad_token_id, generator, fast_path, prefilled=prefilled)[0]
 
         with model.family.fused_weights(fast_path):
-            return generate_speculative(model, input_ids, attention_mask, draft_depth, num_draft_tokens,
-                                        max_new_tokens, min_new_tokens, do_sample,
-                                        build_warpers(do_sample, temperature, top_k, top_p), eos, pad_token_id,
-                                        generator, plain=plain)
-    processors = build_processors(model, do_sample, temperature, top_k, top_p, repetition_penalty, logits_processor,
-                                  attention_mask, min_new_tokens, eos)
-    if stop_strings is not None:
+            ids = generate_speculative(model, input_ids, attention_mask, draft_depth, num_draft_tokens,
+                                       max_new_tokens, min_new_tokens, do_sample,
+                                       build_warpers(do_sample, temperature, top_k, top_p), eos, pad_token_id,
+                                       generator, plain=plain)
+        return GenerateDecoderOnlyOutput(sequences=ids) if cfg.return_dict_in_generate else ids
+    processors = build_processors(model, do_sample, temperature, top_k, top_p, cfg.repetition_penalty,
+                                  logits_processor, attention_mask, min_new_tokens, eos)
+    if cfg.stop_strings is not None:
         if tokenizer is None:
             raise ValueError("stop_strings: needs tokenizer= (the model's tokenizer)")
-        stop = StopStringCriteria(tokenizer, stop_strings)
+        stop = StopStringCriteria(tokenizer, cfg.stop_strings)
         stopping_criteria = StoppingCriteriaList([*(stopping_criteria or []), stop])
     eos_t = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
     with model.family.fused_weights(fast_path):
-        return _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors, stopping_criteria,
-                       eos_t, pad_token_id, generator, fast_path)
+        ids, scores, logits = _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors,
+                                      stopping_criteria, eos_t, pad_token_id, generator, fast_path,
+                                      keep_scores=want_scores, keep_logits=want_logits)
+    if not cfg.return_dict_in_generate:
+        return ids
+    return GenerateDecoderOnlyOutput(sequences=ids, scores=scores, logits=logits)
 
 
 def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors, stopping_criteria, eos_t,
-            pad_token_id, generator, fast_path, prefilled: tuple[KVCache, torch.Tensor] | None = None) -> torch.Tensor:
-    """`prefilled`: (cache, last states) of a static route's prefill already run (by "auto")."""
+            pad_token_id, generator, fast_path, prefilled: tuple[KVCache, torch.Tensor] | None = None,
+            keep_scores: bool = False, keep_logits: bool = False):
+    """(ids, scores, logits): scores / logits are tuples of one (B, V) float tensor per new token
+    when kept (as transformers' output_scores / output_logits), else None. `prefilled`: (cache, last
+    states) of a static route's prefill already run (by "auto")."""
     device = input_ids.device
     B, T0 = input_ids.shape
     positions = positions_from_mask(attention_mask)
@@ -350,8 +426,15 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
     ids = input_ids
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     ones = torch.ones(B, 1, dtype=attention_mask.dtype, device=device)
+    kept_scores: list[torch.Tensor] | None = [] if keep_scores else None
+    kept_logits: list[torch.Tensor] | None = [] if keep_logits else None
     for step in range(max_new_tokens):
-        scores = processors(ids, logits.float())
+        raw = logits.to(copy=True, dtype=torch.float32)  # (B, V), as transformers hands its processors
+        scores = processors(ids, raw)
+        if kept_scores is not None:
+            kept_scores.append(scores)
+        if kept_logits is not None:
+            kept_logits.append(raw)
         if do_sample:
             token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
@@ -380,4 +463,4 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
     if plan is not None:
         add_usage(model, plan, row_steps)
     model._last_cache_bytes = cache.peak_bytes
-    return ids
+    return ids, (tuple(kept_scores) if keep_scores else None), (tuple(kept_logits) if keep_logits else None)

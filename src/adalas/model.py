@@ -4,7 +4,8 @@ Notable:
 - One depth loop (`_run_layers`) for every mode and family: the router says which tokens run a
   layer; a family says how a layer computes. Modes never fork the forward.
 - Where compute is saved: a layer that no token runs costs only its key/value projection
-  (`kv_fill="propagate"`) or nothing (`"mask"`); in a one-token decode step with per-row decisions,
+  (`kv_fill="propagate"` in modes that decide per token) or nothing (`"mask"`, and every mode with one
+  route per sequence, where no later token reads them); in a one-token decode step with per-row decisions,
   the layer runs only on the rows that chose it (gather/scatter) and the others get keys/values
   only. Where it is not: in a multi-token forward with per-token decisions (training, prefill with
   `skip_prompt=True`), the layer runs for every token and the skipping ones keep their input; the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from .families import Family, family_for
 
 DEPTH_FILE = "adalas_depth.json"
 CONTROLLERS_FILE = "adalas_controllers.safetensors"
+# what torch.utils.checkpoint.checkpoint takes besides the function and its inputs
+CHECKPOINT_OPTIONS = frozenset({"use_reentrant", "context_fn", "determinism_check", "debug", "early_stop",
+                                "preserve_rng_state"})
 
 
 @dataclass
@@ -57,6 +62,7 @@ class StepContext:
     cache_rows: torch.Tensor | None = None  # rows of the cache this context covers (None = all)
     sequence_state: Any = None
     initial: torch.Tensor | None = None  # decoder input state (controller input "initial")
+    windows: tuple = ()  # per layer, a sliding attention window or None (`Family.windows`; () = none)
     _signals: dict = field(default_factory=dict)
     scratch: dict = field(default_factory=dict)  # per-step space for routers (e.g. tokens that exited)
 
@@ -101,6 +107,7 @@ class AdalasForCausalLM(nn.Module):
         self.controllers = nn.ModuleDict()
         self.sequence_controller: nn.Module | None = None  # mode "sequence" (adalas.sequence)
         self.gradient_checkpointing = False
+        self._checkpointing: tuple[dict, int, bool] = ({"use_reentrant": False}, 1, False)
         self.reset_usage()
         self.set_depth(depth or DepthConfig())
 
@@ -120,6 +127,8 @@ class AdalasForCausalLM(nn.Module):
         """
         from .hub import load_hf_model
 
+        depth = DepthConfig.parse(depth) if depth is not None else None
+        check_depth_before_loading(str(name_or_path), depth, load_kwargs.get("trust_remote_code", False))
         hf, path = load_hf_model(str(name_or_path), **load_kwargs)
         saved = _read_depth(path) if path is not None else None
         if saved is not None and saved.mode == "sequence" and saved.router_path is None:
@@ -130,7 +139,7 @@ class AdalasForCausalLM(nn.Module):
             state = load_file(str(path / CONTROLLERS_FILE))
             m.controllers.load_state_dict({k.removeprefix("controllers."): v for k, v in state.items()})
         if depth is not None:
-            m.set_depth(DepthConfig.parse(depth))
+            m.set_depth(depth)
         return m
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -240,11 +249,41 @@ class AdalasForCausalLM(nn.Module):
         self._usage_runs[layer_idx] = self._usage_runs[layer_idx] + add
 
     # -- training helpers (Trainer / peft hooks) --------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Recompute layers in the backward pass instead of keeping their activations, as transformers'
+        method of this name (the Trainer calls it for `activation_checkpointing` / `gradient_checkpointing`):
+        `activation_checkpointing_kwargs` go to `torch.utils.checkpoint.checkpoint` (default
+        `use_reentrant=False`, as transformers; with `use_reentrant=True` the input embeddings are made
+        to require grad, as there), `every_n_layers` checkpoints layers 0, n, 2n, ..., and `offload`
+        keeps the saved inputs in host memory (a no-op on a CPU)."""
+        kwargs = {"use_reentrant": False} if activation_checkpointing_kwargs is None else dict(activation_checkpointing_kwargs)
+        unknown = sorted(set(kwargs) - CHECKPOINT_OPTIONS)
+        if unknown:
+            raise ValueError(f"gradient_checkpointing_kwargs: unknown option(s) {', '.join(unknown)}; "
+                             f"torch.utils.checkpoint.checkpoint takes {', '.join(sorted(CHECKPOINT_OPTIONS))}")
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers: must be an integer >= 1, got {every_n_layers!r}")
+        self._checkpointing = (kwargs, every_n_layers, bool(offload))
         self.gradient_checkpointing = True
+        if kwargs.get("use_reentrant", True):  # torch's reentrant variant needs an input that requires grad
+            self.enable_input_require_grads()
 
-    def gradient_checkpointing_disable(self) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      every_n_layers: int = 1, offload: bool = False) -> None:
+        """The older name of `activation_checkpointing_enable` (peft and older Trainers call it)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, every_n_layers, offload)
+
+    def activation_checkpointing_disable(self) -> None:
         self.gradient_checkpointing = False
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.gradient_checkpointing
+
+    is_gradient_checkpointing = is_activation_checkpointing
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -303,7 +342,7 @@ class AdalasForCausalLM(nn.Module):
             family=fam, position_ids=position_ids, input_ids=input_ids,
             row_ids=torch.arange(B, device=input_ids.device), rotary=fam.rotary(h, position_ids),
             mask=self._attention_mask(attention_mask, cache, T), prompt=prompt, cache=cache,
-            sequence_state=sequence_state, initial=h)
+            sequence_state=sequence_state, initial=h, windows=fam.windows)
         if self.depth.skip_prompt:
             ctx.prompt = False
         gates: list[torch.Tensor] = []
@@ -365,7 +404,7 @@ class AdalasForCausalLM(nn.Module):
         if n_run == 0:
             self._skip(i, layer, h, ctx)
             return h
-        if not self._decode_costs().gather_pays(n_run, run_rows.numel(), self.depth.kv_fill == "propagate"):
+        if not self._decode_costs().gather_pays(n_run, run_rows.numel(), self.depth.stores_skipped_kv):
             stored = run_rows[:, None].expand(h.shape[:2]) if self.depth.kv_fill == "mask" else None
             return torch.where(run_rows.view(-1, 1, 1), self._layer(i, layer, h, ctx, stored), h)
         run_idx = run_rows.nonzero().flatten()
@@ -383,19 +422,27 @@ class AdalasForCausalLM(nn.Module):
         return self._costs[1]
 
     def _skip(self, i, layer, h, ctx: StepContext) -> None:
-        """A skipped layer: keys/values from the state that reaches it (propagate), or nothing (mask)."""
+        """A skipped layer: keys/values from the state that reaches it (propagate, in modes that decide
+        per token), or nothing (mask, and modes with one route per sequence, where nothing reads them)."""
         if ctx.cache is None:
             return  # no later token in this forward needs them: every token skips this layer
         if self.depth.kv_fill == "mask":
             ctx.cache.mark_stored(i, False, ctx.num_tokens, ctx.cache_rows)
             return
+        if not self.depth.stores_skipped_kv:
+            return  # one route per sequence: no later token of this sequence runs layer i to read them
         k, v = self.family.kv(layer, self.family.attn_input(layer, h), ctx.rotary)
         ctx.cache.write(i, k, v, ctx.cache_rows)
 
     def _layer(self, i, layer, h, ctx: StepContext, stored: torch.Tensor | None = None) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-            return checkpoint(self._layer_body, i, layer, h, ctx, stored, use_reentrant=False)
+            kwargs, every_n_layers, offload = self._checkpointing
+            if i % every_n_layers == 0:
+                from torch.utils.checkpoint import checkpoint
+                saving = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload and h.device.type != "cpu" \
+                    else nullcontext()
+                with saving:
+                    return checkpoint(self._layer_body, i, layer, h, ctx, stored, **kwargs)
         return self._layer_body(i, layer, h, ctx, stored)
 
     def _layer_body(self, i, layer, h, ctx: StepContext, stored) -> torch.Tensor:
@@ -415,6 +462,9 @@ class AdalasForCausalLM(nn.Module):
                 causal = False
         elif stored is not None:
             mask = _restrict(ctx, stored, T, T)
+            causal = False
+        if ctx.windows and ctx.windows[i] is not None and k.shape[2] > ctx.windows[i]:
+            mask = _windowed(ctx, mask, ctx.windows[i], T, k.shape[2])
             causal = False
         if causal and k.shape[2] != T:
             raise AssertionError("causal attention without a mask needs an empty cache")
@@ -456,6 +506,24 @@ def _restrict(ctx: StepContext, key_stored: torch.Tensor, T: int, end: int) -> t
     return (base & key_stored[:, None, None, :]) | (k_pos == q_pos)
 
 
+def _windowed(ctx: StepContext, mask: torch.Tensor | None, window: int, T: int, n_keys: int) -> torch.Tensor:
+    """The attention mask of a sliding-window layer: `mask` (None = causal; bool; or additive) also
+    hiding the keys `window` or more slots before each query (the T queries are the last T of
+    `n_keys` slots), as transformers' sliding_window_overlay."""
+    key = ("window", window, T, n_keys)
+    band = ctx.scratch.get(key)
+    if band is None:
+        device = ctx.position_ids.device
+        q_pos = torch.arange(n_keys - T, n_keys, device=device)[:, None]
+        k_pos = torch.arange(n_keys, device=device)[None, :]
+        band = ctx.scratch[key] = (k_pos <= q_pos) & (k_pos > q_pos - window)  # (T, n_keys)
+    if mask is None:
+        return band[None, None]
+    if mask.dtype == torch.bool:
+        return mask & band
+    return mask.masked_fill(~band, float("-inf"))
+
+
 def _as_gate(run, h: torch.Tensor) -> torch.Tensor:
     B, T = h.shape[:2]
     if isinstance(run, bool):
@@ -479,6 +547,28 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batc
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+def check_depth_before_loading(name: str, depth: DepthConfig | None, trust_remote_code: bool = False) -> None:
+    """Check the depth config (`depth`, and the one a model directory saved) against the model's layer
+    count from its config alone, so a bad config fails in a second, before the weights load. A config
+    that cannot be read here is left to the loader, which reports it."""
+    from transformers import AutoConfig
+
+    from .hub import resolve
+
+    try:
+        source, local = resolve(name)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return
+    L = getattr(config, "num_hidden_layers", None)
+    if not isinstance(L, int):
+        return
+    saved = _read_depth(local) if local is not None else None
+    for cfg in (saved, depth):
+        if cfg is not None:
+            cfg.check_layers(L)
 
 
 def _read_depth(path: Path) -> DepthConfig | None:

@@ -41,7 +41,7 @@ from transformers import LogitsProcessorList
 
 from .config import DepthConfig
 from .cost import CostModel
-from .generation import KV, NOKV, RUN, DecodePlan, add_usage, lean_step, new_cache, prefill
+from .generation import RUN, SKIP, DecodePlan, add_usage, lean_step, new_cache, prefill
 from .model import positions_from_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,7 +58,7 @@ PRIOR_WEIGHT = 4.0  # pseudo-observations behind the calibrated acceptance rate
 UNCALIBRATED_ACCEPTANCE = 0.5  # prior for a draft the prompt cannot calibrate (one that skips inside)
 def _pass(cost: CostModel, actions: list[int], rows: int, head: bool) -> float:
     """The cost model's time for one pass of a plan's actions over `rows` rows."""
-    return cost.pass_cost(sum(a == RUN for a in actions), sum(a == KV for a in actions), rows, head)
+    return cost.pass_cost(sum(a == RUN for a in actions), 0, rows, head)  # a skipped layer computes nothing
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Draft:
     @classmethod
     def build(cls, route: list[bool], target: DecodePlan) -> "Draft":
         first = next(i for i, (d, t) in enumerate(zip(route, target.actions)) if d != (t == RUN))
-        actions = target.actions[:first] + [RUN if r else NOKV for r in route[first:]]
+        actions = target.actions[:first] + [RUN if r else SKIP for r in route[first:]]
         truncated = not any(route[first:])
         return cls(route, target.with_actions(actions), first, first if truncated else None)
 
@@ -245,7 +245,7 @@ def generate_speculative(model: "AdalasForCausalLM", input_ids: torch.Tensor, at
     L, device = model.num_layers, input_ids.device
     B, T0 = input_ids.shape
     target_route = _target_route(model)
-    target = DecodePlan.static(target_route, model.depth.kv_fill, device)
+    target = DecodePlan.static(target_route, device)
     cost = CostModel.of(model)
     candidates = _exit_candidates(target, target_route) if auto else {None: _fixed_draft(model, draft_depth, target,
                                                                                          target_route)}

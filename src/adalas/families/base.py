@@ -31,6 +31,7 @@ class Family:
         self._fused = weakref.WeakKeyDictionary()  # layer -> (source key, fused tensors), reused across calls
         self.active: dict[nn.Module, dict] = {}  # inside `fused_weights()`: layer -> fused tensors
         self.dims: tuple[int, int, int] = (0, 0, 0)  # inside `fused_weights()`: (H, H_kv, Dh), read once
+        self._windows: tuple[int | None, ...] | None = None  # `windows`, read from the config on first use
 
     # -- structure ----------------------------------------------------------------------------
     def layers(self) -> nn.ModuleList:
@@ -88,6 +89,7 @@ class Family:
                 if hasattr(mod, "layer_idx"):
                     mod.layer_idx = new_idx
         self._set_layer_list(kept)
+        self._windows = None
         for name in self.layer_count_fields:
             setattr(self.config, name, len(keep))
         for name in self.per_layer_fields:
@@ -195,16 +197,23 @@ class Family:
         raise NotImplementedError
 
     def kv(self, layer: nn.Module, x: torch.Tensor, rotary: Any):
-        """Keys and values only: all a skipped layer computes under KV propagation."""
+        """Keys and values only: all a skipped layer computes under KV propagation (in modes that
+        decide per token)."""
         raise NotImplementedError
 
-    def kv_many(self, layers: list[nn.Module], h: torch.Tensor, rotary: Any):
-        """Keys and values of several skipped layers at once: h (n, B, T, D), the state reaching
-        each, -> (n, B, H_kv, T, Dh) each. A decode step defers its skipped layers' key/value
-        projections to its end (no token of the step attends there) and batches them here.
-        Default: one layer at a time."""
-        ks, vs = zip(*(self.kv(layer, self.attn_input(layer, x), rotary) for layer, x in zip(layers, h)))
-        return torch.stack(ks), torch.stack(vs)
+    def sliding_windows(self) -> list[int | None]:
+        """Per layer, its sliding attention window w (a query attends to the keys of the last w
+        positions, itself included, as transformers' `sliding_window_overlay` counts cache slots), or
+        None for plain causal attention. Base: none."""
+        return [None] * self.num_layers
+
+    @property
+    def windows(self) -> tuple[int | None, ...]:
+        """`sliding_windows()`, read once (set_layers re-reads it); () when no layer has a window."""
+        if self._windows is None:
+            w = tuple(self.sliding_windows())
+            self._windows = w if any(x is not None for x in w) else ()
+        return self._windows
 
     def attn_scale(self, layer: nn.Module) -> float:
         return 1.0 / math.sqrt(self.head_dim)

@@ -1,7 +1,9 @@
-"""Llama layout: Llama, SmolLM2, Mistral, Qwen2 (RMSNorm pre-norm, rotary, grouped KV heads).
+"""Llama layout: Llama (2, 3), SmolLM2, Mistral, Qwen2, Qwen3 (RMSNorm pre-norm, rotary, grouped KV heads).
 
-Covers q/k/v biases (Qwen2) and explicit head_dim. Not covered: Mistral's sliding window (applied
-only to sequences longer than the window), Qwen3's q/k norms.
+Covers q/k/v biases (Qwen2), explicit head_dim, Qwen3's per-head RMSNorm of queries and keys
+(`q_norm`, `k_norm`, before the rotation), and sliding-window attention: Mistral's `sliding_window`
+on every layer, Qwen2's and Qwen3's on the layers `layer_types` marks "sliding_attention" (only with
+`use_sliding_window`).
 """
 from __future__ import annotations
 
@@ -15,13 +17,9 @@ from .base import Family, fused_matmul
 
 class LlamaFamily(Family):
     name = "llama"
-    model_types = ("llama", "mistral", "qwen2")
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
 
     mlp_matrices = 3  # gate, up, down
-
-    def __init__(self, hf):
-        super().__init__(hf)
-        self._kv_stacks: dict[tuple, tuple] = {}  # skipped layers -> stacked key/value weights (kv_many)
 
     def layers(self):
         return self.hf.model.layers
@@ -58,7 +56,7 @@ class LlamaFamily(Family):
             return None
         if type(mlp.down_proj) is not nn.Linear:  # `mlp` multiplies by its weight directly (a LoRA wrapper would be skipped)
             return None
-        if not all(_plain_rms(n) for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+        if not all(_plain_rms(n) for n in (layer.input_layernorm, layer.post_attention_layernorm, *_qk_norms(attn))):
             return None
         return {"qkv": [attn.q_proj, attn.k_proj, attn.v_proj], "gate_up": [mlp.gate_proj, mlp.up_proj]}
 
@@ -68,64 +66,54 @@ class LlamaFamily(Family):
         return layer.input_layernorm(h)
 
     def qkv(self, layer, x, rotary):
+        attn = layer.self_attn
         fused = self.active.get(layer)
         if fused is not None:
             B, T, _ = x.shape
             H, Hkv, Dh = self.dims
-            qkv = fused_matmul(x, *fused["qkv"]).view(B, T, H + 2 * Hkv, Dh).transpose(1, 2)
-            qk = _rotate(qkv[:, :H + Hkv], rotary)  # (B, H + Hkv, T, Dh): queries and keys in one rotation
-            return qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
-        attn = layer.self_attn
-        q = self._heads(attn.q_proj(x), self.num_heads)
-        k = self._heads(attn.k_proj(x), self.num_kv_heads)
-        v = self._heads(attn.v_proj(x), self.num_kv_heads)
-        q, k = _rotate(q, rotary), _rotate(k, rotary)
-        return q, k, v
+            qkv = fused_matmul(x, *fused["qkv"]).view(B, T, H + 2 * Hkv, Dh)
+            qk = qkv[:, :, :H + Hkv]
+            if hasattr(attn, "q_norm"):  # Qwen3: each head's query and key RMS-normalized
+                qk = torch.cat([_rms_norm(attn.q_norm, qk[:, :, :H]), _rms_norm(attn.k_norm, qk[:, :, H:])], dim=2)
+            qk = _rotate(qk.transpose(1, 2), rotary)  # (B, H + Hkv, T, Dh): queries and keys in one rotation
+            return qk[:, :H], qk[:, H:], qkv[:, :, H + Hkv:].transpose(1, 2)
+        q = self._project(attn.q_proj, x, self.num_heads, getattr(attn, "q_norm", None))
+        k = self._project(attn.k_proj, x, self.num_kv_heads, getattr(attn, "k_norm", None))
+        v = self._project(attn.v_proj, x, self.num_kv_heads)
+        return _rotate(q, rotary), _rotate(k, rotary), v
 
     def kv(self, layer, x, rotary):
+        attn = layer.self_attn
         fused = self.active.get(layer)
         if fused is not None:
             w, b = fused["qkv"]
             H, Hkv, Dh = self.dims
             kv = fused_matmul(x, w[:, H * Dh:], None if b is None else b[H * Dh:])  # the key/value columns only
-            k, v = kv.view(*x.shape[:2], 2 * Hkv, Dh).transpose(1, 2).chunk(2, dim=1)  # (B, Hkv, T, Dh) each
-            return _rotate(k, rotary), v
-        attn = layer.self_attn
-        k = self._heads(attn.k_proj(x), self.num_kv_heads)
-        v = self._heads(attn.v_proj(x), self.num_kv_heads)
-        return _rotate(k, rotary), v
+            k, v = kv.view(*x.shape[:2], 2 * Hkv, Dh).chunk(2, dim=2)  # (B, T, Hkv, Dh) each
+            if hasattr(attn, "k_norm"):
+                k = _rms_norm(attn.k_norm, k)
+            return _rotate(k.transpose(1, 2), rotary), v.transpose(1, 2)
+        k = self._project(attn.k_proj, x, self.num_kv_heads, getattr(attn, "k_norm", None))
+        return _rotate(k, rotary), self._project(attn.v_proj, x, self.num_kv_heads)
 
-    def kv_many(self, layers, h, rotary):
-        fused = [self.active.get(layer) for layer in layers]
-        norms = [layer.input_layernorm for layer in layers]
-        if any(f is None for f in fused) or len({n.variance_epsilon for n in norms}) != 1 or h.dtype != torch.float32:
-            return super().kv_many(layers, h, rotary)
-        w, b, norm_w = self._kv_stack(layers, [f["qkv"] for f in fused])
-        n, B, T, D = h.shape
-        H, Hkv, Dh = self.dims
-        x = F.rms_norm(h, (D,), None, norms[0].variance_epsilon) * norm_w  # as each layer's norm, bitwise
-        kv = torch.bmm(x.view(n, B * T, D), w) if b is None else torch.baddbmm(b, x.view(n, B * T, D), w)
-        k, v = kv.view(n, B, T, 2 * Hkv, Dh).transpose(2, 3).chunk(2, dim=2)  # (n, B, Hkv, T, Dh) each
-        return _rotate(k, rotary), v
+    def _project(self, proj, x, n_heads, norm=None):
+        """(B, T, D) -> (B, n_heads, T, Dh), with a per-head norm first where the layer has one (as
+        transformers applies Qwen3's q_norm / k_norm, on (B, T, heads, Dh))."""
+        B, T, _ = x.shape
+        y = proj(x).view(B, T, n_heads, self.head_dim)
+        if norm is not None:
+            y = norm(y)
+        return y.transpose(1, 2)
 
-    def _kv_stack(self, layers, sources):
-        """Stacked key/value columns of the layers' fused weights (n, D, 2 Hkv Dh), biases and norm
-        weights, rebuilt when a layer's fused weights are."""
-        key = tuple(id(layer) for layer in layers)
-        hit = self._kv_stacks.get(key)
-        if hit is None or any(a is not b for a, b in zip(hit[0], sources)):
-            q_dim = self.dims[0] * self.dims[2]
-            w = torch.stack([wq[:, q_dim:] for wq, _ in sources])
-            b = None if sources[0][1] is None else torch.stack([bq[None, q_dim:] for _, bq in sources])
-            norm_w = torch.stack([layer.input_layernorm.weight.detach() for layer in layers])[:, None, None]
-            if len(self._kv_stacks) >= 4:  # a few routes at a time; drop the oldest
-                self._kv_stacks.pop(next(iter(self._kv_stacks)))
-            hit = self._kv_stacks[key] = (list(sources), w, b, norm_w)
-        return hit[1:]
-
-    def release_fused(self):
-        super().release_fused()
-        self._kv_stacks.clear()
+    def sliding_windows(self):
+        L = self.num_layers
+        window = getattr(self.config, "sliding_window", None)
+        if not window or getattr(self.config, "use_sliding_window", True) is False:
+            return [None] * L
+        if self.config.model_type == "mistral":  # every layer (MistralModel ignores layer_types)
+            return [window] * L
+        types = getattr(self.config, "layer_types", None) or ["sliding_attention"] * L
+        return [window if t == "sliding_attention" else None for t in types]
 
     def attn_scale(self, layer):
         return layer.self_attn.scaling
@@ -161,6 +149,10 @@ def _plain_rms(norm) -> bool:
     """A norm that `_rms_norm` computes exactly as its module does (transformers' Llama-style RMSNorm)."""
     return type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon") and \
         getattr(norm, "weight", None) is not None and norm.weight.dim() == 1
+
+
+def _qk_norms(attn) -> list:
+    return [n for n in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)) if n is not None]
 
 
 def _rms_norm(norm, h: torch.Tensor) -> torch.Tensor:
