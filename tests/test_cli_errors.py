@@ -122,6 +122,8 @@ BASE = {
     "export": ["--model", "@model", "--depth", DEPTH_OK, "--out", "@out"],
     "reproduce": ["--model", "@model", "--data", "@data", "--limit", "2", "--max-new-tokens", "2", "--budgets", "3",
                   "--analysis-limit", "1", "--no-progress", "--out", "@out"],
+    "synth": ["--model", "@model", "--n", "2", "--batch-size", "2", "--max-new-tokens", "2", "--no-progress",
+              "--out", "@out"],
     "bench": ["decode", "--model", "@model", "--new-tokens", "2", "--repeats", "1", "--batch-sizes", "1",
               "--no-redundant"],
 }
@@ -346,6 +348,13 @@ MATRIX = [
            name="out-inside-a-file"),
     *_rows("train-router", ["--save-model", "@taken"], r"--save-model: '.*taken' exists and is a file", _taken,
            name="save-model-is-a-file"),
+    *_rows("synth", ["--n", "0"], r"--n: must be >= 1, got 0", name="zero-rows"),
+    *_rows("synth", ["--prompts", "@missing"], r"--prompts: '.*missing\.jsonl' is not a file", name="prompts-missing"),
+    *_rows("synth", ["--out", "@outdir"], r"--out: '.*outdir' is a directory; pass a file path, e\.g\. "
+           r"'.*outdir/synth\.jsonl'", _outdir, name="out-is-a-directory"),
+    *_rows("synth", ["--model", "nobody/no-such-model"], OFFLINE, name="model-not-cached-offline"),
+    *_rows("synth", ["--model", "@model"], r"synth: the tokenizer has no chat template to sample a user turn from; "
+           r"pass --prompts FILE instead", name="no-chat-template"),
     *_rows("bench", ["--out", "@outdir"], r"--out: '.*outdir' is a directory; pass a file path, e\.g\. '.*outdir/decode\.json'", _outdir,
            name="out-is-a-directory"),
     *_rows("oracle", ["--out", "@sweep"], r"--out: '.*sweep' is a directory; pass a file path, e\.g\. "

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "evaluate many depth configs over the same sequences"),
     "oracle": ("oracle", "per-sequence oracle over a sweep (multiple-choice knapsack)"),
     "analyze": ("analyze", "hidden-state similarity across depth"),
+    "synth": ("synth", "instruction data the model writes itself, answered at full depth"),
     "train": ("train", "fine-tune with a depth mode (Hugging Face Trainer)"),
     "warmup": ("warmup", "train only the skip controllers, backbone frozen"),
     "train-router": ("train_router", "learn a per-sequence route controller from a sweep"),

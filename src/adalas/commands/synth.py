@@ -1,0 +1,56 @@
+"""`adalas synth`: instruction data that the model writes itself, answered by it at full depth.
+
+    adalas synth --model smollm2-135m --n 1500 --out data/synth.jsonl [--seed 0] [--max-new-tokens 128]
+
+Rows `id`, `instruction`, `input` (""), `output`; settings and drop counts in `FILE.meta.json`. A killed
+run resumes where it stopped; the same settings give the same bytes. `--prompts FILE` answers a
+user's prompts instead of sampling them.
+"""
+from __future__ import annotations
+
+import json
+
+from ..cli import add_model_args, check_counts, load_model_from_args, make_parser
+from ..io import check_output_file
+
+
+def build_parser():
+    p = make_parser("synth", __doc__.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("--n", type=int, default=1500, help="rows to keep (default 1500)")
+    p.add_argument("--out", required=True, help="the JSONL file to write (FILE.meta.json goes beside it)")
+    p.add_argument("--prompts", help="answer these prompts (JSONL/JSON with instruction[, input], or text lines)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default 128)")
+    p.add_argument("--max-prompt-tokens", type=int, default=96, help="sampled user turn cap (default 96)")
+    p.add_argument("--min-prompt-words", type=int, default=4)
+    p.add_argument("--max-prompt-words", type=int, default=60)
+    p.add_argument("--temperature", type=float, default=1.0, help="for sampling prompts (default 1.0)")
+    p.add_argument("--top-p", type=float, default=0.95, help="for sampling prompts (default 0.95)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from ..synth import SynthSettings, file_sha256, meta_path, read_prompt_file, synthesize
+
+    args = build_parser().parse_args(argv)
+    check_counts(("--n", args.n, 1), ("--max-new-tokens", args.max_new_tokens, 1),
+                 ("--max-prompt-tokens", args.max_prompt_tokens, 1), ("--batch-size", args.batch_size, 1),
+                 ("--min-prompt-words", args.min_prompt_words, 1), ("--max-prompt-words", args.max_prompt_words, 1))
+    out = check_output_file(args.out, example="synth.jsonl")
+    if args.prompts:
+        read_prompt_file(Path(args.prompts))  # refuse a bad file before the model loads
+    settings = SynthSettings(model=args.model, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                             min_prompt_words=args.min_prompt_words, max_prompt_words=args.max_prompt_words,
+                             temperature=args.temperature, top_p=args.top_p, prompts=args.prompts,
+                             prompts_sha256=file_sha256(args.prompts) if args.prompts else None)
+    model, tokenizer = load_model_from_args(args)
+    state = synthesize(model, tokenizer, settings, out, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in state.items() if k != "settings"} | {"out": str(out),
+                                                                              "meta": str(meta_path(out))}))
+    return 0

@@ -1,0 +1,347 @@
+"""Instruction data that a model writes itself, answered by the same model at full depth.
+
+No dataset is needed to adapt a model to a dynamic depth: the model has one inside it. As Magpie
+does, we render the chat template up to the start of the user's turn and let the model *sample*
+that turn; its own greedy answer at full depth is the response (and the full-depth model is the
+teacher that skipped routes learn to match, see `adalas.distill`).
+
+Notable:
+- Work goes in rounds of `batch_size` sampled prompts. Round r samples with seed (seed, r), so a
+  killed run resumes at the first unfinished round and writes the same bytes as an unbroken one.
+  `FILE.meta.json` (written atomically after each round's rows are flushed) holds the settings,
+  the counters and the rounds done; rows beyond what it accounts for are dropped on resume.
+- Filters, in this order, each drop counted in the meta file: unfinished (no end-of-turn within
+  `max_prompt_tokens`); built-in (the same normalized text as a built-in instruction, with or without
+  its input, or a shared word 8-gram with a built-in row's instruction, input or output: the built-in
+  set is evaluation data and must not leak into training); short; long; duplicate among the kept
+  prompts (same normalized text, or a shared word 8-gram).
+- `--prompts FILE` replaces sampling with a user's prompts (JSONL/JSON with `instruction` and an
+  optional `input`, or plain text, one prompt a line); the same filters apply.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from .data import Example, load_examples, make_collator, tokenize_prompt
+from .io import atomic_write_json, atomic_write_text
+
+NGRAM = 8
+DROP_COUNTERS = ("dropped_short", "dropped_long", "dropped_unfinished", "dropped_duplicate", "dropped_builtin",
+                 "dropped_unanswered")
+_SLOT = "\ue000adalas-user-turn\ue000"
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """Everything that decides the bytes written (a resumed run must match them)."""
+
+    model: str = "smollm2-135m"
+    n: int = 1500
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 128       # the answer
+    max_prompt_tokens: int = 96     # the sampled user turn
+    min_prompt_words: int = 4
+    max_prompt_words: int = 60
+    temperature: float = 1.0
+    top_p: float = 0.95
+    prompts: str | None = None      # a user's prompt file instead of sampling
+    prompts_sha256: str | None = None
+
+    def __post_init__(self):
+        for name in ("n", "batch_size", "max_new_tokens", "max_prompt_tokens", "min_prompt_words",
+                     "max_prompt_words"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.min_prompt_words > self.max_prompt_words:
+            raise ValueError(f"min_prompt_words ({self.min_prompt_words}) > max_prompt_words ({self.max_prompt_words})")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text normalisation and near-duplicates
+
+def words(text: str) -> list[str]:
+    """Lowercased words (letters and digits), the unit of duplicate detection.
+
+    >>> words("Write a Poem, about cats!")
+    ['write', 'a', 'poem', 'about', 'cats']
+    """
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngrams(tokens: Sequence[str], n: int = NGRAM) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+class NearDuplicates:
+    """Remembers texts; `seen(text)` says whether a text equals one of them after normalisation or
+    shares a word n-gram with one."""
+
+    def __init__(self, n: int = NGRAM):
+        self.n = n
+        self.texts: set[str] = set()
+        self.grams: set[tuple[str, ...]] = set()
+
+    def add(self, text: str) -> None:
+        w = words(text)
+        self.texts.add(" ".join(w))
+        self.grams |= ngrams(w, self.n)
+
+    def seen(self, text: str) -> bool:
+        w = words(text)
+        return " ".join(w) in self.texts or not ngrams(w, self.n).isdisjoint(self.grams)
+
+
+def builtin_filter() -> NearDuplicates:
+    """The built-in evaluation rows: instruction, input and output each (an 8-gram of any of them
+    in a prompt means the prompt leaks an evaluation row)."""
+    seen = NearDuplicates()
+    for ex in load_examples("builtin"):
+        seen.add(" ".join(t for t in (ex.instruction, ex.context) if t))
+        seen.add(ex.instruction)  # an instruction alone, even a short generic one, is a leak too
+        seen.add(ex.response)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling the user turn
+
+def user_turn(tokenizer) -> tuple[list[int], int]:
+    """(the chat template's tokens up to the user's message, the token that ends the user's turn)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("synth: the tokenizer has no chat template to sample a user turn from; "
+                         "pass --prompts FILE instead")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _SLOT}], tokenize=False,
+                                         add_generation_prompt=False)
+    if text.count(_SLOT) != 1:
+        raise ValueError("synth: the chat template does not place the user message verbatim; pass --prompts FILE")
+    before, after = text.split(_SLOT)
+    end = tokenizer.encode(after, add_special_tokens=False)
+    if not end:
+        raise ValueError("synth: the chat template writes nothing after the user message; pass --prompts FILE")
+    prefix = tokenizer.encode(before, add_special_tokens=False)
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not prefix or prefix[0] != bos) and tokenizer.bos_token and \
+            not before.startswith(tokenizer.bos_token) and len(tokenizer.encode("a")) > len(
+                tokenizer.encode("a", add_special_tokens=False)):
+        prefix = [bos] + prefix
+    return prefix, end[0]
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """A seed per round, independent of how many rounds ran before in this process."""
+    digest = hashlib.sha256(f"adalas-synth:{seed}:{round_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def sample_prompts(model, tokenizer, settings: SynthSettings, round_index: int) -> list[str | None]:
+    """`batch_size` sampled user turns; None where the turn did not end within max_prompt_tokens."""
+    prefix, end = user_turn(tokenizer)
+    ids = torch.tensor([prefix] * settings.batch_size, device=model.device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                         temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                         max_new_tokens=settings.max_prompt_tokens, eos_token_id=end,
+                         seed=round_seed(settings.seed, round_index))
+    prompts: list[str | None] = []
+    for row in out[:, len(prefix):].tolist():
+        if end not in row:
+            prompts.append(None)
+            continue
+        prompts.append(tokenizer.decode(row[:row.index(end)], skip_special_tokens=True).strip())
+    return prompts
+
+
+@torch.no_grad()
+def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers at the model's current depth, in the prompt format evaluation uses."""
+    collate = make_collator(tokenizer, "left")
+    feats = [tokenize_prompt(Example("", p, "", "", "alpaca"), tokenizer) for p in prompts]
+    enc = collate(feats)
+    ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+    eos = model.model.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else (eos or []))
+    texts = []
+    for row in out[:, ids.shape[1]:].tolist():
+        n = next((j for j, t in enumerate(row) if t in eos), len(row))
+        texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts from a file
+
+def read_prompt_file(path: Path) -> list[str]:
+    """A user's prompts: JSON/JSONL rows with `instruction` (and optional `input`), or plain text lines."""
+    if not path.is_file():
+        raise ValueError(f"--prompts: {str(path)!r} is not a file")
+    if path.suffix in (".json", ".jsonl"):
+        return [" ".join(t for t in (ex.instruction, ex.context) if t)
+                for ex in load_examples(str(path), task="alpaca", require_response=False)]
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"--prompts: {str(path)!r} is not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts: {str(path)!r} holds no prompt")
+    return prompts
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+def meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".meta.json") if out.suffix != ".jsonl" else out.with_suffix(".meta.json")
+
+
+def _new_state(settings: SynthSettings) -> dict:
+    return {"settings": asdict(settings), "rounds_done": 0, "rows": 0, "sampled": 0,
+            **{k: 0 for k in DROP_COUNTERS}, "done": False, "wall_s": 0.0}
+
+
+def _load_state(out: Path, settings: SynthSettings) -> tuple[dict, list[dict]]:
+    """The state to resume from, and the rows it accounts for (extra rows from a kill are dropped)."""
+    meta = meta_path(out)
+    if not meta.is_file():
+        if out.exists() and out.stat().st_size:
+            raise ValueError(f"--out: {str(out)!r} exists without {meta.name}; pass a new path")
+        return _new_state(settings), []
+    state = json.loads(meta.read_text(encoding="utf-8"))
+    if state.get("settings") != asdict(settings):
+        diff = sorted(k for k, v in asdict(settings).items() if state.get("settings", {}).get(k) != v)
+        raise ValueError(f"--out: {str(out)!r} was made with other settings ({', '.join(diff)}); "
+                         f"pass a new path or the same settings")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line.strip()] \
+        if out.exists() else []
+    if len(rows) < state["rows"]:
+        raise ValueError(f"--out: {str(out)!r} has {len(rows)} rows, fewer than {meta.name} records "
+                         f"({state['rows']}); pass a new path")
+    return state, rows[:state["rows"]]
+
+
+def max_rounds(settings: SynthSettings) -> int:
+    """Give up after this many sampling rounds (a model that never finishes a turn must not loop forever)."""
+    return 10 + 10 * -(-settings.n // settings.batch_size)
+
+
+def drops(state: dict) -> str:
+    return ", ".join(f"{k.removeprefix('dropped_')} {state[k]}" for k in DROP_COUNTERS if state[k])
+
+
+def _dumps(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False, sort_keys=False)
+
+
+class PromptFilter:
+    """Applies the filters in order and counts each drop into `state`."""
+
+    def __init__(self, settings: SynthSettings, state: dict, kept: Iterable[str]):
+        self.settings, self.state = settings, state
+        self.builtin = builtin_filter()
+        self.kept = NearDuplicates()
+        for text in kept:
+            self.kept.add(text)
+
+    def reason(self, prompt: str | None) -> str | None:
+        if prompt is None:
+            return "dropped_unfinished"
+        if self.builtin.seen(prompt):  # first, so that every leak of the evaluation set is counted
+            return "dropped_builtin"
+        n = len(words(prompt))
+        if n < self.settings.min_prompt_words:
+            return "dropped_short"
+        if n > self.settings.max_prompt_words:
+            return "dropped_long"
+        if self.kept.seen(prompt):
+            return "dropped_duplicate"
+        return None
+
+    def keep(self, prompts: Sequence[str | None]) -> list[str]:
+        kept = []
+        for p in prompts:
+            self.state["sampled"] += 1
+            why = self.reason(p)
+            if why is None:
+                self.kept.add(p)
+                kept.append(p)
+            else:
+                self.state[why] += 1
+        return kept
+
+
+def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progress: bool = True) -> dict:
+    """Write `settings.n` rows to `out` (resuming if it was started), and return the meta state."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    given = read_prompt_file(Path(settings.prompts)) if settings.prompts else None
+    if given is None:
+        user_turn(tokenizer)  # a tokenizer without a chat template fails here, before anything is written
+    state, rows = _load_state(out, settings)
+    if state["done"]:
+        return state
+    atomic_write_text(out, "".join(_dumps(r) + "\n" for r in rows))  # drop rows a kill left unaccounted
+    filt = PromptFilter(settings, state, (r["instruction"] for r in rows))
+    bar = tqdm(total=settings.n, initial=state["rows"], desc="synth", unit="row", disable=not progress)
+    start = time.monotonic()
+    with open(out, "a", encoding="utf-8") as f:
+        while state["rows"] < settings.n:
+            r = state["rounds_done"]
+            if given is None and r >= max_rounds(settings):
+                raise ValueError(f"synth: {state['rows']} of {settings.n} rows after {r} rounds "
+                                 f"({state['sampled']} prompts sampled; {drops(state)}); the model rarely "
+                                 f"writes a usable user turn: pass --prompts FILE or loosen the filters")
+            if given is not None:
+                chunk = given[r * settings.batch_size:(r + 1) * settings.batch_size]
+                if not chunk:
+                    break
+                sampled: list[str | None] = list(chunk)
+            else:
+                sampled = sample_prompts(model, tokenizer, settings, r)
+            prompts = filt.keep(sampled)[:settings.n - state["rows"]]
+            answers = answer(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
+            new = []
+            for j, (p, a) in enumerate(zip(prompts, answers)):
+                if not a:
+                    state["dropped_unanswered"] += 1
+                    continue
+                new.append({"id": f"synth-{settings.seed}-{r:05d}-{j:02d}", "instruction": p, "input": "",
+                            "output": a})
+            f.write("".join(_dumps(row) + "\n" for row in new))
+            f.flush()
+            state["rows"] += len(new)
+            state["rounds_done"] = r + 1
+            state["wall_s"] = round(state["wall_s"] + time.monotonic() - start, 1)
+            start = time.monotonic()
+            atomic_write_json(meta_path(out), state)
+            bar.update(len(new))
+    bar.close()
+    state["done"] = True
+    state["data_sha256"] = file_sha256(out)
+    atomic_write_json(meta_path(out), state)
+    return state
+
+
