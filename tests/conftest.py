@@ -14,6 +14,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Tiny models run several times faster on one thread than on a pool, and a pool spin-waits against
+# any other process on a 2-core machine; a test that needs more sets it itself.
+torch.set_num_threads(int(os.environ.get("ADALAS_TEST_THREADS", "1")))
+
 VOCAB = 96
 LAYERS = 4
 

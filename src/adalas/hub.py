@@ -65,7 +65,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 
 def resolve(name: str) -> tuple[str, Path | None]:
-    """(what to pass to from_pretrained, the local directory if there is one)."""
+    """(what to pass to from_pretrained, the local directory if there is one); an adapted alias
+    resolves to its base model (tokenizer and architecture are the base's)."""
+    adapter = adapter_dir(name)
+    if adapter is not None:
+        return resolve(adapter_base(adapter))
     if name in EMBEDDED:
         d = embedded_model_dir(name)
         return str(d), d
@@ -94,8 +98,15 @@ def check_weights_safe(directory: Path, allow_pickle: bool) -> None:
 
 def load_hf_model(name: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                   allow_pickle: bool = False, trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """(Hugging Face causal LM in eval mode, its local directory or None)."""
+    """(Hugging Face causal LM in eval mode, its local directory or None). An adapted alias gives its
+    base model with the adapter merged, and its adapter directory (which holds its depth config)."""
     from transformers import AutoModelForCausalLM
+
+    adapter = adapter_dir(name)
+    if adapter is not None:
+        hf, _ = load_hf_model(adapter_base(adapter), dtype, device, allow_pickle, trust_remote_code,
+                              attn_implementation)
+        return merge_adapter(hf, adapter), adapter
 
     source, local = resolve(name)
     if local is not None:
@@ -176,3 +187,44 @@ def resolve_device(device: str | None) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapted embedded models: a packaged LoRA adapter on a base model (src/adalas/adapters/<alias>/)
+
+def adapters_root() -> Path:
+    """Where the package keeps its adapted aliases."""
+    from importlib import resources
+
+    return Path(str(resources.files("adalas") / "adapters"))
+
+
+def adapter_dir(name: str) -> Path | None:
+    """The packaged adapter directory of an alias such as `smollm2-135m-adapted-24` (None: not one)."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    d = adapters_root() / name
+    return d if (d / "adapter_model.safetensors").is_file() and (d / "provenance.json").is_file() else None
+
+
+def adapter_aliases() -> list[str]:
+    root = adapters_root()
+    return sorted(d.name for d in root.iterdir() if adapter_dir(d.name) is not None) if root.is_dir() else []
+
+
+def adapter_base(directory: Path) -> str:
+    import json
+
+    base = json.loads((directory / "provenance.json").read_text(encoding="utf-8")).get("base_model")
+    if not base:
+        raise ValueError(f"adapter {directory.name!r}: provenance.json names no base_model")
+    return base
+
+
+def merge_adapter(hf, directory: Path):
+    """The Hugging Face model with the LoRA adapter in `directory` merged into its weights."""
+    from peft import PeftModel
+
+    dtype = next(hf.parameters()).dtype
+    merged = PeftModel.from_pretrained(hf, str(directory), is_trainable=False).merge_and_unload()
+    return merged.to(dtype).eval()

@@ -23,7 +23,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import sys
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,11 +37,13 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 from .cli import OneLineErrors
 from .config import DepthConfig
+from .distill import INDEX_COLUMN, Distiller
 from .io import atomic_write_text, check_output_dir
 from .model import CONTROLLERS_FILE, DEPTH_FILE, AdalasForCausalLM
 from .recipes import check_fields, load_recipe, packaged_file, split_recipe_flag, to_argv
 
 TRAINABLE_FILE = "adalas_trainable.safetensors"  # LoRA runs: the trainable tensors, for resuming
+TRAINING_FILE = "adalas_training.json"  # what a model directory was trained on (eval warns on the same data)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 COMMAND_DEFAULTS = {"report_to": "tensorboard"}  # below the recipe and the command line
@@ -91,6 +96,13 @@ class AdalasArguments:
         "help": "module names LoRA adapts instead of q_proj k_proj v_proj"})
     train_head: bool = field(default=False, metadata={
         "help": "warmup, or train with LoRA: also train the LM head in full (untied from the embeddings)"})
+    distill: bool = field(default=False, metadata={
+        "help": "self-distillation: match the same model at full depth (no adapters, no gradient) on response tokens"})
+    distill_alpha: float = field(default=1.0, metadata={
+        "help": "weight of the KL term; 1 - alpha goes to cross-entropy on the data's responses"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "temperature T of both distributions"})
+    distill_top_k: int = field(default=32, metadata={
+        "help": "cache the teacher's top-k log-probs once per example (0: a teacher forward every step, full KL)"})
 
     def __post_init__(self) -> None:
         from .data import PROMPT_FORMATS
@@ -113,6 +125,9 @@ class AdalasArguments:
             ("lora_r", self.lora_r >= 0, "must be >= 0"),
             ("lora_head_r", self.lora_head_r >= 0, "must be >= 0"),
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("distill_alpha", 0 <= self.distill_alpha <= 1, "must be in [0, 1]"),
+            ("distill_temperature", self.distill_temperature > 0, "must be > 0"),
+            ("distill_top_k", self.distill_top_k >= 0, "must be >= 0"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -498,18 +513,23 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
 class AdalasTrainer(Trainer):
     """The Hugging Face Trainer with the cost-aware loss, skip-rate logging and our checkpoints."""
 
-    def __init__(self, *args, cost_alpha: float = 0.0, **kwargs):
+    def __init__(self, *args, cost_alpha: float = 0.0, distiller: Distiller | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cost_alpha = cost_alpha
+        self.distiller = distiller
         num_layers = unwrap(self.model).num_layers
         self.meters = {"train": GateMeter(num_layers), "eval": GateMeter(num_layers)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        example_index = inputs.pop(INDEX_COLUMN, None)
         outputs = model(**inputs, **({"num_items_in_batch": num_items_in_batch} if scaled else {}))
         label_gates = outputs.layer_gates[inputs["labels"].ne(-100)]  # (N, L)
         self.meters["train" if model.training else "eval"].add(label_gates)
         loss = outputs.loss
+        if self.distiller is not None and model.training:
+            loss = self.distiller.loss(model, inputs, outputs.logits, outputs.loss, example_index,
+                                       num_items_in_batch if scaled else None)
         if model.training and self.cost_alpha:
             loss = loss + self.cost_alpha * gate_cost(label_gates, num_items_in_batch if scaled else None)
         if scaled and self.args.average_tokens_across_devices:
@@ -575,6 +595,84 @@ def _datasets(cfg: AdalasArguments, args: TrainingArguments, tokenizer):
     return train, ev
 
 
+def _distillation(cfg: AdalasArguments, args: TrainingArguments, adalas: AdalasForCausalLM, train_ds, collator):
+    """(the training set with its row index, the collator that passes it, the Distiller). Called before
+    LoRA is applied, so a cached teacher is the base weights at full depth; under LoRA without a
+    cache, the teacher is the same model with its adapters disabled (set up in `run`)."""
+    from .distill import IndexedCollator, teacher_cache
+
+    train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
+    collator = IndexedCollator(collator)
+    if cfg.distill_top_k:
+        with args.main_process_first(desc="the teacher's top-k"):
+            adalas.to(args.device)
+            cache = teacher_cache(adalas, train_ds, collator.base, cfg.distill_top_k, cfg.distill_temperature,
+                                  progress=args.process_index == 0 and not args.disable_tqdm)
+        return train_ds, collator, Distiller(cfg.distill_alpha, cfg.distill_temperature, cache=cache)
+    return train_ds, collator, Distiller(cfg.distill_alpha, cfg.distill_temperature, adalas=adalas)
+
+
+def _frozen_copy(adalas: AdalasForCausalLM) -> AdalasForCausalLM:
+    """The teacher of a full fine-tune: the weights as they are now, frozen, in eval mode."""
+    import copy
+
+    teacher = copy.deepcopy(adalas).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def data_sha256(data: str) -> str | None:
+    """The hash of a local data file (None for hub datasets)."""
+    import hashlib
+
+    from .data import _builtin_path
+
+    path = _builtin_path() if data == "builtin" else Path(data).expanduser()
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def training_record(cfg: AdalasArguments, argv: list[str], steps: int, wall_s: float) -> dict:
+    """How a model directory was made: the command, recipe, data (name and hash), steps, wall time."""
+    return {"command": "adalas train " + shlex.join(argv), "recipe": cfg.recipe, "data": cfg.data,
+            "data_sha256": data_sha256(cfg.data), "steps": steps, "wall_s": round(wall_s, 1),
+            "base_model": cfg.model}
+
+
+def save_adapter(model: nn.Module, directory: Path, record: dict) -> None:
+    """The LoRA adapter alone (fp16 safetensors, a few MB), its config, the depth config and how it
+    was made: what `src/adalas/adapters/<alias>/` ships (see `adalas.adapters`)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # keys relative to the Hugging Face model (peft's own layout), not to our wrapper: the adapter then
+    # also loads with plain peft onto the base checkpoint
+    inner = "base_model.model." + "model."
+    state = {k.replace(inner, "base_model.model.", 1): v.detach().to(torch.float16).contiguous().cpu()
+             for k, v in get_peft_model_state_dict(model).items()}
+    tmp = directory / "adapter_model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(directory / "adapter_model.safetensors")
+    config = model.peft_config["default"].to_dict()
+    config["base_model_name_or_path"] = None
+    atomic_write_text(directory / "adapter_config.json", json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n")
+    depth = unwrap(model).depth
+    atomic_write_text(directory / DEPTH_FILE, json.dumps(depth.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(directory / "provenance.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in (sorted(value) if isinstance(value, set) else value)]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
 def _print_main(args: TrainingArguments, text: str) -> None:
     if args.process_index == 0:
         print(text, flush=True)
@@ -595,6 +693,12 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     args.prediction_loss_only = True  # evaluation reports losses and skip rates; logits are not kept
     set_seed(args.seed)  # controllers and LoRA are initialised at load time
 
+    if cfg.data == "builtin" or cfg.eval_data == "builtin":
+        warnings.warn("--data builtin: the built-in set is evaluation data; a model trained on it scores "
+                      "too well there (train on `adalas synth` output instead)", stacklevel=1)
+    if cfg.distill and warmup:
+        raise ValueError("--distill: warmup trains the controllers on the cost loss; use `adalas train --distill true`")
+    start = time.monotonic()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     with args.main_process_first(desc="tokenizing the data"):
         train_ds, eval_ds = _datasets(cfg, args, tokenizer)
@@ -602,7 +706,13 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     adalas = AdalasForCausalLM.from_pretrained(cfg.model, depth=cfg.depth, dtype=cfg.dtype,
                                                allow_pickle=cfg.allow_pickle,
                                                trust_remote_code=cfg.trust_remote_code)
+    collator = make_collator(tokenizer)
+    distiller = None
+    if cfg.distill:
+        train_ds, collator, distiller = _distillation(cfg, args, adalas, train_ds, collator)
     model = prepare_model(adalas, cfg, warmup)
+    if distiller is not None and distiller.adalas is not None and not is_peft(model):
+        distiller = Distiller(cfg.distill_alpha, cfg.distill_temperature, teacher=_frozen_copy(adalas))
     if args.ddp_find_unused_parameters is None:
         # a layer that every token skips gets no gradient, which DDP must be told about (or it is frozen)
         args.ddp_find_unused_parameters = adalas.depth.mode not in ("full", "learned") and not (
@@ -619,13 +729,18 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
                       f"parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
     trainer = AdalasTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                            data_collator=make_collator(tokenizer), processing_class=tokenizer,
-                            callbacks=list(callbacks), cost_alpha=cfg.cost_alpha)
+                            data_collator=collator, processing_class=tokenizer,
+                            callbacks=list(callbacks), cost_alpha=cfg.cost_alpha, distiller=distiller)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         _print_main(args, f"adalas: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
+    if args.should_save:
+        record = training_record(cfg, argv, trainer.state.global_step, time.monotonic() - start)
+        atomic_write_text(Path(args.output_dir) / TRAINING_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        if is_peft(model):
+            save_adapter(model, Path(args.output_dir) / "adapter", record)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

@@ -1,0 +1,167 @@
+"""Self-distillation: the KD losses on hand-computed cases, the teacher left alone by the adapters, the
+top-k teacher cache, and `adalas train --distill true` lowering the KD loss on a tiny model."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_llama
+from test_train import Snapshot, base_args, history, train, work  # noqa: F401  (work is a fixture)
+
+from adalas import AdalasForCausalLM, DepthConfig
+from adalas.distill import (Distiller, TeacherCache, kl_full, kl_topk, mix, response_positions, teacher_topk)
+
+
+def test_kl_is_zero_for_the_same_distribution_and_matches_a_hand_computation():
+    logits = torch.tensor([[2.0, 0.5, -1.0]])
+    assert kl_full(logits, logits, 1.0).abs().max() < 1e-7
+    t, s = torch.tensor([[0.0, math.log(3.0), 0.0]]), torch.tensor([[0.0, 0.0, 0.0]])
+    p = [1 / 5, 3 / 5, 1 / 5]  # teacher softmax; student uniform
+    by_hand = sum(pi * math.log(pi / (1 / 3)) for pi in p)
+    assert kl_full(s, t, 1.0).item() == pytest.approx(by_hand, rel=1e-5)
+    # temperature 2 flattens both: teacher logits / 2
+    p2 = torch.softmax(t / 2, -1)[0].tolist()
+    assert kl_full(s, t, 2.0).item() == pytest.approx(sum(pi * math.log(pi * 3) for pi in p2), rel=1e-5)
+
+
+def test_topk_kl_uses_k_plus_one_buckets():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 11)
+    logp = torch.log_softmax(logits, -1)
+    top = logp.topk(3, -1)
+    assert kl_topk(logits, top.indices, top.values, 1.0).abs().max() < 1e-5  # same model: 0
+    student = torch.randn(5, 11)
+    got = kl_topk(student, top.indices, top.values, 1.0)
+    s = torch.log_softmax(student, -1)
+    for row in range(5):
+        idx = top.indices[row].tolist()
+        pt = [math.exp(v) for v in top.values[row].tolist()]
+        qs = [math.exp(s[row, i].item()) for i in idx]
+        pt.append(1 - sum(pt))
+        qs.append(1 - sum(qs))
+        by_hand = sum(a * math.log(a / b) for a, b in zip(pt, qs))
+        assert got[row].item() == pytest.approx(by_hand, rel=1e-4)
+    assert (got <= kl_full(student, logits, 1.0) + 1e-6).all()  # bucketing never exceeds the full KL
+
+
+def test_mix_weights_kl_and_cross_entropy():
+    assert mix(torch.tensor(6.0), torch.tensor(5.0), 1.0, 2.0, 3).item() == pytest.approx(8.0)
+    assert mix(torch.tensor(6.0), torch.tensor(5.0), 0.5, 1.0, 3).item() == pytest.approx(3.5)
+
+
+def _batch():
+    ids = torch.randint(4, 90, (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[1, 8:] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_teacher_is_the_full_depth_model_whatever_the_adapters_do():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    batch = _batch()
+    with torch.no_grad():
+        reference = AdalasForCausalLM.from_hf(tiny_llama())(input_ids=batch["input_ids"]).logits  # full depth
+    base = AdalasForCausalLM.from_hf(tiny_llama(), depth=DepthConfig(mode="static_skip", skip_layers=[1, 2]))
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    d = Distiller(1.0, 1.0, adalas=base)
+    for step in range(2):
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)  # the adapters change (and change the student)
+        teacher = d.teacher_logits(peft, batch)
+        assert base.depth.mode == "static_skip"  # restored after the teacher's full-depth pass
+        torch.testing.assert_close(teacher, reference, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            student = peft(**batch).logits
+        assert not torch.allclose(student, teacher, atol=1e-3)
+        assert d.loss(peft, batch, student, torch.tensor(0.0), None, None).item() > 0
+
+
+def test_teacher_cache_rows_follow_the_batch_order():
+    model = AdalasForCausalLM.from_hf(tiny_llama())
+    batch = _batch()
+    idx, lp = teacher_topk(model, batch, 4, 1.0)
+    counts = response_positions(batch["labels"]).sum(-1).tolist()
+    offsets = torch.tensor([0, counts[0], counts[0] + counts[1]])
+    cache = TeacherCache(idx, lp.half(), offsets)
+    i2, l2 = cache.rows([1, 0])
+    assert torch.equal(i2, torch.cat([idx[counts[0]:], idx[:counts[0]]]))
+    # the model against its own cached teacher: KD 0 (up to the fp16 storage)
+    logits = model(input_ids=batch["input_ids"]).logits
+    d = Distiller(1.0, 1.0, cache=cache)
+    assert d.loss(model, batch, logits, torch.tensor(0.0), torch.tensor([0, 1]), None).item() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def strong(work):  # noqa: F811
+    """A tiny Llama whose layers matter (large random weights): skipping two of them moves the logits a lot."""
+    from transformers import LlamaForCausalLM
+
+    model = tiny_llama()
+    cfg = model.config
+    cfg.initializer_range = 0.3
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(work / "strong")
+    for f in (work / "llama").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            (work / "strong" / f.name).write_bytes(f.read_bytes())
+    return work
+
+
+@pytest.mark.parametrize("top_k", [8, 0])
+def test_distill_steps_lower_the_kd_loss(strong, tmp_path, top_k):
+    depth = {"mode": "static_skip", "skip_layers": [1, 2]}
+    snap = Snapshot()
+    train(base_args(strong, tmp_path, "strong", steps=8) + ["--depth", json.dumps(depth), "--distill", "true",
+                                                "--distill_top_k", str(top_k), "--lora_r", "8",
+                                                "--lora_dropout", "0", "--learning_rate", "3e-2"],
+          callbacks=[snap])
+    loss = [h["loss"] for h in history(tmp_path) if "loss" in h]
+    assert loss[-1] < 0.7 * loss[0], loss
+    for n, trains in snap.trainable.items():
+        assert trains == ("lora_" in n), n
+    adapter = tmp_path / "adapter"
+    assert {p.name for p in adapter.iterdir()} >= {"adapter_model.safetensors", "adapter_config.json",
+                                                  "adalas_depth.json", "provenance.json"}
+    record = json.loads((tmp_path / "adalas_training.json").read_text())
+    assert record["steps"] == 8 and record["data_sha256"] and "--distill" in record["command"]
+
+
+def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, tmp_path, monkeypatch):
+    """The adapter alone (fp16) plus its depth: loading the alias gives the trained model's logits (up to
+    fp16 rounding of the adapter), at the trained depth, and `resolve` gives the base's tokenizer."""
+    import shutil
+
+    from adalas import hub
+
+    run_dir = tmp_path / "run"
+    depth = {"mode": "static_skip", "skip_layers": [1, 2]}
+    train(base_args(strong, run_dir, "strong", steps=4) + ["--depth", json.dumps(depth), "--distill", "true",
+                                                         "--lora_r", "4", "--lora_dropout", "0",
+                                                         "--lora_target_modules", "q_proj", "v_proj", "down_proj"])
+    root = tmp_path / "adapters"
+    shutil.copytree(run_dir / "adapter", root / "tiny-adapted-2")
+    provenance = json.loads((root / "tiny-adapted-2" / "provenance.json").read_text())
+    assert provenance["base_model"] == str(strong / "strong")
+    monkeypatch.setattr(hub, "adapters_root", lambda: root)
+    assert hub.adapter_aliases() == ["tiny-adapted-2"]
+    alias = AdalasForCausalLM.from_pretrained("tiny-adapted-2")
+    trained = AdalasForCausalLM.from_pretrained(run_dir)  # the merged checkpoint
+    assert alias.depth == trained.depth == DepthConfig.parse(depth)
+    ids = torch.randint(4, 40, (2, 12))
+    with torch.no_grad():
+        a, t = alias(input_ids=ids).logits, trained(input_ids=ids).logits
+        base = AdalasForCausalLM.from_pretrained(strong / "strong")(input_ids=ids).logits
+    torch.testing.assert_close(a, t, atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(a, base, atol=1e-3)  # the adapter did something
+    assert hub.resolve("tiny-adapted-2") == hub.resolve(str(strong / "strong"))
+    size = (root / "tiny-adapted-2" / "adapter_model.safetensors").stat().st_size
+    from safetensors import safe_open
+    with safe_open(str(root / "tiny-adapted-2" / "adapter_model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys()) and size < 100_000
