@@ -383,3 +383,88 @@ def test_run_oracle_errors(tmp_path):
         f.write(json.dumps({"config_id": "full", "id": "z", "rougeL": None}) + "\n")
     with pytest.raises(ValueError, match="missing field 'rougeL'"):
         run_oracle(d)
+
+
+# -- depth in decode steps, the null control ----------------------------------------------------
+def test_oracle_depth_weights_sequences_by_their_decode_steps():
+    """Two sequences: a long one (9 decode steps) and a short one (1). Taking the shallow config on
+    the long sequence saves 9x the layers it saves on the short one."""
+    scores = [[0.5, 0.4], [0.5, 0.1]]  # columns: full (4 layers), skip (2 layers)
+    layers = [4, 2]
+    plain = oracle_curve(scores, layers)
+    weighted = oracle_curve(scores, layers, weights=[9, 1])
+    # unweighted: skipping on the long row alone is an average of 3 layers
+    assert max(p["score"] for p in plain if p["avg_layers"] <= 3.0) == pytest.approx(0.45)
+    # in decode steps it is (9 * 2 + 1 * 4) / 10 = 2.2 layers
+    assert max(p["score"] for p in weighted if p["avg_layers"] <= 2.25) == pytest.approx(0.45)
+    assert max(p["score"] for p in weighted if p["avg_layers"] <= 3.75) == pytest.approx(0.45)  # the other way: 3.8
+    with pytest.raises(ValueError, match="weights"):
+        oracle_curve(scores, layers, weights=[1, -1])
+
+
+def _with_samples(d, samples, output_tokens=None, extra_configs=()):
+    """Add full_sample#s configs ({seed: {sequence: score}}) and output_tokens to the full rows."""
+    with open(d / "sweep.jsonl", "a") as f:
+        for seed in samples:
+            f.write(json.dumps({"config_id": f"full_sample#{seed}", "strategy": "full_sample", "budget": 4,
+                                "route": "1111", "avg_layers": 4.0, "model": "tiny-opt", "rougeL": 0.0}) + "\n")
+        for c in extra_configs:
+            f.write(json.dumps({**c, "model": "tiny-opt", "rougeL": 0.0}) + "\n")
+    rows = [json.loads(x) for x in (d / "per_sequence.jsonl").read_text().splitlines()]
+    for r in rows:
+        if output_tokens and r["config_id"] == "full":
+            r["output_tokens"] = output_tokens[r["id"]]
+    for seed, by_seq in samples.items():
+        rows += [{"config_id": f"full_sample#{seed}", "id": sid, "rougeL": s, "layers_used": 4.0, "model": "tiny-opt"}
+                 for sid, s in by_seq.items()]
+    (d / "per_sequence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_null_control_is_the_same_best_of_k_over_full_depth_runs(tmp_path):
+    d = write_sweep(tmp_path / "sweep")
+    assert run_oracle(d)["null_control"] is None  # no sampled runs: no control
+    assert run_oracle(d)["match_avg_layers_null_adjusted"] is None
+    samples = {1: {"a": 0.6, "b": 0.2, "c": 0.5, "d": 0.3, "e": 0.1}, 2: {"a": 0.1, "b": 0.7, "c": 0.4, "d": 0.2},
+               3: {"a": 0.9, "b": 0.9, "c": 0.9, "d": 0.9}}  # seed 3 is not among K - 1 = 2 alternatives
+    d = _with_samples(d, samples, extra_configs=[{"config_id": "seq", "strategy": "sequence", "avg_layers": 2.0}])
+    doc = run_oracle(d)
+    assert doc["configs"] == ["full", "skip2", "exit1"]  # samples and router rows are not candidates
+    null = doc["null_control"]
+    assert null["k"] == 3 and null["configs"] == ["full", "full_sample#1", "full_sample#2"]
+    best = {"a": 0.6, "b": 0.7, "c": 0.5, "d": 0.3}  # per sequence, max(full, #1, #2); "e" is excluded
+    assert null["score"] == pytest.approx(np.mean(list(best.values())))
+    assert null["full_score"] == pytest.approx(doc["full_score"]) == pytest.approx(0.45)
+    gain = null["score"] - null["full_score"]  # 0.075
+    assert doc["match_avg_layers"] == 2.25
+    # the curve less the null gain reaches 0.45 where the curve reaches 0.525: a full, b full/skip2, c full,
+    # d skip2 = 0.5 + 0.6 + 0.4 + 0.4 = 1.9 / 4 = 0.475 at most: never
+    assert max(p["score"] for p in doc["curve"]) < doc["full_score"] + gain
+    assert doc["match_avg_layers_null_adjusted"] is None
+    assert run_oracle(d, strategies=["uniform_skip"])["null_control"]["k"] == 2  # K follows the candidates
+    # a smaller null gain leaves part of the saving
+    configs = [{"config_id": "full", "strategy": "full", "budget": 4, "avg_layers": 4.0},
+               {"config_id": "mid", "strategy": "uniform_skip", "budget": 3, "avg_layers": 3.0},
+               {"config_id": "skip2", "strategy": "uniform_skip", "budget": 2, "avg_layers": 2.0}]
+    global DEPTH
+    depth, DEPTH = DEPTH, {"full": 4, "mid": 3, "skip2": 2}
+    try:
+        d2 = write_sweep(tmp_path / "sweep2", configs, {"a": {"full": 0.5, "mid": 0.7, "skip2": 0.5},
+                                                        "b": {"full": 0.5, "mid": 0.5, "skip2": 0.45}})
+    finally:
+        DEPTH = depth
+    _with_samples(d2, {1: {"a": 0.68, "b": 0.5}, 2: {"a": 0.0, "b": 0.0}})
+    doc2 = run_oracle(d2)
+    assert doc2["null_control"]["score"] - doc2["full_score"] == pytest.approx(0.09)
+    assert doc2["match_avg_layers"] == 2.5  # a mid, b skip2: 0.575
+    assert doc2["match_avg_layers_null_adjusted"] == 3.0  # needs 0.59: a mid, b mid or full (0.6)
+
+
+def test_run_oracle_depth_is_in_decode_steps(tmp_path):
+    d = write_sweep(tmp_path / "sweep")
+    _with_samples(d, {}, output_tokens={"a": 11, "b": 2, "c": 2, "d": 2, "e": 2})  # a: 10 steps, others 1
+    doc = run_oracle(d)
+    assert doc["depth_weights"] == "decode steps at full depth"
+    # cheapest match: a exit1 (10 steps x 1 layer, same score), b skip2, c full, d skip2: 18 layer-steps / 13
+    assert 18 / 13 <= doc["match_avg_layers"] <= 18 / 13 + 0.25  # unweighted, 9 layers / 4 sequences = 2.25
+    assert write_sweep(tmp_path / "plain") and run_oracle(tmp_path / "plain")["match_avg_layers"] == 2.25

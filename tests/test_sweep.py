@@ -192,3 +192,34 @@ def test_sweep_and_oracle_commands(tiny, tmp_path, capsys):
     assert cli_main(["oracle", "--sweep", str(tmp_path / "missing")]) == 2
     assert cli_main(argv[:-3] + ["--budgets", "9", "--out", str(tmp_path / "x")]) == 2
     assert "budgets: 9 is out of range" in capsys.readouterr().err
+
+
+def test_null_control_rows_are_sampled_full_depth_runs(tiny, tmp_path):
+    """--null-k K: K - 1 `full_sample` configs (temperature 0.7, top-p 0.9, seeds 1..K-1) beside the greedy
+    full model; every sweep row has its ROUGE-L interval; the oracle's null control uses them."""
+    from adalas.stats import bootstrap_ci
+
+    with pytest.raises(ValueError, match="null_k"):
+        S.build_configs(LAYERS, ["uniform_skip"], [2, 3], null_k=1)
+    configs = S.build_configs(LAYERS, ["uniform_skip"], [2, 3], null_k=3)
+    assert [c.config_id for c in configs] == ["full", "uniform_skip@3", "uniform_skip@2", "full_sample#1",
+                                              "full_sample#2"]
+    rows = _sweep(tiny, tmp_path, configs, max_new_tokens=6)
+    per_seq = _lines(tmp_path / "per_sequence.jsonl")
+    by = {cid: {p["id"]: p for p in per_seq if p["config_id"] == cid} for cid in [c.config_id for c in configs]}
+    samples = [r for r in rows if r["strategy"] == "full_sample"]
+    assert [r["sampling"] for r in samples] == [{"seed": s, "temperature": 0.7, "top_p": 0.9} for s in (1, 2)]
+    assert all(r["route"] == "1111" and r["avg_layers"] == LAYERS for r in samples)
+    greedy = {i: p["prediction"] for i, p in by["full"].items()}
+    assert any(p["prediction"] != greedy[i] for i, p in by["full_sample#1"].items())  # sampled, not greedy
+    assert any(by["full_sample#1"][i]["prediction"] != by["full_sample#2"][i]["prediction"] for i in greedy)
+    for r in rows:
+        assert r["rougeL_ci95"] == bootstrap_ci([p["rougeL"] for p in by[r["config_id"]].values()])
+    doc = run_oracle(tmp_path, strategies=["uniform_skip"])
+    null = doc["null_control"]
+    assert null["k"] == doc["n_configs"] == 3 and null["configs"] == ["full", "full_sample#1", "full_sample#2"]
+    best = [max(by[c][i]["rougeL"] for c in null["configs"]) for i in greedy]
+    assert null["score"] == pytest.approx(sum(best) / len(best))
+    before = (tmp_path / "per_sequence.jsonl").read_bytes()
+    _sweep(tiny, tmp_path / "again", configs, max_new_tokens=6)  # sampling is seeded: the same bytes
+    assert (tmp_path / "again/per_sequence.jsonl").read_bytes() == before

@@ -15,6 +15,13 @@ Notable:
 - One DP table answers every budget at once, and one hull answers each budget with a single
   greedy pass, so a whole oracle curve costs about one solve.
 - Fractional depths become integer costs at 1/8 layer (`LAYER_RESOLUTION`).
+- Depth is in the unit of `avg_layers` (decode steps pooled over sequences): a sequence's cost is
+  weighted by its number of decode steps at full depth, so a sequence that stops early weighs less.
+- The oracle is an in-sample upper bound: picking each sequence's best of K outputs against one
+  noisy reference gains even when the K are equally good. `null_control` measures that selection
+  gain with the same best-of-K over K full-depth alternatives (the greedy full model and K - 1
+  sampled runs, `full_sample` rows of `sweep --null-k K`); `match_avg_layers_null_adjusted` is the
+  match once that gain is taken off the oracle's curve.
 - `run_oracle` reads a sweep directory and writes `oracle.json` atomically.
 
 Pure numpy and the standard library: no torch.
@@ -26,14 +33,14 @@ import json
 import math
 import operator
 import os
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .io import check_output_file
+from .io import atomic_write_json, check_output_file
 
 LAYER_RESOLUTION = 8  # cost units per layer: fractional depths are rounded to 1/8 layer
 CURVE_STEP = 0.25  # default spacing of the oracle curve, in layers
@@ -41,6 +48,9 @@ DP_MAX_WORK = 200_000_000  # N * K * budget cells; the DP does ~200M a second on
 DP_MAX_BACK_BYTES = 256 * 2**20  # backpointer table limit for method="auto"
 DP_HARD_BACK_BYTES = 4 * 2**30  # ... and for method="dp", beyond which we refuse rather than swap
 _ENUMERATE_ROUTES = 1 << 16  # up to this many possible routes, draw by permuting all of them
+# strategies that are never the oracle's candidates by default: the null control's sampled full-depth
+# runs, and a per-sequence router's rows (each a lookup of another config's row)
+NOT_CANDIDATES = ("full_sample", "sequence")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,24 +410,35 @@ def knapsack(values: Any, costs: Any, budget: int) -> tuple[np.ndarray, float]:
 # ---------------------------------------------------------------------------------------------
 # Oracle curve
 # ---------------------------------------------------------------------------------------------
+def _weights(weights: Any, n: int) -> np.ndarray:
+    """(N,) non-negative sequence weights (None, or all zero: every sequence weighs 1)."""
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be {n} finite non-negative numbers, got shape {w.shape}")
+    return w if w.sum() > 0 else np.ones(n)
+
+
 def _curve_points(scores: Any, layers: Any, budgets: Sequence[float] | None = None,
-                  method: str = "auto") -> list[tuple[float, KnapsackResult]]:
+                  method: str = "auto", weights: Any = None) -> list[tuple[float, KnapsackResult]]:
     """(avg_layers, result) per budget, ascending. A solution found for a smaller budget is
     feasible for every larger one, so it is kept when the hull's greedy finds a worse one there:
-    the curve is monotone whichever solver ran."""
+    the curve is monotone whichever solver ran. The average depth weights sequence i by
+    `weights[i]` (its decode steps: then it is the pooled `avg_layers`); the score is the plain mean."""
     v = np.asarray(scores, dtype=np.float64)
     if v.ndim != 2:
         raise ValueError(f"scores must be an (N, K) array, got shape {v.shape}")
     depth = np.asarray(layers, dtype=np.float64)
     if not np.isfinite(depth).all() or (depth < 0).any():
         raise ValueError("layers must be finite and non-negative")
-    c = np.rint(depth * LAYER_RESOLUTION).astype(np.int64)
+    w = _weights(weights, v.shape[0])
+    c = np.rint(np.broadcast_to(depth, v.shape) * w[:, None] * LAYER_RESOLUTION).astype(np.int64)
     v, c = _as_problem(v, c)
-    N = v.shape[0]
-    per_layer = N * LAYER_RESOLUTION  # cost units per layer of average depth
+    per_layer = float(w.sum()) * LAYER_RESOLUTION  # cost units per layer of average depth
     lo, hi = int(c.min(axis=1).sum()), int(c.max(axis=1).sum())
     if budgets is None:
-        q = int(round(per_layer * CURVE_STEP))
+        q = max(int(round(per_layer * CURVE_STEP)), 1)
         grid = sorted({lo, hi, *range(-(-lo // q) * q, hi + 1, q)})
         units = [(u / per_layer, u) for u in grid]
     else:
@@ -441,16 +462,18 @@ def _curve_points(scores: Any, layers: Any, budgets: Sequence[float] | None = No
 
 
 def oracle_curve(scores: Any, layers: Any, budgets: Sequence[float] | None = None,
-                 method: str = "auto") -> list[dict]:
+                 method: str = "auto", weights: Any = None) -> list[dict]:
     """Best mean score per average-depth budget, when every sequence picks its own config.
 
     scores: (N, K) per-sequence scores of K configs; layers: (K,) or (N, K) layers used (may be
-    fractional: costs are round(layers * 8), i.e. 1/8 layer). budgets: average depths in layers;
-    by default every 1/4 layer between the shallowest and the deepest possible average (both
-    included). Returns [{"avg_layers", "score"}] ascending in avg_layers, non-decreasing in score.
+    fractional: costs are round(layers * weight * 8), i.e. 1/8 layer). weights: (N,) each
+    sequence's weight in the average depth (its decode steps, for the unit of `avg_layers`;
+    default 1 each). budgets: average depths in layers; by default every 1/4 layer between the
+    shallowest and the deepest possible average (both included). Returns [{"avg_layers",
+    "score"}] ascending in avg_layers, non-decreasing in score.
     """
     return [{"avg_layers": avg, "score": res.total / len(res.choice)}
-            for avg, res in _curve_points(scores, layers, budgets, method)]
+            for avg, res in _curve_points(scores, layers, budgets, method, weights)]
 
 
 def match_depth(curve: Sequence[dict], full_score: float, tol: float = 1e-9) -> float | None:
@@ -462,6 +485,55 @@ def match_depth(curve: Sequence[dict], full_score: float, tol: float = 1e-9) -> 
         if point["score"] >= full_score - tol * max(1.0, abs(full_score)):
             return point["avg_layers"]
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines on the same depth axis
+# ---------------------------------------------------------------------------------------------
+def interpolate(curve: Sequence[dict], avg_layers: float) -> float | None:
+    """Score of a curve at an average depth, linear between points (None outside its range)."""
+    pts = sorted((p["avg_layers"], p["score"]) for p in curve)
+    xs = [x for x, _ in pts]
+    if not pts or avg_layers < xs[0] - 1e-9 or avg_layers > xs[-1] + 1e-9:
+        return None
+    return float(np.interp(avg_layers, xs, [y for _, y in pts]))
+
+
+def best_fixed_mix(points: Sequence[dict]) -> list[dict]:
+    """The best input-blind controller, chosen with hindsight: at each average depth, the best mix
+    of fixed routes (the same mix for every sequence), i.e. the upper concave envelope of the routes'
+    (avg_layers, score) points, made non-decreasing. An optimistic bound for any controller that
+    does not read its input. Returns the envelope's points (other keys kept).
+
+    >>> [p["score"] for p in best_fixed_mix([{"avg_layers": 2, "score": .1}, {"avg_layers": 3, "score": .1},
+    ...                                      {"avg_layers": 4, "score": .5}])]
+    [0.1, 0.5]
+    """
+    hull: list[dict] = []
+    for p in sorted(points, key=lambda p: (p["avg_layers"], -p["score"])):
+        if hull and p["score"] <= hull[-1]["score"]:
+            continue  # deeper and no better: never part of a best mix
+        while len(hull) >= 2 and _below_chord(hull[-2], hull[-1], p):
+            hull.pop()
+        hull.append(dict(p))
+    return hull
+
+
+def _below_chord(a: dict, b: dict, c: dict) -> bool:
+    """Whether b lies on or below the chord from a to c."""
+    return ((b["score"] - a["score"]) * (c["avg_layers"] - a["avg_layers"])
+            <= (c["score"] - a["score"]) * (b["avg_layers"] - a["avg_layers"]))
+
+
+def mix_at(envelope: Sequence[dict], avg_layers: float) -> tuple[dict, dict, float]:
+    """(a, b, p): the two envelope points (of `best_fixed_mix`) that bracket `avg_layers`, and the
+    weight p of b in the mix (1 - p) a + p b that has exactly that depth (clamped to the envelope)."""
+    lo = max((e for e in envelope if e["avg_layers"] <= avg_layers + 1e-9), key=lambda e: e["avg_layers"],
+             default=envelope[0])
+    hi = min((e for e in envelope if e["avg_layers"] >= avg_layers - 1e-9), key=lambda e: e["avg_layers"],
+             default=envelope[-1])
+    span = hi["avg_layers"] - lo["avg_layers"]
+    return lo, hi, 0.0 if span <= 0 else (avg_layers - lo["avg_layers"]) / span
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,19 +608,19 @@ def check_sweep_model(sweep_dir: str | os.PathLike, model: str) -> None:
                      f"--model {recorded}, or sweep this model first")
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    """Temp file in the same directory, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _sample_seed(config_id: Any) -> int:
+    """The seed of a `full_sample#<seed>` config id (its place among the null alternatives)."""
+    m = re.fullmatch(r"full_sample#(\d+)", str(config_id))
+    return int(m.group(1)) if m else 1 << 30
+
+
+def null_control(full: np.ndarray, samples: Sequence[np.ndarray], k: int) -> dict | None:
+    """The per-sequence best of `k` full-depth alternatives: the greedy run (`full`, (N,)) and the
+    first k - 1 `samples` (each (N,)). {"k", "score", "full_score"}; None when fewer than k - 1 exist."""
+    if k < 1 or len(samples) < k - 1:
+        return None
+    alternatives = np.stack([full, *samples[:k - 1]], axis=1)  # (N, k)
+    return {"k": k, "score": float(alternatives.max(axis=1).mean()), "full_score": float(full.mean())}
 
 
 def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -560,8 +632,17 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     sequence). Only sequences scored under every chosen config enter (`n_excluded` counts the
     rest), so the curve and `full_score` (the `full` config's mean rougeL) are over the same
     sequences. A sequence's cost under a config is its `layers_used` (else the config's
-    `avg_layers`). `strategies` restricts the candidate configs; the full model stays a candidate
-    unless `include_full=False`, as in the paper's oracle (4, 8, 12 or all 24 layers).
+    `avg_layers`), weighted by its decode steps at full depth (`output_tokens` - 1 of its `full`
+    row; 1 each when a row lacks `output_tokens`), so depths are in the unit of `avg_layers`.
+    `strategies` restricts the candidate configs (default: every config but `full_sample` and
+    `sequence` rows); the full model stays a candidate unless `include_full=False`, as in the
+    paper's oracle (4, 8, 12 or all 24 layers).
+
+    `null_control`: the same per-sequence best of K over K full-depth alternatives (the greedy full
+    model and the `full_sample` rows with seeds 1..K-1), K = the number of candidates; None when the
+    sweep has fewer than K - 1 sampled runs over these sequences. `match_avg_layers_null_adjusted`:
+    the smallest depth whose oracle score minus the null gain (`score - full_score` of the control)
+    reaches `full_score`.
     """
     sweep_dir = Path(sweep_dir)
     if isinstance(strategies, str):
@@ -597,28 +678,34 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise ValueError(f"strategies: {', '.join(map(repr, unknown))} not in {sweep_path}; its strategies: "
                          f"{', '.join(present)}")
     chosen = [cid for cid, row in configs.items()
-              if strategies is None or row["strategy"] in strategies
+              if (row["strategy"] not in NOT_CANDIDATES if strategies is None else row["strategy"] in strategies)
               or (include_full and cid == full_id)]
     if not chosen:
         raise ValueError(f"no config in {sweep_path} has a strategy in {list(strategies or [])}")
+    samples = sorted((cid for cid, row in configs.items() if row["strategy"] == "full_sample"), key=_sample_seed)
     needed = set(chosen) | {full_id}
 
     score: dict[tuple[Any, Any], float] = {}
     cost: dict[tuple[Any, Any], float] = {}
+    steps: dict[Any, float] = {}  # decode steps of each sequence at full depth
     seq_order: dict[Any, None] = {}  # sequence ids in order of first appearance
     for lineno, row in seq_rows:
         where = f"{seq_path}:{lineno}"
         cid, sid = _field(row, "config_id", where), _field(row, "id", where)
-        if cid not in needed:
+        if cid not in needed and cid not in samples:
             continue  # another strategy, or a config the sweep never finished
         if (cid, sid) in score:
             raise ValueError(f"{where}: duplicate row for config {cid!r}, sequence {sid!r}")
         score[cid, sid] = _number(row, "rougeL", where)
+        if cid not in needed:
+            continue  # a null-control sample: its score is all that is read
         if row.get("layers_used") is not None:
             cost[cid, sid] = _number(row, "layers_used", where)
         else:
             cost[cid, sid] = _number(configs[cid], "avg_layers",
                                      f"{sweep_path} (config {cid!r}, no layers_used)")
+        if cid == full_id and row.get("output_tokens") is not None:
+            steps[sid] = max(_number(row, "output_tokens", where) - 1, 0.0)
         seq_order.setdefault(sid, None)
     seen_configs = {cid for cid, _ in score}
     for cid in chosen + [full_id]:
@@ -630,19 +717,29 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     scores = np.array([[score[cid, sid] for cid in chosen] for sid in ids])  # (N, K)
     layers = np.array([[cost[cid, sid] for cid in chosen] for sid in ids])  # (N, K)
-    full_score = float(np.mean([score[full_id, sid] for sid in ids]))
-    points = _curve_points(scores, layers, budgets, method)
+    weighted = all(sid in steps for sid in ids)
+    weights = np.array([steps[sid] for sid in ids]) if weighted else None
+    full = np.array([score[full_id, sid] for sid in ids])
+    full_score = float(full.mean())
+    points = _curve_points(scores, layers, budgets, method, weights)
     curve = [{"avg_layers": avg, "score": res.total / len(ids)} for avg, res in points]
     match = match_depth(curve, full_score)
     choices = None
     if match is not None:
         res = next(r for avg, r in points if avg == match)
         choices = {str(sid): chosen[k] for sid, k in zip(ids, res.choice.tolist())}
+    complete = [cid for cid in samples if all((cid, sid) in score for sid in ids)]
+    null = null_control(full, [np.array([score[cid, sid] for sid in ids]) for cid in complete], len(chosen))
+    if null is not None:
+        null["configs"] = [full_id, *complete[:len(chosen) - 1]]
+    adjusted = None if null is None else match_depth(curve, full_score + null["score"] - null["full_score"])
     doc = {
         "curve": curve,
         "full_score": full_score,
         "match_avg_layers": match,
         "match_fraction": None if match is None else match / num_layers,
+        "null_control": null,
+        "match_avg_layers_null_adjusted": adjusted,
         "solver": points[0][1].solver if points else None,
         "gap": max((res.gap for _, res in points), default=0.0),
         "num_layers": num_layers,
@@ -651,8 +748,9 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         "n_configs": len(chosen),
         "configs": chosen,
         "strategies": None if strategies is None else list(strategies),
+        "depth_weights": "decode steps at full depth" if weighted else "one per sequence",
         "model": model_id,
         "choices_at_match": choices,
     }
-    _write_json_atomic(out, doc)
+    atomic_write_json(out, doc)
     return doc

@@ -6,7 +6,8 @@
   (so what the two share cancels), with its 95% interval.
 - `describe_difference`: the sentence a report states for a comparison, worded by its interval: a
   difference whose interval covers 0 is "no measurable difference".
-Resamples are drawn from a fixed seed, so the same numbers give the same interval, byte for byte.
+Resamples are drawn from a fixed seed over the sorted values, so the same numbers give the same
+interval, byte for byte, in any order.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarra
 
 def bootstrap_ci(values: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED,
                  level: float = 0.95) -> list[float]:
-    """[lo, hi]: the percentile bootstrap interval of the mean of `values` (one per sequence)."""
-    x = np.asarray(values, dtype=np.float64)
+    """[lo, hi]: the percentile bootstrap interval of the mean of `values` (one per sequence). The
+    values are sorted first, so the interval depends on them alone, not on the order of the rows."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"values: need a non-empty 1-d sequence, got shape {x.shape}")
     tail = 100 * (1 - level) / 2

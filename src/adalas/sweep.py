@@ -5,16 +5,21 @@ Notable:
   (`oracle.uniform_skip_route`: the smaller of {skipped, kept} spread evenly, layer 0 always kept;
   30 layers to 27 skips 5, 15 and 25); random routes with exactly b layers, drawn once from the
   seed (`oracle.random_routes`) and run as fixed routes; explicit routes; learned checkpoints
-  (model directories with their own saved depth).
+  (model directories with their own saved depth); `full_sample#s` for s in 1..K-1 (`null_k` = K): the
+  full model sampled at temperature 0.7, top-p 0.9 with seed s, the oracle's null control (a
+  per-sequence best of K full-depth alternatives, see `oracle.null_control`).
 - Every config runs over the same batch plan (see `evaluate`), the full model first. Rows are keyed
   by (config_id, id): a killed sweep resumes where it stopped, and a grown sweep (more sequences,
   more budgets) only runs what is new.
 - `sweep.jsonl` is derived from `per_sequence.jsonl` (one row per finished config, in config order),
   rewritten atomically whenever a config finishes; it holds no timings, so the same command twice
-  gives the same bytes. Timings go to `sweep_meta.json`.
+  gives the same bytes. Every row carries `rougeL_ci95` (bootstrap over sequences). Timings go to
+  `sweep_meta.json`.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -22,12 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import DepthConfig
-from .evaluate import (REFERENCES, EvalItem, Progress, RowStore, dumps_row, check_settings, finish_shards,
+from .evaluate import (REFERENCES, EvalItem, Progress, RowStore, Sampling, dumps_row, check_settings, finish_shards,
                        missing_items, plan_batches, plan_fingerprint, run_depth, shard, summarize, versions)
 from .io import atomic_write_json, atomic_write_text, check_output_dir
 from .oracle import random_routes, route_from_str, route_to_skip_layers, route_to_str, uniform_skip_route
 
-STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route")
+STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route", "full_sample")
 BUDGET_STRATEGIES = ("early_exit", "uniform_skip", "random_route")  # chosen with --strategies
 
 
@@ -38,10 +43,14 @@ class SweepConfig:
     budget: int | None  # layers the route keeps (None: decided per token, e.g. learned)
     depth: DepthConfig  # for a checkpoint: its own saved depth
     checkpoint: str | None = None  # a model directory to load for this config
+    sampling: Sampling | None = None  # full_sample: sampled, not greedy
 
     def definition(self) -> dict:
         """What the config id stands for (a rerun must agree)."""
-        return {"strategy": self.strategy, "depth": self.depth.to_dict(), "checkpoint": self.checkpoint}
+        out = {"strategy": self.strategy, "depth": self.depth.to_dict(), "checkpoint": self.checkpoint}
+        if self.sampling is not None:
+            out["sampling"] = dataclasses.asdict(self.sampling)
+        return out
 
 
 def parse_budgets(text: str | Sequence[int] | None, num_layers: int) -> list[int]:
@@ -91,13 +100,17 @@ def parse_strategies(text: str | Sequence[str] | None) -> list[str]:
 
 def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES, budgets: Sequence[int] = (),
                   routes_per_budget: int = 0, seed: int = 0, keep_first: bool = False,
-                  routes: Sequence[str] = (), checkpoints: Sequence[str] = ()) -> list[SweepConfig]:
+                  routes: Sequence[str] = (), checkpoints: Sequence[str] = (), null_k: int = 0) -> list[SweepConfig]:
     """The full model, then each strategy at each budget (< L: at L every strategy is the full
-    model), then explicit routes and checkpoints. Config ids: `full`, `early_exit@24`,
-    `uniform_skip@24`, `random_route@24#0`, `route#0`, `learned:<directory name>`."""
+    model), then explicit routes, checkpoints and the null control's K - 1 sampled full-depth runs.
+    Config ids: `full`, `early_exit@24`, `uniform_skip@24`, `random_route@24#0`, `route#0`,
+    `learned:<directory name>`, `full_sample#1` ... `full_sample#<K-1>`."""
     L = num_layers
     if routes_per_budget < 0:
         raise ValueError(f"routes_per_budget: must be >= 0, got {routes_per_budget}")
+    if null_k < 0 or null_k == 1:
+        raise ValueError(f"null_k: must be 0 (no null control) or >= 2 (the greedy full model and K - 1 samples), "
+                         f"got {null_k}")
     configs = [SweepConfig("full", "full", L, DepthConfig())]
     for b in sorted(set(budgets), reverse=True):
         if b >= L:
@@ -138,6 +151,8 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
                              f"model: pass checkpoints fine-tuned from --model")
         route = depth.static_route(L)
         configs.append(SweepConfig(cid, "learned", sum(route) if route else None, depth, checkpoint=str(p)))
+    for s in range(1, null_k):
+        configs.append(SweepConfig(f"full_sample#{s}", "full_sample", L, DepthConfig(), sampling=Sampling(seed=s)))
     return configs
 
 
@@ -171,6 +186,8 @@ def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, d
            "model": model_id, "data": data_id, "num_layers": num_layers, "reference": reference, **metrics}
     if cfg.checkpoint is not None:
         row["checkpoint"] = cfg.checkpoint
+    if cfg.sampling is not None:
+        row["sampling"] = dataclasses.asdict(cfg.sampling)
     return row
 
 
@@ -225,7 +242,8 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
                 m.set_depth(cfg.depth)
             own = "self" if cfg.strategy == "full" and reference == "full" else references
             timing[cfg.config_id] = run_depth(m, tokenizer, mine, store, max_new_tokens=max_new_tokens,
-                                              references=own, extra=extra, progress=bar, desc=cfg.config_id)
+                                              references=own, extra=extra, progress=bar, desc=cfg.config_id,
+                                              sampling=cfg.sampling)
             if cfg.strategy == "full" and reference == "full":  # the full model's output is the reference
                 rows = store.rows()
                 references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}
@@ -248,6 +266,26 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     _write_meta(out_dir, rank, world_size, configs, items, timing, time.perf_counter() - t_start,
                 max_new_tokens, batch_size, model_id, data_id, reference)
     return result if merged else None
+
+
+def add_configs(out_dir: str | Path, items: Sequence[EvalItem], configs: Sequence[SweepConfig],
+                added: Sequence[tuple[SweepConfig, list[dict]]], *, num_layers: int, model_id: Any = None,
+                data_id: Any = None, reference: str = "data") -> list[dict]:
+    """Add configs whose per-sequence rows were made without generating (the cross-fitted router's,
+    a lookup of other configs' rows) to a finished sweep of `configs`: their definitions go into
+    settings.json, their rows are appended (keys already present are kept), and sweep.jsonl is
+    rewritten over `configs` then these. Returns the sweep.jsonl rows."""
+    out_dir = Path(out_dir)
+    old = json.loads((out_dir / "settings.json").read_text())
+    check_settings(out_dir, old["settings"], {c.config_id: c.definition() for c, _ in added})
+    store = RowStore(out_dir, "per_sequence.jsonl", ("config_id", "id"))
+    done = set(store.rows())
+    for cfg, rows in added:
+        if any(r["config_id"] != cfg.config_id for r in rows):
+            raise ValueError(f"rows: config {cfg.config_id!r} was given rows of another config")
+        store.append([r for r in rows if store.key(r) not in done])
+    return _write_sweep(out_dir, store, items, [*configs, *(c for c, _ in added)], num_layers, model_id, data_id,
+                        reference, complete_only=False)
 
 
 def _write_sweep(out_dir: Path, store: RowStore, items: Sequence[EvalItem], configs: Sequence[SweepConfig],

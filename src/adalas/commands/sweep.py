@@ -1,17 +1,18 @@
 """`adalas sweep`: many depth configs over the same sequences, for the curves and the oracle.
 
     adalas sweep --model smollm2-135m --data builtin --limit 48 --max-new-tokens 32 \
-        --strategies early_exit,uniform_skip,random_route --budgets 20,24,27 --routes-per-budget 2 \
-        --out results/sweep
+        --strategies early_exit,uniform_skip,random_route --budgets 20,24,27 --routes-per-budget 5 \
+        --null-k 7 --out results/sweep
 
-The full model always runs (first). Writes DIR/sweep.jsonl (one row per config) and
-DIR/per_sequence.jsonl (with a config_id column); a killed sweep resumes where it stopped.
+The full model always runs (first). Writes DIR/sweep.jsonl (one row per config, with rougeL_ci95)
+and DIR/per_sequence.jsonl (with a config_id column); a killed sweep resumes where it stopped.
+`--null-k K` adds the oracle's null control: the full model sampled K - 1 times (full_sample#1..K-1).
 Under torchrun / accelerate (RANK, WORLD_SIZE) each rank takes its share of the batches.
 """
 from __future__ import annotations
 
 from ..cli import add_model_args, make_parser
-from .eval import add_generation_args, fill_defaults
+from .eval import add_generation_args, fill_defaults, warn_if_trained_on
 
 
 def build_parser():
@@ -27,6 +28,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the random routes")
     p.add_argument("--routes", help="explicit routes, comma separated strings of 0/1 (one per layer)")
     p.add_argument("--checkpoints", nargs="+", default=[], help="learned checkpoints (model directories)")
+    p.add_argument("--null-k", type=int, default=0,
+                   help="the oracle's null control: also run the full model K - 1 times sampled (temperature 0.7, "
+                        "top-p 0.9, seeds 1..K-1; config ids full_sample#s); K = the number of configs the oracle "
+                        "chooses among (default 0: none)")
     p.add_argument("--out", required=True, help="output directory")
     return p
 
@@ -43,11 +48,13 @@ def main(argv: list[str]) -> int:
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
     examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
+    for model_dir in [args.model, *args.checkpoints]:
+        warn_if_trained_on(model_dir, args.data, args.split)
     model, tok = load_model_from_args(args)
     L = model.num_layers
     configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
                             args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
-                            args.checkpoints)
+                            args.checkpoints, null_k=args.null_k)
     items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
                        context=context_length(model), max_new_tokens=args.max_new_tokens,
                        long_prompts=args.long_prompts, source=f"data {args.data!r}")

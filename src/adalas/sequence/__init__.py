@@ -19,7 +19,8 @@ this order:
 - `training.py`: `train_router` (fit on training sequences, calibrate on validation ones),
   `evaluate_router` (held-out curve by lookup in the sweep, no generation), `compare_curves` and
   `crossfit_curves` (beside uniform skipping, random routes, early exit, the best input-blind mix
-  of fixed routes and the oracle, on the same sequences).
+  of fixed routes and the oracle, on the same sequences), `crossfit_rows` (the cross-fitted
+  choices as sweep rows, strategy `sequence`, for `adalas reproduce`).
 """
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ from .controller import (OBJECTIVES, ROUTER_META, ROUTER_WEIGHTS, SequenceContro
 from .router import (GroupedGeneration, SequenceRouter, SequenceState, ensure_controller, generate_grouped,
                      measure_speed, predict_routes)
 from .table import ROUTE_STRATEGIES, TARGETS, SweepTable, load_sweep, route_labels, split_ids
-from .training import (baseline_curves, best_fixed_mix, compare_curves, crossfit_curves, evaluate_router,
-                       interpolate, load_features, save_features, sweep_prompts, train_from_sweep, train_router)
+from .training import (baseline_curves, best_fixed_mix, compare_curves, crossfit_choices, crossfit_curves,
+                       crossfit_rows, evaluate_router, interpolate, load_features, save_features, sweep_prompts,
+                       train_from_sweep, train_router)
 
 __all__ = ["OBJECTIVES", "ROUTER_META", "ROUTER_WEIGHTS", "ROUTE_STRATEGIES", "TARGETS", "GroupedGeneration",
            "SequenceController", "SequenceRouter", "SequenceState", "SweepTable", "baseline_curves", "batches",
-           "best_fixed_mix", "calibrate", "calibration_table", "compare_curves", "crossfit_curves", "left_pad",
+           "best_fixed_mix", "calibrate", "calibration_table", "compare_curves", "crossfit_choices", "crossfit_curves",
+           "crossfit_rows", "left_pad",
            "ensure_controller", "evaluate_router", "fit_controller", "generate_grouped", "interpolate",
            "load_features", "load_sweep", "measure_speed", "pick", "pool_features", "predict_routes", "prompt_features",
            "route_labels", "save_features", "split_ids", "sweep_prompts", "temporary_depth", "train_from_sweep",

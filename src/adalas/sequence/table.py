@@ -35,6 +35,7 @@ class SweepTable:
     model: Any = None
     data: Any = None
     predictions: list[list[str]] | None = None  # (N, K) generated texts, when the sweep has them
+    weights: np.ndarray | None = None  # (N,) decode steps at full depth (the unit of avg_layers), when known
     _agreement: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
@@ -68,6 +69,13 @@ class SweepTable:
         if name not in TARGETS:
             raise ValueError(f"target: must be one of {', '.join(TARGETS)}, got {name!r}")
         return self.scores if name == "score" else self.agreement()
+
+    def avg_depth(self, rows: np.ndarray, cols: np.ndarray | int) -> float:
+        """Average layers of column `cols` (one per row, or one for all) over `rows`, in the unit of
+        `avg_layers`: each sequence weighs its decode steps at full depth (equal weights if unknown)."""
+        x = np.broadcast_to(self.layers[rows, cols], (len(rows),))
+        w = None if self.weights is None else self.weights[rows]
+        return float(np.average(x, weights=w)) if w is not None and w.sum() > 0 else float(x.mean())
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         pos = {sid: i for i, sid in enumerate(self.ids)}
@@ -132,6 +140,7 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
     score: dict[tuple, float] = {}
     predictions: dict[tuple, str] = {}
     cost: dict[tuple, float] = {}
+    steps: dict[str, float] = {}  # decode steps at full depth
     prompts: dict[str, str] = {}
     order: dict[str, None] = {}
     model = None
@@ -147,6 +156,8 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
             prompts.setdefault(sid, row["prompt"])
         if row.get("prediction") is not None:
             predictions[cid, sid] = row["prediction"]
+        if configs[cid]["strategy"] == "full" and row.get("output_tokens") is not None:
+            steps[sid] = max(_number(row, "output_tokens", where) - 1, 0.0)
         model = model if model is not None else row.get("model")
         order.setdefault(sid, None)
     kept = [cid for cid in configs if any((cid, sid) in score for sid in order)]
@@ -163,7 +174,8 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
         prompts=prompts, num_layers=num_layers, model=model,
         data=next((c.get("data") for c in configs.values() if c.get("data") is not None), None),
         predictions=([[predictions[c, s] for c in kept] for s in ids]
-                     if all((c, s) in predictions for c in kept for s in ids) else None))
+                     if all((c, s) in predictions for c in kept for s in ids) else None),
+        weights=np.array([steps[s] for s in ids]) if all(s in steps for s in ids) else None)
 
 
 def route_labels(scores: Any, costs: Any, tolerance: float = 0.0, reference: str = "best",

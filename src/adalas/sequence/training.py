@@ -4,7 +4,9 @@
 `evaluate_router` scores a saved router on held-out sequences by looking up each one's chosen route
 in the sweep (no generation); `compare_curves` and `crossfit_curves` put it beside uniform skipping,
 random routes, early exit, the best input-blind mix of fixed routes and the oracle, over the same
-sequences (crossfit: every sequence held out once, and the same pipeline without features).
+sequences (crossfit: every sequence held out once, and the same pipeline without features);
+`crossfit_rows` turns the cross-fitted choices into sweep rows (strategy `sequence`). Average depths
+are in the unit of `avg_layers` (each sequence weighs its decode steps at full depth).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..oracle import oracle_curve
+from ..oracle import _read_jsonl, best_fixed_mix, interpolate, mix_at, oracle_curve
+from ..stats import paired_bootstrap
 from .controller import SequenceController, calibration_table, fit_controller, pick
 from .table import SweepTable, load_sweep, split_ids
 
@@ -106,8 +109,7 @@ def train_router(table: SweepTable, features: dict[int, torch.Tensor], *, target
 
 
 def curve_from_choices(table: SweepTable, rows: np.ndarray, cols: np.ndarray, choice: np.ndarray) -> dict:
-    return {"avg_layers": float(table.layers[rows, cols[choice]].mean()),
-            "score": float(table.scores[rows, cols[choice]].mean())}
+    return {"avg_layers": table.avg_depth(rows, cols[choice]), "score": float(table.scores[rows, cols[choice]].mean())}
 
 
 def evaluate_router(sweep_dir: str | os.PathLike, router_dir: str | os.PathLike,
@@ -146,15 +148,6 @@ def evaluate_router(sweep_dir: str | os.PathLike, router_dir: str | os.PathLike,
             if i == 0 or (p["avg_layers"], p["score"]) != (points[i - 1]["avg_layers"], points[i - 1]["score"])]
 
 
-def interpolate(curve: Sequence[dict], avg_layers: float) -> float | None:
-    """Score of a curve at an average depth, linear between points (None outside its range)."""
-    pts = sorted((p["avg_layers"], p["score"]) for p in curve)
-    xs = [x for x, _ in pts]
-    if not pts or avg_layers < xs[0] - 1e-9 or avg_layers > xs[-1] + 1e-9:
-        return None
-    return float(np.interp(avg_layers, xs, [y for _, y in pts]))
-
-
 def baseline_curves(table: SweepTable, ids: Sequence[str], candidates: Sequence[Any] | None = None) -> dict:
     """Over the same sequences: the mean score of each strategy per budget (uniform skipping, random
     routes averaged per budget, early exit; each with the full model at L) and the oracle over the
@@ -167,61 +160,35 @@ def baseline_curves(table: SweepTable, ids: Sequence[str], candidates: Sequence[
         by_budget: dict[float, list[float]] = {}
         for k, s in enumerate(table.strategies):
             if s == strategy:
-                depth, score = float(table.layers[rows, k].mean()), float(table.scores[rows, k].mean())
+                depth, score = table.avg_depth(rows, k), float(table.scores[rows, k].mean())
                 by_budget.setdefault(depth, []).append(score)
         if by_budget:
             by_budget.setdefault(float(L), [full])
             curves[strategy] = [{"avg_layers": b, "score": float(np.mean(v))} for b, v in sorted(by_budget.items())]
     cols = table.columns(candidates) if candidates is not None else np.arange(len(table.config_ids))
-    curves["best_fixed_mix"] = best_fixed_mix([{"avg_layers": float(table.layers[rows, k].mean()),
+    curves["best_fixed_mix"] = best_fixed_mix([{"avg_layers": table.avg_depth(rows, k),
                                                 "score": float(table.scores[rows, k].mean())} for k in cols])
-    curves["oracle"] = oracle_curve(table.scores[rows][:, cols], table.layers[rows][:, cols])
+    curves["oracle"] = oracle_curve(table.scores[rows][:, cols], table.layers[rows][:, cols],
+                                    weights=None if table.weights is None else table.weights[rows])
     return {"full_score": full, "curves": curves}
-
-
-def best_fixed_mix(points: Sequence[dict]) -> list[dict]:
-    """The best input-blind controller, chosen with hindsight: at each average depth, the best mix
-    of fixed routes (the same mix for every sequence), i.e. the upper concave envelope of the routes'
-    (avg_layers, score) points, made non-decreasing. An optimistic bound for any controller that
-    does not read its input. Returns the envelope's points (other keys kept).
-
-    >>> [p["score"] for p in best_fixed_mix([{"avg_layers": 2, "score": .1}, {"avg_layers": 3, "score": .1},
-    ...                                      {"avg_layers": 4, "score": .5}])]
-    [0.1, 0.5]
-    """
-    hull: list[dict] = []
-    for p in sorted(points, key=lambda p: (p["avg_layers"], -p["score"])):
-        if hull and p["score"] <= hull[-1]["score"]:
-            continue  # deeper and no better: never part of a best mix
-        while len(hull) >= 2 and _below_chord(hull[-2], hull[-1], p):
-            hull.pop()
-        hull.append(dict(p))
-    return hull
-
-
-def _below_chord(a: dict, b: dict, c: dict) -> bool:
-    """Whether b lies on or below the chord from a to c."""
-    return ((b["score"] - a["score"]) * (c["avg_layers"] - a["avg_layers"])
-            <= (c["score"] - a["score"]) * (b["avg_layers"] - a["avg_layers"]))
 
 
 def paired_vs_fixed_mix(table: SweepTable, rows: np.ndarray, chosen_cols: np.ndarray) -> dict:
     """A controller's per-sequence scores against the best fixed mix at exactly its average depth:
     every sequence scores the mix's expectation (1 - p) s_a + p s_b, where routes a and b bracket
-    the depth on the envelope. Paired, so the standard error is the difference's."""
+    the depth on the envelope. Paired, so the standard error and the bootstrap interval (`ci95`)
+    are the difference's."""
     K = len(table.config_ids)
-    env = best_fixed_mix([{"avg_layers": float(table.layers[rows, k].mean()),
+    env = best_fixed_mix([{"avg_layers": table.avg_depth(rows, k),
                            "score": float(table.scores[rows, k].mean()), "k": k} for k in range(K)])
     ours = table.scores[rows, chosen_cols]  # (n,)
-    depth = float(table.layers[rows, chosen_cols].mean())
-    lo = max((e for e in env if e["avg_layers"] <= depth + 1e-9), key=lambda e: e["avg_layers"], default=env[0])
-    hi = min((e for e in env if e["avg_layers"] >= depth - 1e-9), key=lambda e: e["avg_layers"], default=env[-1])
-    span = hi["avg_layers"] - lo["avg_layers"]
-    p = 0.0 if span <= 0 else (depth - lo["avg_layers"]) / span
+    depth = table.avg_depth(rows, chosen_cols)
+    lo, hi, p = mix_at(env, depth)
     base = (1 - p) * table.scores[rows, lo["k"]] + p * table.scores[rows, hi["k"]]  # (n,)
     diff = ours - base
     return {"avg_layers": depth, "diff": float(diff.mean()),
             "se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan"),
+            "ci95": paired_bootstrap(ours, base)["ci95"],
             "mix": [table.config_ids[lo["k"]], table.config_ids[hi["k"]], p]}
 
 
@@ -245,6 +212,33 @@ def compare_curves(sweep_dir: str | os.PathLike, router_dir: str | os.PathLike,
             "curves": {"sequence": seq, **base["curves"]}, "matched": matched}
 
 
+def crossfit_folds(ids: Sequence[str], folds: int, seed: int = 0) -> dict[str, int]:
+    """{id: fold}: ids ordered by a hash of (seed, id), as `split_ids` orders them, dealt round robin."""
+    if folds < 2:
+        raise ValueError(f"folds: must be >= 2, got {folds}")
+    ranked = sorted(ids, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    return {s: i % folds for i, s in enumerate(ranked)}
+
+
+def crossfit_choices(table: SweepTable, features: dict[int, torch.Tensor], targets: Sequence[float],
+                     folds: int = 5, seed: int = 0, val_fraction: float = 0.25,
+                     **train_kwargs) -> dict[float, np.ndarray]:
+    """{target depth: (N,) column chosen for each sequence of `table.ids`}: each fold routed by a
+    controller fit and calibrated (split into training and validation) on the other folds alone."""
+    fold = crossfit_folds(table.ids, folds, seed)
+    chosen = {float(t): np.zeros(len(table.ids), dtype=np.int64) for t in targets}
+    for f in range(folds):
+        test = [s for s in table.ids if fold[s] == f]
+        inner = split_ids([s for s in table.ids if fold[s] != f], seed, val_fraction, 0.0)
+        ctrl, _ = train_router(table, features, seed=seed, split={**inner, "test": test}, **train_kwargs)
+        rows = table.rows(test)
+        u = ctrl.utilities(features[ctrl.feature_layer][rows])
+        cols = table.columns(ctrl.meta["config_ids"])
+        for t in chosen:
+            chosen[t][rows] = cols[pick(u, ctrl.costs, ctrl.lam_for(t)).numpy()]
+    return chosen
+
+
 def crossfit_curves(table: SweepTable, features: dict[int, torch.Tensor], folds: int = 5, seed: int = 0,
                     val_fraction: float = 0.25, targets: Sequence[float] | None = None, **train_kwargs) -> dict:
     """Every sequence held out once: the sequences fall into `folds` folds (by a hash of the seed and
@@ -253,28 +247,16 @@ def crossfit_curves(table: SweepTable, features: dict[int, torch.Tensor], folds:
     comparison. Beside it, over the same sequences: the same pipeline without features
     (`input_blind`: it can only learn which fixed route to take), the baselines of
     `baseline_curves`, and per target depth the paired difference to the best fixed mix at the
-    same depth with its standard error (`paired`, see `paired_vs_fixed_mix`). targets: average
-    depths (default every 0.5 layer from the cheapest route to full)."""
-    if folds < 2:
-        raise ValueError(f"folds: must be >= 2, got {folds}")
-    ranked = sorted(table.ids, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    fold = {s: i % folds for i, s in enumerate(ranked)}  # (as split_ids orders them)
+    same depth with its standard error and bootstrap interval (`paired`, see
+    `paired_vs_fixed_mix`). targets: average depths (default every 0.5 layer from the cheapest
+    route to full)."""
     costs = table.costs
     if targets is None:
         targets = list(np.arange(math.ceil(costs.min() * 2) / 2, costs.max() + 1e-9, 0.5))
     N = len(table.ids)
     blind = {0: torch.zeros(N, 1)}  # the same pipeline without reading the prompt
-    chosen: dict[str, dict[float, np.ndarray]] = {}
-    for name, feats in (("sequence", features), ("input_blind", blind)):
-        chosen[name] = {float(t): np.zeros(N, dtype=np.int64) for t in targets}
-        for f in range(folds):
-            test = [s for s in table.ids if fold[s] == f]
-            inner = split_ids([s for s in table.ids if fold[s] != f], seed, val_fraction, 0.0)
-            ctrl, _ = train_router(table, feats, seed=seed, split={**inner, "test": test}, **train_kwargs)
-            rows = table.rows(test)
-            u = ctrl.utilities(feats[ctrl.feature_layer][rows])
-            for t in chosen[name]:
-                chosen[name][t][rows] = pick(u, ctrl.costs, ctrl.lam_for(t)).numpy()
+    chosen = {name: crossfit_choices(table, feats, targets, folds, seed, val_fraction, **train_kwargs)
+              for name, feats in (("sequence", features), ("input_blind", blind))}
     rows = np.arange(N)
     cols = np.arange(len(table.config_ids))
     curves = {name: sorted(({**curve_from_choices(table, rows, cols, c), "target_avg_layers": t, "n": N}
@@ -286,8 +268,35 @@ def crossfit_curves(table: SweepTable, features: dict[int, torch.Tensor], folds:
                 **{name: interpolate(c, p["avg_layers"]) for name, c in curves.items() if name != "sequence"}}
                for p in curves["sequence"]]
     paired = [{"target_avg_layers": t, **paired_vs_fixed_mix(table, rows, c)} for t, c in chosen["sequence"].items()]
+    choices = {f"{t:g}": [table.config_ids[k] for k in c.tolist()] for t, c in chosen["sequence"].items()}
     return {"n": N, "folds": folds, "full_score": base["full_score"], "curves": curves, "matched": matched,
-            "paired": paired}
+            "paired": paired, "ids": list(table.ids), "choices": choices}
+
+
+def crossfit_rows(sweep_dir: str | os.PathLike, table: SweepTable, chosen: Sequence[Any],
+                  config_id: str) -> list[dict]:
+    """Per-sequence rows of a router's choices (`crossfit_curves`' `choices` at one target: a config
+    id per sequence of `table.ids`): a copy of the sweep's row of the config each sequence chose
+    (prediction, scores, layers), under `config_id`, with `chosen_config`, `route` and `layer_runs`
+    (route x decode steps). A lookup: greedy decoding of that route gives that row (up to fp32
+    near-ties across batch companions), so nothing is generated."""
+    if len(chosen) != len(table.ids):
+        raise ValueError(f"chosen: {len(chosen)} choices for {len(table.ids)} sequences")
+    wanted = set(zip(chosen, table.ids))
+    by_key = {}
+    for _, row in _read_jsonl(Path(sweep_dir) / "per_sequence.jsonl"):
+        key = (row.get("config_id"), str(row.get("id")))
+        if key in wanted:
+            by_key.setdefault(key, row)
+    out = []
+    for sid, cid in zip(table.ids, chosen):
+        row = dict(by_key[cid, sid])
+        steps = max(int(row["output_tokens"]) - 1, 0)
+        route = table.routes[table.config_ids.index(cid)]
+        row.update(config_id=config_id, chosen_config=cid, route="".join("1" if r else "0" for r in route),
+                   layer_runs=[steps if r else 0 for r in route])
+        out.append(row)
+    return out
 
 
 def train_from_sweep(sweep_dir: str | os.PathLike, model, tokenizer, out: str | os.PathLike, *,
