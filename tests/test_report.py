@@ -1,5 +1,8 @@
-"""report and analysis: the report renders from a hand-made sweep directory; the README table;
-hidden-state similarity on the tiny model (states before the first skipped layer are the full model's)."""
+"""report and analysis: the report renders from a hand-made sweep directory; the README table with
+intervals, random routes as mean ± SD, the router, the best fixed mix and the oracle (not on the full
+model's line); comparisons worded by their paired intervals; the oracle beside its null control; the
+comparison with the paper; hidden-state similarity on the tiny model (states before the first skipped
+layer are the full model's)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +14,7 @@ from adalas import AdalasForCausalLM
 from adalas import report as R
 from adalas.analysis import hidden_similarity
 from adalas.oracle import run_oracle
+from adalas.stats import bootstrap_ci, paired_bootstrap
 from adalas.sweep import build_configs
 
 from conftest import LAYERS, make_tiny
@@ -26,6 +30,7 @@ CONFIGS = [
     ("early_exit@2", "early_exit", 2, "1100", [0.0, 0.1, 0.0]),
     ("uniform_skip@2", "uniform_skip", 2, "1010", [0.3, 0.0, 0.5]),
 ]
+SAMPLES = [[0.7, 0.3, 0.5], [0.5, 0.5, 0.4], [0.6, 0.4, 0.2], [0.1, 0.2, 0.3]]  # full_sample#1..4
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -35,14 +40,25 @@ def _write(path: Path, rows: list[dict]) -> None:
 @pytest.fixture
 def sweep_dir(tmp_path):
     sweep, per_seq = [], []
-    for cid, strategy, budget, route, scores in CONFIGS:
+    samples = [(f"full_sample#{k + 1}", "full_sample", 4, "1111", sc) for k, sc in enumerate(SAMPLES)]
+    for cid, strategy, budget, route, scores in CONFIGS + samples:
         usage = [float(c) for c in route]
         sweep.append({"config_id": cid, "strategy": strategy, "budget": budget, "route": route, "model": "hand",
                       "num_layers": 4, "n": 3, "rouge1": sum(scores) / 3 + 0.1, "rouge2": sum(scores) / 6,
-                      "rougeL": sum(scores) / 3, "avg_layers": float(budget), "layer_usage": usage,
-                      "reference": "data"})
+                      "rougeL": sum(scores) / 3, "rougeL_ci95": bootstrap_ci(scores), "avg_layers": float(budget),
+                      "layer_usage": usage, "reference": "data",
+                      **({"sampling": {"seed": int(cid[-1]), "temperature": 0.7, "top_p": 0.9}}
+                         if strategy == "full_sample" else {})})
         per_seq += [{"config_id": cid, "id": f"s{i}", "rougeL": s, "layers_used": float(budget), "output_tokens": 5}
                     for i, s in enumerate(scores)]
+    router = [("uniform_skip@2", 0.3), ("full", 0.4), ("uniform_skip@2", 0.5)]  # chosen config, score
+    sweep.append({"config_id": "sequence@3", "strategy": "sequence", "budget": None, "route": None, "model": "hand",
+                  "num_layers": 4, "n": 3, "rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.4,
+                  "rougeL_ci95": bootstrap_ci([s for _, s in router]), "avg_layers": 8 / 3,
+                  "layer_usage": [1.0, 2 / 3, 1.0, 1 / 3], "reference": "data",
+                  "depth": {"mode": "sequence", "target_avg_layers": 3.0}})
+    per_seq += [{"config_id": "sequence@3", "id": f"s{i}", "rougeL": s, "chosen_config": c, "output_tokens": 5,
+                 "layers_used": 4.0 if c == "full" else 2.0} for i, (c, s) in enumerate(router)]
     sweep.append({"config_id": "learned:ctl", "strategy": "learned", "budget": None, "route": None, "model": "hand",
                   "num_layers": 4, "n": 3, "rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.45, "avg_layers": 2.5,
                   "layer_usage": [1.0, 0.25, 0.5, 0.75], "reference": "data", "checkpoint": "ctl"})
@@ -50,8 +66,9 @@ def sweep_dir(tmp_path):
                 for i, (s, u) in enumerate([(0.5, 2.0), (0.4, 3.0), (0.45, 2.5)])]
     _write(tmp_path / "sweep.jsonl", sweep)
     _write(tmp_path / "per_sequence.jsonl", per_seq)
-    run_oracle(tmp_path)
+    run_oracle(tmp_path, strategies=["uniform_skip", "early_exit"])  # K = 5: full_sample#1..4 are its null
     run_oracle(tmp_path, out=tmp_path / "oracle_uniform_skip.json", strategies=["uniform_skip"])
+    run_oracle(tmp_path, out=tmp_path / "oracle_all_routes.json")  # K = 8: no null control
     (tmp_path / "hidden_similarity.json").write_text(json.dumps({
         "num_layers": 4, "n_sequences": 3, "n_tokens": 30, "layers": [0, 1, 2, 3, 4], "model": "hand",
         "full": {"consecutive": [0.5, 0.8, 0.9, 0.95], "to_final": [0.1, 0.4, 0.7, 0.9, 1.0]},
@@ -67,16 +84,67 @@ def test_results_table_quotes_each_strategy_and_the_oracle(sweep_dir):
     rows = R.read_sweep(sweep_dir)
     oracle = json.loads((sweep_dir / "oracle.json").read_text())
     table = R.results_table(rows, oracle).splitlines()
-    assert table[0] == "| layers kept | early exit | uniform skipping | random routes: mean (best) | per-sequence oracle |"
-    assert table[2] == f"| 4 (full model) | 0.500 | 0.500 | 0.500 | {R.oracle_score_at(oracle, 4):.3f} |"
-    assert table[3] == f"| 3 | 0.200 | 0.467 | 0.183 (0.267) | {R.oracle_score_at(oracle, 3):.3f} |"
-    assert table[4].startswith("| 2 | 0.033 | 0.267 | – |")
-    # per sequence the oracle takes the best config within the average budget: at 3 layers at least 0.6, 0.5, 0.5
-    assert R.oracle_score_at(oracle, 3) >= (0.6 + 0.5 + 0.5) / 3 - 1e-12
+    assert table[0] == ("| layers kept | early exit | uniform skipping | random routes (mean ± SD of 2) | per-sequence "
+                        "router (cross-fitted) | best fixed mix (hindsight) | oracle (in-sample upper bound) |")
+    ci = lambda xs: f"{sum(xs) / len(xs):.3f} [{bootstrap_ci(xs)[0]:.2f}, {bootstrap_ci(xs)[1]:.2f}]"  # noqa: E731
+    full = ci([0.6, 0.4, 0.5])
+    assert table[2] == f"| 4 (full model) | {full} | {full} | 0.500 | – | – | – |"  # the oracle is no full model
+    # 3 layers: random routes 0.267 and 0.100 -> mean 0.183, SD 0.118; the router (target 3) at 2.7 layers;
+    # the best mix of full, uniform and early exit at 3 layers: uniform_skip@3 itself (above the chord from
+    # uniform_skip@2 to full); at 2 layers uniform_skip@2
+    assert table[3] == (f"| 3 | {ci([0.2, 0.1, 0.3])} | {ci([0.6, 0.3, 0.5])} | 0.183 ± 0.118 | "
+                        f"{ci([0.3, 0.4, 0.5])} at 2.7 | 0.467 | {R.oracle_score_at(oracle, 3):.3f} |")
+    assert table[4].startswith(f"| 2 | {ci([0.0, 0.1, 0.0])} | {ci([0.3, 0.0, 0.5])} | – | – | 0.267 |")
+    # per sequence the oracle takes the best of full, uniform skipping and early exit within the average
+    # budget: at 3 layers s0 uniform_skip@3 (0.6), s1 full (0.4), s2 uniform_skip@2 (0.5)
+    assert R.oracle_score_at(oracle, 3) == pytest.approx((0.6 + 0.4 + 0.5) / 3)
     assert oracle["match_avg_layers"] <= 3.0
     text = R.readme_results(sweep_dir)
     assert text.startswith("## Results") and "\n".join(table) in text
-    assert "matches the full model's ROUGE-L (0.500)" in text and "wall time 5 min 21 s" in text
+    assert "wall time 5 min 21 s" in text and "not a best pick" in text
+
+
+def test_comparisons_are_paired_and_worded_by_their_interval(sweep_dir):
+    rows = R.read_sweep(sweep_dir)
+    oracle = json.loads((sweep_dir / "oracle.json").read_text())
+    said = R.comparisons(rows, R.read_scores(sweep_dir), oracle)
+    us_ee = paired_bootstrap([0.6, 0.3, 0.5], [0.2, 0.1, 0.3])  # s0, s1, s2
+    assert said[0] == (f"At 3 layers, uniform skipping scores {us_ee['diff']:.3f} higher than early exit (95% CI "
+                       f"{us_ee['ci95'][0]:.3f} to {us_ee['ci95'][1]:.3f}, paired over 3 sequences).")
+    assert said[1].startswith("At 3 layers, no measurable difference between uniform skipping and the full model")
+    assert said[2].startswith("At 3 layers, no measurable difference between random routes (mean of 2 per sequence)")
+    router = [s for s in said if "router" in s]
+    assert len(router) == 1 and router[0].startswith("Aiming at 3 layers") and "hindsight" in router[0]
+    # the mix at the router's depth (8/3): 2/3 of the way from uniform_skip@2 to uniform_skip@3
+    mix = [(1 / 3) * a + (2 / 3) * b for a, b in zip([0.3, 0.0, 0.5], [0.6, 0.3, 0.5])]
+    res = paired_bootstrap([0.3, 0.4, 0.5], mix)
+    assert f"difference {res['diff']:.3f}" in router[0] and "33% uniform_skip@2 and 67% uniform_skip@3" in router[0]
+
+
+def test_the_oracle_stands_beside_its_null_control(sweep_dir):
+    oracle = json.loads((sweep_dir / "oracle.json").read_text())
+    null = oracle["null_control"]
+    assert null["k"] == 5 and null["configs"] == ["full"] + [f"full_sample#{k}" for k in range(1, 5)]
+    text = R.oracle_paragraph(oracle, R.read_scores(sweep_dir))
+    assert "in-sample upper bound" in text and "best of 5 configs" in text
+    gain = null["score"] - null["full_score"]  # best of full and samples: 0.7, 0.5, 0.5 -> 0.567 - 0.5
+    assert gain == pytest.approx(0.0667, abs=1e-4) and f"gains {gain:+.3f} by selection alone" in text
+    assert "the oracle's per-sequence best of 5" in text  # paired: oracle best against null best, per sequence
+    assert "with the null gain taken off its curve" in text
+    report = R.readme_results(sweep_dir)
+    assert "uncontrolled" in report  # the oracle over all routes (K = 8) has no null control of 7 runs
+    assert "The oracle over uniform skip (3 configs; null gain" in report
+
+
+def test_the_comparison_with_the_paper_states_what_differs(sweep_dir):
+    text = R.readme_results(sweep_dir)
+    for line in ("| model | OPT-IML-1.3B (24 layers) | `hand` (4 layers) |",
+                 "| budgets | 4, 8, 12 of 24 layers (17-50% of the depth) | 2, 3 of 4 layers (50-75% of the depth) |",
+                 "| data | Alpaca, CNN/DailyMail, SAMSum test splits | `builtin`, 3 sequences |",
+                 "| new tokens | see the paper | 32, greedy |",
+                 "| fine-tuned on the task | yes, on each task | as given (`hand`) |"):
+        assert line in text, line
+    assert "oracle matches full depth with | 23.3% of the layers (Alpaca) |" in text
 
 
 def test_report_renders_from_a_hand_made_sweep_dir(sweep_dir):
@@ -85,9 +153,12 @@ def test_report_renders_from_a_hand_made_sweep_dir(sweep_dir):
     for png in ("rouge_vs_layers.png", "skip_rates.png", "hidden_similarity.png"):
         assert (sweep_dir / png).read_bytes().startswith(PNG)
         assert f"({png})" in md
-    assert "| uniform_skip@3 | uniform_skip | 3.00 | 0.567 | 0.233 | 0.467 | `1101` |" in md
+    lo, hi = bootstrap_ci([0.6, 0.3, 0.5])
+    assert f"| uniform_skip@3 | uniform_skip | 3.00 | 0.567 | 0.233 | 0.467 | {lo:.3f} to {hi:.3f} | `1101` |" in md
+    assert "| full_sample#2 | full_sample | 4.00 |" in md and "(sampled, seed 2)" in md
+    assert "| sequence@3 | sequence | 2.67 |" in md and "per sequence |" in md
     assert "| learned:ctl | learned | 2.50 |" in md and "per token" in md
-    assert "oracle over the uniform skip only" in md
+    assert "oracle over uniform skip" in md and "Compared with the paper" in md
     assert "| max new tokens | 32 |" in md and "| wall time | 321 s |" in md
     assert not list(sweep_dir.glob(".*.tmp"))  # atomic writes leave no temporaries
     again = R.write_report(sweep_dir).read_text()
@@ -125,3 +196,40 @@ def test_hidden_similarity_is_one_before_the_first_skipped_layer(tmp_path):
     assert model.depth.mode == "full"  # restored
     R.plot_similarity(doc, tmp_path / "sim.png")
     assert (tmp_path / "sim.png").read_bytes().startswith(PNG)
+
+
+def test_reproduce_end_to_end_on_the_tiny_model(tiny_files, tmp_path, capsys):
+    """`adalas reproduce` on the tiny model: random routes per budget, the null control's sampled runs,
+    the cross-fitted router's rows (a lookup of the routes it chose), the oracles and the report."""
+    from adalas.cli import main
+
+    d, data = tiny_files
+    out = tmp_path / "rep"
+    argv = ["reproduce", "--model", str(d), "--data", str(data), "--budgets", "3", "--routes-per-budget", "2",
+            "--max-new-tokens", "4", "--batch-size", "4", "--analysis-limit", "2", "--folds", "2", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    rows = {r["config_id"]: r for r in R.read_sweep(out)}
+    assert [r["strategy"] for r in rows.values()] == ["full", "early_exit", "uniform_skip", "random_route",
+                                                      "random_route", "full_sample", "full_sample", "sequence"]
+    assert all("rougeL_ci95" in r for r in rows.values())
+    meta = json.loads((out / "reproduce.json").read_text())
+    assert (meta["null_k"], meta["folds"], meta["n_sequences"], meta["routes_per_budget"]) == (3, 2, 7, 2)
+    oracle = json.loads((out / "oracle.json").read_text())
+    assert oracle["configs"] == ["full", "early_exit@3", "uniform_skip@3"] and oracle["null_control"]["k"] == 3
+    crossfit = json.loads((out / "router_crossfit.json").read_text())
+    assert crossfit["candidates"] == ["full", "early_exit@3", "uniform_skip@3"] and crossfit["folds"] == 2
+    per_seq = [json.loads(x) for x in (out / "per_sequence.jsonl").read_text().splitlines()]
+    by = {(r["config_id"], r["id"]): r for r in per_seq}
+    routed = [r for r in per_seq if r["config_id"] == "sequence@3"]
+    assert len(routed) == 7 and [r["chosen_config"] for r in routed] == crossfit["choices"]["3"]
+    for r in routed:  # a lookup: the chosen config's row
+        assert r["prediction"] == by[r["chosen_config"], r["id"]]["prediction"]
+        assert r["route"] == by[r["chosen_config"], r["id"]]["route"]
+    md = (out / "report.md").read_text()
+    assert "in-sample upper bound" in md and "null control" in md and "Compared with the paper" in md
+    printed = capsys.readouterr().out
+    assert "## Results" in printed and "router cross-fitted over 2 folds" in printed
+    before = {f: (out / f).read_bytes() for f in ("sweep.jsonl", "per_sequence.jsonl", "oracle.json")}
+    assert main(argv) == 0  # a rerun: nothing new, the same bytes
+    assert before == {f: (out / f).read_bytes() for f in before}

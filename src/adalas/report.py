@@ -1,11 +1,16 @@
 """Plots and the markdown report of a sweep directory.
 
 Notable:
-- Everything renders from files (sweep.jsonl, oracle.json, hidden_similarity.json, reproduce.json),
-  so a report can be redrawn from a copied directory, or from a hand-made one in tests.
+- Everything renders from files (sweep.jsonl, per_sequence.jsonl, oracle*.json, router_crossfit.json,
+  hidden_similarity.json, reproduce.json), so a report can be redrawn from a copied directory, or
+  from a hand-made one in tests.
 - PNGs go through the Agg backend into memory, then `io.atomic_write_bytes` (never half a file).
-- `results_table` is the table the README's "Results" section quotes: ROUGE-L per budget for each
-  strategy, and the oracle at the same average depth.
+- `results_table` is the table the README's "Results" section quotes: ROUGE-L per budget with 95%
+  bootstrap intervals for early exit, uniform skipping, random routes (mean ± SD over routes), the
+  cross-fitted per-sequence router, the best fixed mix (chosen with hindsight) and the oracle (an
+  in-sample upper bound, not a method).
+- Every comparison the text states is a paired bootstrap over the same sequences
+  (`adalas.stats`), worded by its interval; the oracle's gain stands beside its null control's.
 """
 from __future__ import annotations
 
@@ -16,8 +21,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .evaluate import read_jsonl
 from .io import atomic_write_bytes, atomic_write_text
+from .oracle import best_fixed_mix, interpolate, mix_at
+from .stats import describe_difference, paired_bootstrap
 
 STYLE = {  # strategy -> (label, colour, marker)
     "full": ("full model", "black", "*"),
@@ -26,8 +35,15 @@ STYLE = {  # strategy -> (label, colour, marker)
     "random_route": ("random routes", "tab:green", "."),
     "route": ("explicit routes", "tab:purple", "x"),
     "learned": ("learned controllers", "tab:orange", "D"),
-    "sequence": ("per-sequence router", "tab:brown", "P"),
+    "sequence": ("per-sequence router (cross-fitted)", "tab:brown", "P"),
+    "full_sample": ("full model, sampled (null control)", "gray", "*"),
 }
+FIXED = ("full", "uniform_skip", "early_exit")  # the headline oracle's candidates (DESIGN: honest numbers)
+PAPER = {  # Glavas et al. 2024 (arXiv 2410.20022), as DESIGN.md summarises it
+    "model": "OPT-IML-1.3B (24 layers)", "fine_tuned": "yes, on each task",
+    "budgets": "4, 8, 12 of 24 layers (17-50% of the depth)", "data": "Alpaca, CNN/DailyMail, SAMSum test splits",
+    "choices": "uniform skipping at 4, 8, 12 and all 24 layers", "match": "23.3% of the layers (Alpaca)",
+    "full": "0.342 (Alpaca)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,6 +58,15 @@ def read_sweep(sweep_dir: str | Path) -> list[dict]:
     if not rows:
         raise ValueError(f"{sweep_dir}: no sweep.jsonl rows (run `adalas sweep` first)")
     return rows
+
+
+def read_scores(sweep_dir: str | Path, metric: str = "rougeL") -> dict[Any, dict[str, float]]:
+    """{config_id: {sequence id: score}} from per_sequence.jsonl ({} when it is absent)."""
+    out: dict[Any, dict[str, float]] = defaultdict(dict)
+    for r in read_jsonl(Path(sweep_dir) / "per_sequence.jsonl"):
+        if r.get(metric) is not None:
+            out[r["config_id"]].setdefault(str(r["id"]), float(r[metric]))
+    return dict(out)
 
 
 def oracle_score_at(oracle: dict | None, layers: float) -> float | None:
@@ -59,54 +84,263 @@ def _f(x: Any, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def results_table(rows: Sequence[dict], oracle: dict | None = None, metric: str = "rougeL") -> str:
-    """Markdown: one line per budget (layers kept), ROUGE-L of each strategy there, and the
-    oracle's score at that average depth. Random routes: mean over routes (best in brackets)."""
-    full = next((r for r in rows if r["strategy"] == "full"), None)
-    L = full["num_layers"] if full else max(r.get("budget") or 0 for r in rows)
-    by: dict[tuple[str, int], list[float]] = defaultdict(list)
+def _ci(row: dict | None, metric: str = "rougeL") -> str:
+    """"0.321 [0.27, 0.37]": the mean and its 95% bootstrap interval (the interval when the row has one)."""
+    if row is None:
+        return "–"
+    ci = row.get(f"{metric}_ci95")
+    return _f(row[metric]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _full_row(rows: Sequence[dict]) -> dict | None:
+    return next((r for r in rows if r["strategy"] == "full"), None)
+
+
+def _by_budget(rows: Sequence[dict], strategy: str) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["strategy"] in ("early_exit", "uniform_skip", "random_route") and r.get("budget") is not None:
-            by[r["strategy"], int(r["budget"])].append(r[metric])
-    budgets = sorted({b for _, b in by}, reverse=True)
-    head = ["layers kept", "early exit", "uniform skipping", "random routes: mean (best)", "per-sequence oracle"]
+        if r["strategy"] == strategy and r.get("budget") is not None:
+            out[int(r["budget"])].append(r)
+    return out
+
+
+def _routers(rows: Sequence[dict]) -> dict[float, dict]:
+    """The per-sequence router's rows by target depth."""
+    return {float(r["depth"]["target_avg_layers"]): r for r in rows
+            if r["strategy"] == "sequence" and (r.get("depth") or {}).get("target_avg_layers") is not None}
+
+
+def _mix_points(rows: Sequence[dict], oracle: dict | None, metric: str = "rougeL") -> list[dict]:
+    """(avg_layers, score, config_id) of the fixed configs a mix chooses among: the oracle's candidates
+    (or the full model, uniform skipping and early exit)."""
+    chosen = set(oracle["configs"]) if oracle else None
+    return [{"avg_layers": r["avg_layers"], "score": r[metric], "config_id": r["config_id"]} for r in rows
+            if (r["config_id"] in chosen if chosen is not None else r["strategy"] in FIXED)]
+
+
+def mix_score_at(envelope: Sequence[dict], layers: float) -> float | None:
+    """The best fixed mix's score within `layers` layers on average (the envelope of `best_fixed_mix`;
+    beyond its deepest point, that point's score: a mix may run fewer layers than allowed)."""
+    if not envelope or layers < envelope[0]["avg_layers"] - 1e-9:
+        return None
+    if layers >= envelope[-1]["avg_layers"]:
+        return envelope[-1]["score"]
+    return interpolate(envelope, layers)
+
+
+def results_table(rows: Sequence[dict], oracle: dict | None = None, metric: str = "rougeL") -> str:
+    """Markdown: one line per budget (layers kept): ROUGE-L of early exit and uniform skipping with
+    95% intervals, random routes as mean ± SD over routes, the cross-fitted router at that target
+    (its measured depth after "at"), the best fixed mix there (hindsight) and the oracle's score
+    within that average depth (an upper bound; not on the full model's line)."""
+    full = _full_row(rows)
+    L = full["num_layers"] if full else max(r.get("budget") or 0 for r in rows)
+    ee, us, rnd = (_by_budget(rows, s) for s in ("early_exit", "uniform_skip", "random_route"))
+    routers = _routers(rows)
+    envelope = best_fixed_mix(_mix_points(rows, oracle, metric))
+    budgets = sorted(set(ee) | set(us) | set(rnd) | {int(t) for t in routers if float(t).is_integer()}, reverse=True)
+    n_routes = sorted({len(v) for v in rnd.values()})
+    head = ["layers kept", "early exit", "uniform skipping",
+            f"random routes (mean ± SD of {'/'.join(map(str, n_routes))})" if n_routes else "random routes",
+            "per-sequence router (cross-fitted)", "best fixed mix (hindsight)", "oracle (in-sample upper bound)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if full:
-        lines.append(f"| {L} (full model) | {_f(full[metric])} | {_f(full[metric])} | {_f(full[metric])} | "
-                     f"{_f(oracle_score_at(oracle, L))} |")
+        lines.append(f"| {L} (full model) | {_ci(full, metric)} | {_ci(full, metric)} | {_f(full[metric])} | – | – | – |")
     for b in budgets:
-        rnd = by.get(("random_route", b))
-        rnd_s = f"{_f(sum(rnd) / len(rnd))} ({_f(max(rnd))})" if rnd else "–"
-        ee, us = by.get(("early_exit", b)), by.get(("uniform_skip", b))
-        lines.append(f"| {b} | {_f(ee[0] if ee else None)} | {_f(us[0] if us else None)} | {rnd_s} | "
-                     f"{_f(oracle_score_at(oracle, b))} |")
+        routes = [r[metric] for r in rnd.get(b, [])]
+        rnd_s = (f"{_f(float(np.mean(routes)))} ± {_f(float(np.std(routes, ddof=1)) if len(routes) > 1 else 0.0)}"
+                 if routes else "–")
+        router = routers.get(float(b))
+        router_s = f"{_ci(router, metric)} at {router['avg_layers']:.1f}" if router else "–"
+        lines.append(f"| {b} | {_ci(ee[b][0] if b in ee else None, metric)} | {_ci(us[b][0] if b in us else None, metric)} "
+                     f"| {rnd_s} | {router_s} | {_f(mix_score_at(envelope, b))} | {_f(oracle_score_at(oracle, b))} |")
     return "\n".join(lines)
 
 
 def configs_table(rows: Sequence[dict]) -> str:
-    """Markdown: every config with its layers and ROUGE-1/2/L."""
-    lines = ["| config | strategy | avg layers | ROUGE-1 | ROUGE-2 | ROUGE-L | route |", "|---|---|---|---|---|---|---|"]
+    """Markdown: every config with its layers, ROUGE-1/2/L and ROUGE-L's 95% interval."""
+    lines = ["| config | strategy | avg layers | ROUGE-1 | ROUGE-2 | ROUGE-L | 95% CI | route |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        route = f"`{r['route']}`" if r.get("route") else "per token"
+        if r.get("route"):
+            route = f"`{r['route']}`" + (f" (sampled, seed {r['sampling']['seed']})" if r.get("sampling") else "")
+        else:
+            route = "per sequence" if r["strategy"] == "sequence" else "per token"
+        ci = r.get("rougeL_ci95")
         lines.append(f"| {r['config_id']} | {r['strategy']} | {r['avg_layers']:.2f} | {_f(r['rouge1'])} | "
-                     f"{_f(r['rouge2'])} | {_f(r['rougeL'])} | {route} |")
+                     f"{_f(r['rouge2'])} | {_f(r['rougeL'])} | {f'{ci[0]:.3f} to {ci[1]:.3f}' if ci else '–'} | {route} |")
     return "\n".join(lines)
 
 
-def oracle_sentence(oracle: dict | None, label: str = "the per-sequence oracle") -> str:
+# ---------------------------------------------------------------------------------------------
+# Sentences: comparisons (paired bootstrap), the oracle beside its null control, the paper
+
+def _paired(scores: dict, a: Any, b: Any) -> tuple[list[float], list[float]]:
+    """Scores of configs a and b over the sequences both have; a and b may be lists (averaged per sequence)."""
+    a_ids, b_ids = ([a] if not isinstance(a, list) else a), ([b] if not isinstance(b, list) else b)
+    if not all(c in scores for c in a_ids + b_ids):
+        return [], []
+    ids = sorted(set.intersection(*(set(scores[c]) for c in a_ids + b_ids)))
+    mean = lambda cs, i: float(np.mean([scores[c][i] for c in cs]))  # noqa: E731
+    return [mean(a_ids, i) for i in ids], [mean(b_ids, i) for i in ids]
+
+
+def comparisons(rows: Sequence[dict], scores: dict, oracle: dict | None = None, metric: str = "rougeL") -> list[str]:
+    """The comparisons the report states, each a paired bootstrap over the same sequences: per budget,
+    uniform skipping against early exit and against the full model, random routes (their mean per
+    sequence) against uniform skipping; per target, the cross-fitted router against the best fixed
+    mix at the router's own depth (each sequence scoring the mix's expectation; the mix chosen with
+    hindsight)."""
+    full = _full_row(rows)
+    ee, us, rnd = (_by_budget(rows, s) for s in ("early_exit", "uniform_skip", "random_route"))
+    out = []
+
+    def say(a_name, b_name, a, b, where):
+        x, y = _paired(scores, a, b)
+        if x:
+            out.append(describe_difference(a_name, b_name, paired_bootstrap(x, y), where))
+
+    for b in sorted(set(ee) | set(us) | set(rnd), reverse=True):
+        where = f"at {b} layers"
+        if b in us and b in ee:
+            say("uniform skipping", "early exit", us[b][0]["config_id"], ee[b][0]["config_id"], where)
+        if b in us and full:
+            say("uniform skipping", "the full model", us[b][0]["config_id"], full["config_id"], where)
+        if b in rnd and b in us:
+            say(f"random routes (mean of {len(rnd[b])} per sequence)", "uniform skipping",
+                [r["config_id"] for r in rnd[b]], us[b][0]["config_id"], where)
+    envelope = best_fixed_mix(_mix_points(rows, oracle, metric))
+    for t, router in sorted(_routers(rows).items(), reverse=True):
+        if not envelope or router["config_id"] not in scores:
+            continue
+        lo, hi, p = mix_at(envelope, router["avg_layers"])
+        if not (lo["config_id"] in scores and hi["config_id"] in scores):
+            continue
+        ids = sorted(set(scores[router["config_id"]]) & set(scores[lo["config_id"]]) & set(scores[hi["config_id"]]))
+        ours = [scores[router["config_id"]][i] for i in ids]
+        mix_scores = [(1 - p) * scores[lo["config_id"]][i] + p * scores[hi["config_id"]][i] for i in ids]
+        mix = (f"{lo['config_id']}" if hi is lo or p == 0 else
+               f"{100 * (1 - p):.0f}% {lo['config_id']} and {100 * p:.0f}% {hi['config_id']}")
+        out.append(describe_difference(f"the cross-fitted per-sequence router ({router['avg_layers']:.2f} layers)",
+                                       "the best fixed mix at that depth, chosen with hindsight",
+                                       paired_bootstrap(ours, mix_scores), f"aiming at {t:g} layers")
+                   + f" The mix: {mix}.")
+    return out
+
+
+def oracle_paragraph(oracle: dict | None, scores: dict | None = None, label: str = "the per-sequence oracle") -> str:
+    """The oracle as an in-sample upper bound, its gain over full depth beside its null control's gain,
+    and its match before and after taking the null gain off its curve."""
     if not oracle:
         return ""
+    name = label[0].upper() + label[1:]
+    K, L, full = oracle["n_configs"], oracle["num_layers"], oracle["full_score"]
+    top = oracle["curve"][-1]["score"] if oracle["curve"] else full
+    text = (f"{name} is an in-sample upper bound, not a method: each of {oracle['n_sequences']} sequences takes the "
+            f"best of {K} configs ({', '.join(map(str, oracle['configs']))}), chosen after the fact against its one "
+            f"reference. With every layer allowed it scores {top:.3f}, {top - full:+.3f} over the full model's "
+            f"{full:.3f}.")
+    null = oracle.get("null_control")
+    if null:
+        gain = null["score"] - null["full_score"]
+        text += (f" Choosing each sequence's best of {null['k']} full-depth runs (the greedy one and {null['k'] - 1} "
+                 f"sampled at temperature 0.7, top-p 0.9) gains {gain:+.3f} by selection alone (null control).")
+        if scores:
+            best = _best_of(scores, oracle["configs"])
+            nul = _best_of(scores, null["configs"])
+            ids = sorted(set(best) & set(nul))
+            if ids:
+                res = paired_bootstrap([best[i] for i in ids], [nul[i] for i in ids])
+                text += " " + describe_difference(f"the oracle's per-sequence best of {K}",
+                                                  f"the null control's per-sequence best of {null['k']}", res)
+    else:
+        text += (" There is no null control for it (no `full_sample` rows: `adalas sweep --null-k K`), so how much of "
+                 "that is selection on a noisy reference is not measured: read it as uncontrolled.")
+    match = oracle.get("match_avg_layers")
+    if match is None:
+        text += " It never reaches the full model's ROUGE-L within these configs."
+        return text
+    text += (f" It matches the full model's ROUGE-L with {match:.2f} of {L} layers on average "
+             f"({100 * match / L:.1f}%; depth pooled over decode steps, as `avg_layers`)")
+    if null:
+        adj = oracle.get("match_avg_layers_null_adjusted")
+        if adj is None:
+            text += "; with the null gain taken off its curve, it never does: none of its saving survives the control."
+        else:
+            kept = (L - adj) / (L - match) if L > match else 1.0
+            text += (f"; with the null gain taken off its curve, with {adj:.2f} layers ({100 * adj / L:.1f}%): "
+                     f"{100 * kept:.0f}% of its saving of layers survives the control.")
+    else:
+        text += "."
+    return text
+
+
+def _best_of(scores: dict, configs: Sequence[Any]) -> dict[str, float]:
+    """Per sequence, the best score among `configs` (sequences scored under all of them)."""
+    if not all(c in scores for c in configs):
+        return {}
+    ids = set.intersection(*(set(scores[c]) for c in configs))
+    return {i: max(scores[c][i] for c in configs) for i in ids}
+
+
+def oracle_sentence(oracle: dict | None, label: str = "the per-sequence oracle") -> str:
+    """One line for an extra oracle: its match, and whether a null control stands beside it."""
+    if not oracle:
+        return ""
+    name = label[0].upper() + label[1:]
+    null = oracle.get("null_control")
+    tag = (f"null gain {null['score'] - null['full_score']:+.3f} over {null['k']} full-depth runs"
+           if null else "uncontrolled: no null control with as many full-depth runs")
     if oracle.get("match_avg_layers") is None:
-        return (f"{label[0].upper() + label[1:]} never reaches the full model's ROUGE-L "
-                f"({oracle['full_score']:.3f}) with these configs.")
-    return (f"{label[0].upper() + label[1:]} matches the full model's ROUGE-L ({oracle['full_score']:.3f}) with "
-            f"{oracle['match_avg_layers']:.2f} of {oracle['num_layers']} layers on average "
-            f"({100 * oracle['match_fraction']:.1f}%), choosing among {oracle['n_configs']} configs "
-            f"for each of {oracle['n_sequences']} sequences.")
+        return (f"{name} ({oracle['n_configs']} configs; {tag}) never reaches the full model's ROUGE-L "
+                f"({oracle['full_score']:.3f}).")
+    adj = oracle.get("match_avg_layers_null_adjusted")
+    after = "" if not null else (f"; {adj:.2f} with the null gain taken off" if adj is not None
+                                 else "; never with the null gain taken off")
+    return (f"{name} ({oracle['n_configs']} configs; {tag}) matches the full model's ROUGE-L "
+            f"({oracle['full_score']:.3f}) with {oracle['match_avg_layers']:.2f} of {oracle['num_layers']} layers "
+            f"on average ({100 * oracle['match_fraction']:.1f}%){after}.")
+
+
+def paper_comparison(rows: Sequence[dict], meta: dict | None, oracle: dict | None) -> str:
+    """Markdown: what differs between this run and the paper's headline (model, fine-tuning, budgets
+    as a fraction of depth, data, sequences, tokens, the oracle's choices and result)."""
+    full = _full_row(rows) or rows[0]
+    meta = meta or {}
+    L, model = full.get("num_layers"), full.get("model")
+    budgets = sorted({int(r["budget"]) for r in rows if r["strategy"] in ("early_exit", "uniform_skip", "random_route")
+                      and r.get("budget") is not None})
+    ours_budgets = (f"{', '.join(map(str, budgets))} of {L} layers ({100 * budgets[0] / L:.0f}-{100 * budgets[-1] / L:.0f}% "
+                    f"of the depth)") if budgets and L else "–"
+    tuned = ("no: SmolLM2-135M-Instruct as released (4-bit weights dequantized)" if model == "smollm2-135m"
+             else f"as given (`{model}`)")
+    data = meta.get("data") or full.get("data")
+    data = data.get("name", data) if isinstance(data, dict) else data
+    match = "–"
+    if oracle and oracle.get("match_fraction") is not None:
+        match = f"{100 * oracle['match_fraction']:.1f}% of the layers"
+        if oracle.get("null_control"):
+            adj = oracle.get("match_avg_layers_null_adjusted")
+            match += (f" ({100 * adj / oracle['num_layers']:.1f}% after the null control)" if adj is not None
+                      else " (never, after the null control)")
+    elif oracle:
+        match = "never reached"
+    choices = ", ".join(map(str, oracle["configs"])) + f" (K = {oracle['n_configs']})" if oracle else "–"
+    tokens = f"{meta['max_new_tokens']}, greedy" if meta.get("max_new_tokens") else "–"
+    lines = ["| | the paper | this run |", "|---|---|---|",
+             f"| model | {PAPER['model']} | `{model}` ({L} layers) |",
+             f"| fine-tuned on the task | {PAPER['fine_tuned']} | {tuned} |",
+             f"| budgets | {PAPER['budgets']} | {ours_budgets} |",
+             f"| data | {PAPER['data']} | `{data}`, {full.get('n')} sequences |",
+             f"| new tokens | see the paper | {tokens} |",
+             f"| oracle's choices | {PAPER['choices']} | {choices} |",
+             f"| oracle matches full depth with | {PAPER['match']} | {match} |",
+             f"| full-depth ROUGE-L | {PAPER['full']} | {_f(full.get('rougeL'))} |"]
+    return "\n".join(lines)
 
 
 def settings_line(rows: Sequence[dict], meta: dict | None) -> str:
-    full = next((r for r in rows if r["strategy"] == "full"), rows[0])
+    full = _full_row(rows) or rows[0]
     meta = meta or {}
     parts = [f"model `{full.get('model')}`", f"{full['n']} sequences"]
     if meta.get("data"):
@@ -114,12 +348,51 @@ def settings_line(rows: Sequence[dict], meta: dict | None) -> str:
         parts.append(f"data `{d.get('name', d) if isinstance(d, dict) else d}`")
     if meta.get("max_new_tokens"):
         parts.append(f"{meta['max_new_tokens']} new tokens (greedy)")
+    if meta.get("batch_size"):
+        parts.append(f"batch {meta['batch_size']}")
+    if meta.get("budgets"):
+        parts.append(f"budgets {', '.join(map(str, meta['budgets']))}")
+    if meta.get("routes_per_budget"):
+        parts.append(f"{meta['routes_per_budget']} random routes per budget")
+    if meta.get("null_k"):
+        parts.append(f"oracle and null control over K = {meta['null_k']}")
+    if meta.get("folds"):
+        parts.append(f"router cross-fitted over {meta['folds']} folds")
     parts.append(f"{len(rows)} configs")
     if meta.get("wall_s") is not None:
         runs = meta.get("runs_wall_s") or [meta["wall_s"]]
         minutes, seconds = divmod(int(round(sum(runs))), 60)
         parts.append(f"wall time {minutes} min {seconds:02d} s" + (f" over {len(runs)} runs" if len(runs) > 1 else ""))
     return "Settings: " + ", ".join(parts) + "."
+
+
+LEGEND = ("Each cell: mean ROUGE-L over the sequences, with its 95% percentile-bootstrap interval (1,000 "
+          "resamples). Random routes: mean ± SD over the routes drawn per budget (each a fixed route keeping "
+          "layer 0), not a best pick. Per-sequence router: each sequence routed by a router fit on the other "
+          "folds (cross-fitted), at its measured depth. Best fixed mix: the best mix of the fixed configs at that "
+          "depth, chosen with hindsight on these sequences. Oracle: each sequence's best config after the fact, "
+          "an in-sample upper bound, shown beside its null control below.")
+
+
+def _extra_oracles(d: Path) -> dict[str, dict]:
+    return {f"the oracle over {p.stem.removeprefix('oracle_').replace('_', ' ')}": read_json(p)
+            for p in sorted(d.glob("oracle_*.json"))}
+
+
+def results_text(d: Path, rows: Sequence[dict], oracle: dict | None, meta: dict | None, heading: str = "###") -> list[str]:
+    """The results as markdown lines: table, legend, comparisons, oracle with its null control, the paper."""
+    scores = read_scores(d)
+    text = [results_table(rows, oracle), "", LEGEND, ""]
+    said = comparisons(rows, scores, oracle)
+    if said:
+        text += [f"{heading} Comparisons (paired bootstrap over the same sequences)", ""]
+        text += [f"- {s}" for s in said] + [""]
+    if oracle:
+        text += [f"{heading} The oracle and its null control", "", oracle_paragraph(oracle, scores), ""]
+        text += [f"- {oracle_sentence(doc, label)}" for label, doc in _extra_oracles(d).items() if doc]
+        text += [""]
+    text += [f"{heading} Compared with the paper", "", paper_comparison(rows, meta, oracle), ""]
+    return text
 
 
 def readme_results(sweep_dir: str | Path) -> str:
@@ -130,13 +403,8 @@ def readme_results(sweep_dir: str | Path) -> str:
     meta = read_json(d / "reproduce.json") or read_json(d / "sweep_meta.json")
     text = ["## Results", "",
             "ROUGE-L on the built-in evaluation set against the number of layers run per generated token, "
-            "from `make run` (`adalas reproduce`, " + str(d) + "/report.md):", "",
-            results_table(rows, oracle), ""]
-    if oracle:
-        text += [oracle_sentence(oracle), ""]
-    uniform = read_json(d / "oracle_uniform_skip.json")
-    if uniform:  # the paper's choice set: uniform skipping at each budget, and the full model
-        text += [oracle_sentence(uniform, "an oracle over uniform skipping only (the paper's choice set)"), ""]
+            "from `make run` (`adalas reproduce`, " + str(d) + "/report.md):", ""]
+    text += results_text(d, rows, oracle, meta)
     text += [settings_line(rows, meta), ""]
     return "\n".join(text)
 
@@ -193,12 +461,18 @@ def plot_rouge_vs_layers(rows: Sequence[dict], path: str | Path, oracle: dict | 
             ax.scatter([r["avg_layers"] for r in pts], [r[metric] for r in pts], color=color, marker=marker,
                        label=label, zorder=3)
     lo = min(r["avg_layers"] for r in rows)
-    for name, doc, style in [("per-sequence oracle (all configs)", oracle, "-"),
+    for name, doc, style in [("per-sequence oracle (in-sample upper bound)", oracle, "-"),
                              *[(k, v, ":") for k, v in (extra_oracles or {}).items()]]:
         if doc:
             curve = [p for p in doc["curve"] if p["avg_layers"] >= lo - 1e-9]
             ax.plot([p["avg_layers"] for p in curve], [p["score"] for p in curve], color="black",
                     linestyle=style, linewidth=1.6, label=name)
+    null = (oracle or {}).get("null_control")
+    if null:  # the oracle's curve less what best-of-K selection gains at full depth
+        gain = null["score"] - null["full_score"]
+        curve = [p for p in oracle["curve"] if p["avg_layers"] >= lo - 1e-9]
+        ax.plot([p["avg_layers"] for p in curve], [p["score"] - gain for p in curve], color="gray",
+                linestyle="--", linewidth=1.2, label=f"oracle less its null gain ({gain:+.3f})")
     if full:
         ax.scatter([full["avg_layers"]], [full[metric]], color="black", marker="*", s=140, zorder=4,
                    label=STYLE["full"][0])
@@ -280,14 +554,14 @@ def plot_similarity(doc: dict, path: str | Path) -> Path:
 def write_report(sweep_dir: str | Path, analysis: dict | None = None, meta: dict | None = None) -> Path:
     """Render the PNGs and report.md of a sweep directory; returns the report's path.
 
-    Reads sweep.jsonl, oracle.json and oracle_*.json (restricted oracles) when present,
-    hidden_similarity.json when `analysis` is not given, and reproduce.json / sweep_meta.json for the settings.
+    Reads sweep.jsonl, per_sequence.jsonl, oracle.json and oracle_*.json (other candidate sets) when
+    present, hidden_similarity.json when `analysis` is not given, and reproduce.json / sweep_meta.json
+    for the settings.
     """
     d = Path(sweep_dir)
     rows = read_sweep(d)
     oracle = read_json(d / "oracle.json")
-    extra = {f"oracle over {p.stem.removeprefix('oracle_').replace('_', ' ')} only": read_json(p)
-             for p in sorted(d.glob("oracle_*.json"))}
+    extra = {label.removeprefix("the "): doc for label, doc in _extra_oracles(d).items()}
     analysis = analysis if analysis is not None else read_json(d / "hidden_similarity.json")
     meta = meta or read_json(d / "reproduce.json") or read_json(d / "sweep_meta.json") or {}
     plot_rouge_vs_layers(rows, d / "rouge_vs_layers.png", oracle, extra)
@@ -297,15 +571,12 @@ def write_report(sweep_dir: str | Path, analysis: dict | None = None, meta: dict
     full = next((r for r in rows if r["strategy"] == "full"), rows[0])
     md = ["# adalas report", "", settings_line(rows, meta), ""]
     md += _settings_block(full, meta)
-    md += ["## ROUGE-L against depth", "", "![ROUGE-L against average layers](rouge_vs_layers.png)", "",
-           results_table(rows, oracle), ""]
+    md += ["## ROUGE-L against depth", "", "![ROUGE-L against average layers](rouge_vs_layers.png)", ""]
+    md += results_text(d, rows, oracle, meta)
     if oracle:
-        md += [oracle_sentence(oracle)]
-        for label, doc in extra.items():
-            if doc:
-                md += ["", oracle_sentence(doc, "the " + label.replace("oracle over", "oracle over the"))]
-        md += ["", f"Oracle solver: {oracle['solver']} (gap {oracle['gap']:.2g}); sequences scored under every "
-                   f"config: {oracle['n_sequences']} (excluded: {oracle.get('n_excluded', 0)}).", ""]
+        md += [f"Oracle solver: {oracle['solver']} (gap {oracle['gap']:.2g}); sequences scored under every "
+               f"config: {oracle['n_sequences']} (excluded: {oracle.get('n_excluded', 0)}); depth weights: "
+               f"{oracle.get('depth_weights', 'one per sequence')}.", ""]
     md += ["## Every config", "", configs_table(rows), ""]
     if skip_png:
         md += ["## Learned controllers: per-layer skip rates", "", "![skip rates](skip_rates.png)", ""]

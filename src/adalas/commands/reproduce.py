@@ -1,30 +1,38 @@
 """`adalas reproduce` (what `make run` runs): the paper's curves on the embedded model, in one command.
 
-    adalas reproduce            # ~7-8 min on 2 idle CPU cores: 48 sequences x 32 new tokens x 13 configs
-    adalas reproduce --quick    # ~1 min idle: 8 sequences x 24 new tokens x 7 configs
+    adalas reproduce            # ~13-15 min on 2 idle CPU cores: 48 sequences x 24 new tokens x 31 configs
+    adalas reproduce --quick    # ~1-2 min idle: 8 sequences x 16 new tokens x 21 configs
 
-On the built-in evaluation set: a sweep (the full model; early exit, uniform skipping and random
-routes at several budgets), the per-sequence oracle, the hidden-state analysis and the report, into
-results/reproduce/ (or results/reproduce-quick/): sweep.jsonl, per_sequence.jsonl, oracle.json,
-hidden_similarity.json, report.md and PNGs. A rerun continues where a killed one stopped.
+On the built-in evaluation set, into results/reproduce/ (or results/reproduce-quick/):
+- a sweep: the full model; early exit, uniform skipping and 5 random routes at each budget; the
+  oracle's null control (`full_sample`: the full model sampled K - 1 times, K = the oracle's choices);
+- the cross-fitted per-sequence router (strategy `sequence`, one row per budget): every sequence
+  routed by a router fit on the other folds, by lookup of its chosen route's row (nothing generated);
+- the per-sequence oracle over full + uniform skipping + early exit (K = 1 + 2 x budgets) with its
+  null control, and beside it the oracles over uniform skipping only (the paper's choice set) and
+  over every fixed route;
+- the hidden-state analysis and the report (intervals, paired comparisons, the comparison with the
+  paper): sweep.jsonl, per_sequence.jsonl, oracle*.json, router_crossfit.json,
+  hidden_similarity.json, report.md and PNGs. A rerun continues where a killed one stopped.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ..cli import add_model_args, check_counts, make_parser
 
-# Sized for 2 CPU cores (about 60-75 generated tokens/s at batch 8 for the 30-layer default):
-# sequences x new tokens x configs / tokens per second, plus the analysis. DESIGN: sweeps on this
+# Sized for 2 idle CPU cores (about 35 s per config at 48 sequences x 32 new tokens; 24 tokens take
+# about 3/4 of that): 1 + 3 x (2 + 5) + 6 = 28 generated configs, the router's 3 rows by lookup,
+# plus loading and the analysis, stay under the 18 minutes DESIGN allows. DESIGN: sweeps on this
 # model are informative between about 20 and 30 layers.
 PRESETS = {
-    "full": {"limit": 48, "max_new_tokens": 32, "batch_size": 8, "budgets": "22,25,27,29",
-             "routes_per_budget": 1, "analysis_limit": 16, "out": "results/reproduce"},
-    "quick": {"limit": 8, "max_new_tokens": 24, "batch_size": 8, "budgets": "24,27",
-              "routes_per_budget": 1, "analysis_limit": 4, "out": "results/reproduce-quick"},
+    "full": {"limit": 48, "max_new_tokens": 24, "batch_size": 8, "budgets": "24,27,29",
+             "routes_per_budget": 5, "folds": 5, "analysis_limit": 16, "out": "results/reproduce"},
+    "quick": {"limit": 8, "max_new_tokens": 16, "batch_size": 8, "budgets": "24,27",
+              "routes_per_budget": 5, "folds": 2, "analysis_limit": 4, "out": "results/reproduce-quick"},
 }
 STRATEGIES = ["early_exit", "uniform_skip", "random_route"]
+ORACLE_STRATEGIES = ["uniform_skip", "early_exit"]  # the headline oracle's candidates, with the full model
 
 
 def build_parser():
@@ -33,10 +41,12 @@ def build_parser():
     add_model_args(p)
     p.add_argument("--data", default="builtin")
     p.add_argument("--limit", type=int, help="sequences (default 48; quick 8)")
-    p.add_argument("--max-new-tokens", type=int, help="default 32; quick 24")
+    p.add_argument("--max-new-tokens", type=int, help="default 24; quick 16")
     p.add_argument("--batch-size", type=int, help="default 8")
-    p.add_argument("--budgets", help="layers kept (default 22,25,27,29; quick 24,27)")
-    p.add_argument("--routes-per-budget", type=int, help="random routes per budget (default 1)")
+    p.add_argument("--budgets", help="layers kept (default 24,27,29; quick 24,27)")
+    p.add_argument("--routes-per-budget", type=int, help="random routes per budget (default 5)")
+    p.add_argument("--folds", type=int, help="cross-fitting folds of the per-sequence router (default 5; quick 2; "
+                                             "at most a third of the sequences)")
     p.add_argument("--analysis-limit", type=int, help="sequences for the hidden-state analysis (default 16; quick 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default results/reproduce, or results/reproduce-quick)")
@@ -47,12 +57,14 @@ def build_parser():
 def main(argv: list[str]) -> int:
     from ..analysis import hidden_similarity
     from ..cli import load_model_from_args
+    from ..config import DepthConfig
     from ..data import load_examples
     from ..evaluate import context_length, load_items, versions
     from ..io import atomic_write_json, check_output_dir
     from ..oracle import run_oracle
-    from ..report import oracle_sentence, read_json, results_table, write_report
-    from ..sweep import build_configs, parse_budgets, run_sweep
+    from ..report import read_json, readme_results, write_report
+    from ..sequence import crossfit_curves, crossfit_rows, load_sweep, prompt_features
+    from ..sweep import SweepConfig, add_configs, build_configs, parse_budgets, run_sweep
 
     t_start = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -61,7 +73,8 @@ def main(argv: list[str]) -> int:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     check_counts(*((f"--{key.replace('_', '-')}", getattr(args, key), 1)
-                   for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit")))
+                   for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit", "routes_per_budget")),
+                 ("--folds", args.folds, 2))
     out = check_output_dir(args.out)
     stages: dict[str, float] = {}
 
@@ -72,10 +85,14 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     model, tok = load_model_from_args(args)
     L = model.num_layers
-    budgets = parse_budgets(args.budgets, L)
-    configs = build_configs(L, STRATEGIES, budgets, args.routes_per_budget, args.seed, keep_first=True)
+    budgets = [b for b in parse_budgets(args.budgets, L) if b < L]
+    if not budgets:
+        raise ValueError(f"--budgets: need at least one budget below the model's {L} layers")
+    null_k = 1 + len(ORACLE_STRATEGIES) * len(budgets)  # the headline oracle's number of choices
+    configs = build_configs(L, STRATEGIES, budgets, args.routes_per_budget, args.seed, keep_first=True, null_k=null_k)
     items = load_items(args.data, tok, limit=args.limit, context=context_length(model),
                        max_new_tokens=args.max_new_tokens)  # a prompt too long for the context: refused
+    folds = min(args.folds, len(items) // 3)  # each fold's router needs 3+ other sequences (train and validation)
     stage("load", t0)
     print(f"[reproduce] sweep: {len(configs)} configs x {len(items)} sequences x {args.max_new_tokens} new tokens "
           f"-> {out}", flush=True)
@@ -91,14 +108,34 @@ def main(argv: list[str]) -> int:
     if rows is None:  # another rank merges (reproduce is meant for one process)
         return 0
 
+    t0 = time.perf_counter()  # the cross-fitted per-sequence router, among the headline oracle's choices
+    if folds >= 2:
+        table = load_sweep(out, ["full", *ORACLE_STRATEGIES])
+        prompts = {it.id: list(it.input_ids) for it in items}
+        layers = sorted({0, L // 8, L // 4, L // 2})
+        features = prompt_features(model, [prompts[s] for s in table.ids], layers, batch_size=max(args.batch_size, 16))
+        crossfit = crossfit_curves(table, features, folds=folds, seed=args.seed, targets=[float(b) for b in budgets])
+        routed = [(SweepConfig(f"sequence@{b}", "sequence", None,
+                               DepthConfig(mode="sequence", target_avg_layers=float(b))),
+                   crossfit_rows(out, table, crossfit["choices"][f"{b:g}"], f"sequence@{b}")) for b in budgets]
+        rows = add_configs(out, items, configs, routed, num_layers=L, model_id=args.model, data_id=data_id)
+        atomic_write_json(out / "router_crossfit.json", {
+            "folds": folds, "seed": args.seed, "candidates": list(table.config_ids), "feature_layers": layers,
+            "targets": budgets, **crossfit})
+    else:
+        print(f"[reproduce] router: skipped ({len(items)} sequences; cross-fitting needs at least 6)", flush=True)
+    stage("router", t0)
+
     t0 = time.perf_counter()
-    oracle = run_oracle(out)
+    run_oracle(out, strategies=ORACLE_STRATEGIES)
     run_oracle(out, out=out / "oracle_uniform_skip.json", strategies=["uniform_skip"])
+    run_oracle(out, out=out / "oracle_all_routes.json", strategies=STRATEGIES)
     stage("oracle", t0)
 
     t0 = time.perf_counter()
     analysis_path = out / "hidden_similarity.json"
-    analysis_configs = [c for c in configs if c.strategy != "random_route" or c.config_id.endswith("#0")]
+    analysis_configs = [c for c in configs if c.strategy in ("early_exit", "uniform_skip")
+                        or c.config_id.endswith("#0") and c.strategy == "random_route"]
     key = {"model": args.model, "data": data_id, "limit": args.analysis_limit,
            "configs": [c.config_id for c in analysis_configs], "seed": args.seed}
     analysis = read_json(analysis_path)
@@ -112,7 +149,8 @@ def main(argv: list[str]) -> int:
     runs = (read_json(out / "reproduce.json") or {}).get("runs_wall_s", []) if rows_were_resumed else []
     meta = {"model": args.model, "data": data_id, "n_sequences": len(items), "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size, "budgets": budgets, "routes_per_budget": args.routes_per_budget,
-            "keep_first": True, "seed": args.seed, "n_configs": len(configs), "quick": args.quick,
+            "keep_first": True, "seed": args.seed, "n_configs": len(rows), "null_k": null_k, "folds": folds if folds >= 2 else None,
+            "oracle_strategies": ["full", *ORACLE_STRATEGIES], "quick": args.quick,
             "stages_s": dict(stages), "wall_s": round(time.perf_counter() - t_start, 1), "versions": versions()}
     meta["runs_wall_s"] = runs + [meta["wall_s"]]  # a resumed run: every invocation that built these results
     atomic_write_json(out / "reproduce.json", meta)
@@ -124,8 +162,6 @@ def main(argv: list[str]) -> int:
     atomic_write_json(out / "reproduce.json", meta)
 
     print()
-    print(results_table(rows, oracle))
-    print()
-    print(oracle_sentence(oracle))
+    print(readme_results(out))
     print(f"\n[reproduce] done in {meta['wall_s']:.0f} s: {report} (and {', '.join(sorted(p.name for p in out.glob('*.png')))})")
     return 0
