@@ -2,8 +2,7 @@
 
 Hugging Face semantics, option by option as transformers' `generate` resolves them: the caller's
 keywords, else `generation_config=` (a `GenerationConfig`), else the model's own generation_config,
-else transformers' defaults (so `max_length=20` applies when neither `max_new_tokens` nor
-`max_length` is given). Supported: left-padded batches, greedy or sampling (temperature, top-k, top-p,
+else transformers' defaults (20 new tokens when neither `max_new_tokens` nor `max_length` is set). Supported: left-padded batches, greedy or sampling (temperature, top-k, top-p,
 repetition penalty through transformers' own logits processors), `max_new_tokens` / `max_length`,
 `min_new_tokens` / `min_length`, `eos_token_id` (int or list), finished rows padded with
 `pad_token_id`, extra `logits_processor` / `stopping_criteria`, `stop_strings` (with `tokenizer`),
@@ -334,12 +333,7 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
         raise ValueError(f"input_ids: expected (batch, length), got shape {tuple(input_ids.shape)}")
     cfg = resolve_generation_config(model, generation_config, kwargs)
     B, T0 = input_ids.shape
-    max_new_tokens = cfg.max_new_tokens if cfg.max_new_tokens is not None else cfg.max_length - T0
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        where = "max_new_tokens" if cfg.max_new_tokens is not None else \
-            f"max_length: {cfg.max_length} leaves no room after the {T0}-token prompt; set max_new_tokens"
-        raise ValueError(f"{where}: must be a positive integer, got {max_new_tokens!r}"
-                         if cfg.max_new_tokens is not None else where)
+    max_new_tokens = _max_new_tokens(model, cfg, generation_config, kwargs, T0)
     min_new_tokens = max(cfg.min_new_tokens or 0, (cfg.min_length or 0) - T0)
     if (cfg.min_new_tokens or 0) < 0:
         raise ValueError(f"min_new_tokens: must be >= 0, got {cfg.min_new_tokens!r}")
@@ -398,6 +392,27 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
     if not cfg.return_dict_in_generate:
         return ids
     return GenerateDecoderOnlyOutput(sequences=ids, scores=scores, logits=logits)
+
+
+def _max_new_tokens(model, cfg: GenerationConfig, generation_config: GenerationConfig | None,
+                    options: dict[str, Any], T0: int) -> int:
+    """As transformers: `max_new_tokens`; else a `max_length` someone set (the call, generation_config=,
+    the model's generation_config) minus the prompt; else transformers' default max_length (20) as new
+    tokens, within the model's positions."""
+    if cfg.max_new_tokens is not None:
+        n = cfg.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"max_new_tokens: must be a positive integer, got {n!r}")
+        return n
+    own = getattr(model.model, "generation_config", None)
+    if options.get("max_length") is None and getattr(generation_config, "max_length", None) is None \
+            and getattr(own, "max_length", None) is None:
+        limit = model.family.max_positions
+        return max(1, min(cfg.max_length, limit - T0) if limit else cfg.max_length)
+    if cfg.max_length <= T0:
+        raise ValueError(f"max_length: {cfg.max_length} leaves no room after the {T0}-token prompt; "
+                         f"set max_new_tokens instead")
+    return cfg.max_length - T0
 
 
 def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors, stopping_criteria, eos_t,
