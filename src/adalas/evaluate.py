@@ -49,6 +49,7 @@ from .config import DepthConfig
 from .controllers import chosen_routes
 from .data import Example, build_prompt, load_examples, make_collator, resolve_format, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text, check_output_dir
+from .metrics import batch_columns, summarize_columns
 from .stats import bootstrap_ci
 
 logger = logging.getLogger(__name__)
@@ -594,11 +595,13 @@ def missing_items(batches: Sequence[Batch], store: RowStore, extra: dict | None 
 
 def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, max_new_tokens: int,
               references: dict[str, str] | str | None = None, extra: dict | None = None,
-              progress: Progress | None = None, desc: str = "", sampling: Sampling | None = None) -> float:
+              progress: Progress | None = None, desc: str = "", sampling: Sampling | None = None,
+              teacher_forced: Sequence[str] = ()) -> float:
     """Generate the rows of `batches` that `store` lacks, at the model's current depth; returns seconds.
 
     references: None (the data's), {id: text}, or "self" (the full model scored against its own output).
     sampling: sample (the null control's alternatives) instead of greedy decoding.
+    teacher_forced: metrics of `adalas.metrics` ("nll", "agreement") added to each row (after the timing).
     """
     model.eval()
     static = model.depth.static_route(model.num_layers) is not None
@@ -613,8 +616,9 @@ def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, ma
         gens = generate_batch(model, tokenizer, batch.items, max_new_tokens, sampling)  # whole batch: same companions
         seconds += time.perf_counter() - t0
         fallback = _fallback_layers(model)
-        rows = [make_row(it, g, _reference(references, it, g), static, fallback, extra)
-                for it, g in zip(batch.items, gens) if it.id in missing]
+        columns = batch_columns(model, tokenizer, batch.items, gens, teacher_forced, max_new_tokens)  # adalas.metrics
+        rows = [make_row(it, g, _reference(references, it, g), static, fallback, {**extra, **c})
+                for it, g, c in zip(batch.items, gens, columns) if it.id in missing]
         store.append(rows)
         done.update(store.key(r) for r in rows)
         if progress is not None:
@@ -661,6 +665,7 @@ def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | Non
     out["rougeL_ci95"] = bootstrap_ci([float(r["rougeL"]) for r in rows])
     out.update(avg_layers=sum(usage), layer_usage=usage, n=n,
                output_tokens=sum(int(r["output_tokens"]) for r in rows) / n)
+    out.update(summarize_columns(rows))  # flops_per_token, nll, top1_agreement (adalas.metrics)
     return out
 
 
@@ -669,9 +674,9 @@ def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | Non
 
 def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.PathLike, *, max_new_tokens: int,
              batch_size: int, reference: str = "data", rank: int = 0, world_size: int = 1,
-             identity: dict | None = None, progress: bool = False) -> dict | None:
+             identity: dict | None = None, progress: bool = False, teacher_forced: Sequence[str] = ()) -> dict | None:
     """Evaluate the model's current depth on `items` into out_dir; the metrics in the process that
-    wrote metrics.json (the merging rank), else None."""
+    wrote metrics.json (the merging rank), else None. `teacher_forced`: see `adalas.metrics`."""
     if reference not in REFERENCES:
         raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if max_new_tokens < 1:
@@ -688,7 +693,8 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
                   "reference": reference, **identity.pop("generation", {})}
     settings = {"model": identity.get("model"), "data": identity.get("data"), "depth": depth.to_dict(),
                 "max_new_tokens": max_new_tokens, "reference": reference,
-                **{k: v for k, v in generation.items() if k in ("prompt_format", "max_prompt_tokens")}}
+                **{k: v for k, v in generation.items() if k in ("prompt_format", "max_prompt_tokens")},
+                **({"metrics": list(teacher_forced)} if teacher_forced else {})}
     check_settings(out_dir, settings)
     store = RowStore(out_dir, "per_sequence.jsonl", ("id",), rank, world_size)
     ref_store = RowStore(out_dir, "full_reference.jsonl", ("id",), rank, world_size) if reference == "full" else None
@@ -703,7 +709,7 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
             model.set_depth(depth)
             references = {k[0]: r["prediction"] for k, r in ref_store.rows().items()}
         run_depth(model, tokenizer, mine, store, max_new_tokens=max_new_tokens, references=references,
-                  progress=bar, desc="eval")
+                  progress=bar, desc="eval", teacher_forced=teacher_forced)
     finally:
         bar.close()
         model.set_depth(depth)

@@ -195,12 +195,14 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
               out_dir: str | Path, *, max_new_tokens: int = 32, batch_size: int = 8, reference: str = "data",
               rank: int = 0, world_size: int = 1, model_id: Any = None, data_id: Any = None,
               settings: dict | None = None, load_checkpoint: Callable[[str], Any] | None = None,
-              progress: bool = False) -> list[dict] | None:
+              progress: bool = False, teacher_forced: Sequence[str] = ()) -> list[dict] | None:
     """Run every config over `items` into out_dir (resumable, shardable).
 
     Returns the sweep.jsonl rows in the process that wrote the final sweep.jsonl (one rank: always;
     W ranks: the one that merged), else None. `load_checkpoint(dir)` gives the model of a learned
     config (default: `AdalasForCausalLM.from_pretrained` on the main model's device and dtype).
+    `teacher_forced`: columns of `adalas.metrics` ("nll", "agreement") on every row; `flops_per_token`
+    is always there.
     """
     if reference not in REFERENCES:
         raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
@@ -243,7 +245,7 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
             own = "self" if cfg.strategy == "full" and reference == "full" else references
             timing[cfg.config_id] = run_depth(m, tokenizer, mine, store, max_new_tokens=max_new_tokens,
                                               references=own, extra=extra, progress=bar, desc=cfg.config_id,
-                                              sampling=cfg.sampling)
+                                              sampling=cfg.sampling, teacher_forced=teacher_forced)
             if cfg.strategy == "full" and reference == "full":  # the full model's output is the reference
                 rows = store.rows()
                 references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}

@@ -39,6 +39,9 @@ def add_generation_args(p: argparse.ArgumentParser, defaults: dict | None = None
     p.add_argument("--reference", default=d.get("reference"), choices=["data", "full"],
                    help="score against the data's references (default) or the full-depth model's output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--metric", default=None,
+                   help="comma-separated: rouge (always), nll (teacher-forced NLL of the reference, column nll), "
+                        "agreement (top-1 agreement with full depth, column top1_agreement); see adalas.metrics")
 
 
 def add_long_prompts_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -83,6 +86,7 @@ def main(argv: list[str]) -> int:
     from ..config import DepthConfig
     from ..data import load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device, run_eval, write_stdout_summary
+    from ..metrics import COLUMNS, parse_metrics
     from ..recipes import load_recipe, split_recipe_flag, to_argv
 
     recipe, rest = split_recipe_flag(list(argv))
@@ -90,6 +94,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(to_argv(fields) + rest)  # defaults < recipe < command line
     args.recipe = recipe
     fill_defaults(args)
+    teacher_forced = parse_metrics(args.metric)
     depth = DepthConfig.parse(args.depth) if args.depth else None
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
@@ -105,9 +110,10 @@ def main(argv: list[str]) -> int:
                 **({"recipe": args.recipe} if args.recipe else {})}
     metrics = run_eval(model, tok, items, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        reference=args.reference, rank=rank, world_size=world, identity=identity,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, teacher_forced=teacher_forced)
     if metrics is not None:
-        write_stdout_summary(metrics)
+        write_stdout_summary(metrics, ("rouge1", "rouge2", "rougeL", *(COLUMNS[m] for m in teacher_forced),
+                                       "avg_layers", "n"))
     else:
         print(f"rank {rank}: done; the last rank to finish writes {args.out}/metrics.json")
     return 0

@@ -40,10 +40,12 @@ def main(argv: list[str]) -> int:
     from ..cli import load_model_from_args
     from ..data import load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device
+    from ..metrics import parse_metrics
     from ..sweep import build_configs, parse_budgets, parse_strategies, run_sweep
 
     args = build_parser().parse_args(argv)
     fill_defaults(args)
+    teacher_forced = parse_metrics(args.metric)
     strategies = parse_strategies(args.strategies)
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
@@ -64,8 +66,8 @@ def main(argv: list[str]) -> int:
                      batch_size=args.batch_size, reference=args.reference, rank=rank, world_size=world,
                      model_id=args.model, data_id={"name": args.data, "split": args.split},
                      settings={"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
-                               "dtype": args.dtype},
-                     progress=not args.no_progress)
+                               "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {})},
+                     progress=not args.no_progress, teacher_forced=teacher_forced)
     if rows is None:
         print(f"rank {rank}: done; the last rank to finish merges into {args.out}")
         return 0
