@@ -165,3 +165,15 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     from safetensors import safe_open
     with safe_open(str(root / "tiny-adapted-2" / "adapter_model.safetensors"), "pt") as f:
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys()) and size < 100_000
+
+    # export of the alias: the plain model with the route's layers deleted, equal to the alias with skip_prompt
+    from transformers import AutoModelForCausalLM
+
+    from adalas.export import export_checkpoint
+
+    summary = export_checkpoint("tiny-adapted-2", None, tmp_path / "exported")
+    assert summary["kept_layers"] == [0, 3] and "skip_prompt=true" in summary["equals"]
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    alias.set_depth(DepthConfig(mode="static_skip", skip_layers=[1, 2], skip_prompt=True))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, alias(input_ids=ids).logits, atol=1e-4, rtol=1e-4)

@@ -121,3 +121,9 @@ def test_packaged_deepspeed_config_is_zero2():
 
 def test_doctests():
     assert doctest.testmod(recipes).failed == 0
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.stem)
+def test_no_recipe_trains_or_tunes_on_the_builtin_evaluation_set(path: Path):
+    fields = recipes.load_recipe(path.stem)
+    assert fields.get("data") != "builtin" and fields.get("eval_data") != "builtin"

@@ -80,8 +80,10 @@ def export_checkpoint(model: "str | os.PathLike | nn.Module", depth: "DepthConfi
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     if depth is None and isinstance(model, AdalasForCausalLM):
         depth = model.depth
-    elif depth is None and isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
-        depth = _read_depth(Path(model))
+    elif depth is None and isinstance(model, (str, os.PathLike)):
+        from .hub import adapter_dir
+        saved_in = adapter_dir(str(model)) or Path(model)  # an adapted alias keeps its depth with its adapter
+        depth = _read_depth(saved_in) if saved_in.is_dir() else None
     if depth is None:
         raise ValueError("depth: required (static_skip, early_exit or route JSON)")
     depth = DepthConfig.parse(depth)
@@ -100,7 +102,7 @@ def export_checkpoint(model: "str | os.PathLike | nn.Module", depth: "DepthConfi
 
     summary = {"out": str(out), "source": source, "depth": depth.to_dict(), "kept_layers": keep,
                "num_layers": len(keep), "source_num_layers": num_layers, "tokenizer": tokenizer is not None,
-               "equals": "adalas with skip_prompt=true"}
+               "equals": f"adalas {source} with skip_prompt=true (the prompt also runs only the kept layers)"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
