@@ -222,6 +222,22 @@ def test_routes_fixed_per_sequence_compute_no_skipped_keys_values(name, fast_pat
     torch.testing.assert_close(results["propagate"][1], results["mask"][1], atol=ATOL, rtol=0)
 
 
+@torch.no_grad()
+def test_mask_and_propagate_are_one_computation_for_routes_fixed_per_sequence():
+    """With one route per sequence, kv_fill="mask" records nothing and hides nothing (no token ever
+    attends to one that skipped the layer), so it runs what "propagate" runs: same logits in a
+    forward with labels (training) and no stored-key bookkeeping in the cache."""
+    ids, mask = batch(B=2, T=8)
+    labels = ids.masked_fill(torch.arange(8) < 4, -100)
+    for cfg in (dict(mode="static_skip", skip_layers=[1, 2]), dict(mode="random_budget", budget=2, seed=1)):
+        m = AdalasForCausalLM.from_hf(tiny_llama(), DepthConfig(kv_fill="mask", **cfg))
+        assert not m.depth.masks_skipped_kv and not m.depth.stores_skipped_kv
+        masked = m(input_ids=ids, attention_mask=mask, labels=labels).logits
+        m.set_depth(DepthConfig(kv_fill="propagate", **cfg))
+        torch.testing.assert_close(masked, m(input_ids=ids, attention_mask=mask, labels=labels).logits, atol=0, rtol=0)
+    assert DepthConfig(mode="stochastic", skip_probs=[0.5] * 4, kv_fill="mask").masks_skipped_kv
+
+
 def test_per_token_modes_still_propagate():
     m = AdalasForCausalLM.from_hf(tiny_llama(), DepthConfig(mode="stochastic", skip_probs=[0.0, 0.5, 0.5, 0.5]))
     ids, mask = batch(B=2, T=5)

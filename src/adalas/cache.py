@@ -6,8 +6,10 @@ write position ("slot"; prompts are left-padded, so a row's slot and its positio
 (B, T_max) bool mask, `key_valid`, says which slots hold real tokens: left padding, and the holes a
 batched self-speculative round leaves where a row accepted fewer drafted tokens than another.
 
-Under `kv_fill="mask"` a (L, B, T_max) bool tensor records which (layer, token) pairs hold keys and
-values; attention at layer i ignores the others.
+Under `kv_fill="mask"` in a mode that decides per token (`DepthConfig.masks_skipped_kv`) a
+(L, B, T_max) bool tensor records which (layer, token) pairs hold keys and values; attention at layer
+i ignores the others. (With one route per sequence no token ever attends to a skipped one, so
+nothing needs recording.)
 
 Memory: a layer that a *static* route skips never stores a generated token (under either `kv_fill`:
 nothing would read it), so its buffers hold only the prompt (or nothing, with `skip_prompt=True`):

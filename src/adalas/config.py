@@ -222,6 +222,14 @@ class DepthConfig:
         return self.mode in _ONE_ROUTE_PER_SEQUENCE
 
     @property
+    def masks_skipped_kv(self) -> bool:
+        """Whether attention must hide the keys of tokens that skipped a layer: only under
+        `kv_fill="mask"` in modes that decide per token. With one route per sequence every token that
+        attends at a layer sees only tokens that ran it (or prompt tokens, which all ran it), so
+        "mask" then runs exactly what "propagate" runs."""
+        return self.kv_fill == "mask" and not self.one_route_per_sequence
+
+    @property
     def stores_skipped_kv(self) -> bool:
         """Whether a skipped (token, layer) computes and stores its keys/values: only under
         `kv_fill="propagate"` in modes that decide per token, where a later token may run that layer."""

@@ -228,13 +228,13 @@ def new_cache(model: "AdalasForCausalLM", batch_size: int, max_length: int, prom
         prompt_slots = 0 if depth.skip_prompt else prompt_length
         lengths = [max_length if run else prompt_slots for run in route]
     return KVCache(model.num_layers, batch_size, fam.num_kv_heads, fam.head_dim, max_length,
-                   dtype=model.dtype, device=model.device, track_stored=depth.kv_fill == "mask",
+                   dtype=model.dtype, device=model.device, track_stored=depth.masks_skipped_kv,
                    layer_lengths=lengths)
 
 
 def _step_mask(model: "AdalasForCausalLM", cache: KVCache, T: int) -> torch.Tensor | None:
     """The step's attention mask, built once and shared by every layer: None for one token over a
-    cache without holes; else additive (0 / -inf) unless kv_fill="mask" needs the bool form (the
+    cache without holes; else additive (0 / -inf) unless `masks_skipped_kv` needs the bool form (the
     layers narrow it to the keys they stored). SDPA would convert a bool mask in every layer."""
     if T == 1 and not cache.has_holes and cache.stored is None:
         return None

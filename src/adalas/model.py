@@ -385,11 +385,11 @@ class AdalasForCausalLM(nn.Module):
             self._skip(i, layer, h, ctx)
             return h
         if run.dtype != torch.bool:  # straight-through gates (training)
-            stored = run.detach() > 0.5 if self.depth.kv_fill == "mask" else None
+            stored = run.detach() > 0.5 if self.depth.masks_skipped_kv else None
             return h + run.unsqueeze(-1) * (self._layer(i, layer, h, ctx, stored) - h)
         if ctx.cache is not None and ctx.num_tokens == 1:
             return self._gathered(i, layer, h, ctx, run[:, 0])
-        stored = run if self.depth.kv_fill == "mask" else None
+        stored = run if self.depth.masks_skipped_kv else None
         return torch.where(run.unsqueeze(-1), self._layer(i, layer, h, ctx, stored), h)
 
     def _gathered(self, i, layer, h, ctx, run_rows: torch.Tensor) -> torch.Tensor:
@@ -405,7 +405,7 @@ class AdalasForCausalLM(nn.Module):
             self._skip(i, layer, h, ctx)
             return h
         if not self._decode_costs().gather_pays(n_run, run_rows.numel(), self.depth.stores_skipped_kv):
-            stored = run_rows[:, None].expand(h.shape[:2]) if self.depth.kv_fill == "mask" else None
+            stored = run_rows[:, None].expand(h.shape[:2]) if self.depth.masks_skipped_kv else None
             return torch.where(run_rows.view(-1, 1, 1), self._layer(i, layer, h, ctx, stored), h)
         run_idx = run_rows.nonzero().flatten()
         skip_idx = (~run_rows).nonzero().flatten()
@@ -426,11 +426,11 @@ class AdalasForCausalLM(nn.Module):
         per token), or nothing (mask, and modes with one route per sequence, where nothing reads them)."""
         if ctx.cache is None:
             return  # no later token in this forward needs them: every token skips this layer
-        if self.depth.kv_fill == "mask":
-            ctx.cache.mark_stored(i, False, ctx.num_tokens, ctx.cache_rows)
-            return
         if not self.depth.stores_skipped_kv:
-            return  # one route per sequence: no later token of this sequence runs layer i to read them
+            # mask: attention ignores them; one route per sequence: no later token of the sequence
+            # runs layer i to read them
+            ctx.cache.mark_stored(i, False, ctx.num_tokens, ctx.cache_rows)  # a no-op unless masks_skipped_kv
+            return
         k, v = self.family.kv(layer, self.family.attn_input(layer, h), ctx.rotary)
         ctx.cache.write(i, k, v, ctx.cache_rows)
 
@@ -446,7 +446,8 @@ class AdalasForCausalLM(nn.Module):
         return self._layer_body(i, layer, h, ctx, stored)
 
     def _layer_body(self, i, layer, h, ctx: StepContext, stored) -> torch.Tensor:
-        """One whole layer. `stored` (B, T): under kv_fill="mask", which tokens keep their keys/values."""
+        """One whole layer. `stored` (B, T): where attention hides skipped tokens (`masks_skipped_kv`),
+        which tokens keep their keys/values."""
         fam = self.family
         B, T, _ = h.shape
         q, k, v = fam.qkv(layer, fam.attn_input(layer, h), ctx.rotary)  # (B, H, T, Dh)
@@ -485,7 +486,7 @@ class AdalasForCausalLM(nn.Module):
         else:
             valid = attention_mask.bool()
             start = 0
-        needs_mask = self.depth.kv_fill == "mask" or not bool(valid.all()) or (start > 0 and T > 1)
+        needs_mask = self.depth.masks_skipped_kv or not bool(valid.all()) or (start > 0 and T > 1)
         if not needs_mask:
             return None
         Tk = valid.shape[1]
