@@ -12,8 +12,11 @@ Configs, per batch size (L layers, H = L // 2):
 - hf_full / adalas_full: transformers `generate` / `AdalasForCausalLM.generate` at full depth;
   adalas_full_plain_path: the same through the depth loop without the fast path.
 - adalas_half_skip: every other layer skipped (default: KV propagation, the prompt at full depth);
-  adalas_half_skip_mask: the same with kv_fill="mask", skip_prompt=True, which computes exactly the
-  model with those layers deleted; hf_half_deleted: transformers running that model (the limit).
+  adalas_half_skip_kv_mask: the same under kv_fill="mask" (a static route stores no skipped keys/values
+  under either kv_fill, so the two run the same code: the ratio half_skip_propagate_vs_mask is 1 up to
+  noise and the outputs are identical); adalas_half_skip_mask: kv_fill="mask", skip_prompt=True, which
+  computes exactly the model with those layers deleted; hf_half_deleted: transformers running that
+  model (the limit).
 - adalas_exit_half: early exit after H layers; hf_exit_deleted: transformers with layers H.. deleted.
 - adalas_per_sequence: one random route of H layers per row (random_budget); adalas_per_token: each
   token skips each layer with probability 1/2. A layer that only some rows of a step run runs on
@@ -207,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     keep_even = [i for i in range(L) if i not in skip_odd]
     hf_skip, hf_exit = deleted(hf, keep_even), deleted(hf, list(range(H)))
     full, half_skip = DepthConfig(), DepthConfig(mode="static_skip", skip_layers=skip_odd)
+    half_skip_kv_mask = DepthConfig(mode="static_skip", skip_layers=skip_odd, kv_fill="mask")
     half_skip_mask = DepthConfig(mode="static_skip", skip_layers=skip_odd, kv_fill="mask", skip_prompt=True)
     exit_half = DepthConfig(mode="early_exit", exit_after=H)
     per_sequence = DepthConfig(mode="random_budget", budget=H, seed=0)
@@ -223,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         "fast_path_gain": ("adalas_full", "adalas_full_plain_path"),
         "half_skip_vs_deleted": ("adalas_half_skip", "hf_half_deleted"),
         "half_skip_mask_vs_deleted": ("adalas_half_skip_mask", "hf_half_deleted"),
+        "half_skip_propagate_vs_mask": ("adalas_half_skip", "adalas_half_skip_kv_mask"),
         "exit_half_vs_deleted": ("adalas_exit_half", "hf_exit_deleted"),
         "per_sequence_vs_deleted": ("adalas_per_sequence", "hf_half_deleted"),
         "per_sequence_vs_full": ("adalas_per_sequence", "adalas_full"),
@@ -242,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         "adalas_full=hf_full": ("adalas_full", "hf_full"),
         "adalas_full=plain_path": ("adalas_full", "adalas_full_plain_path"),
         "half_skip_mask=hf_half_deleted": ("adalas_half_skip_mask", "hf_half_deleted"),
+        "half_skip_propagate=half_skip_kv_mask": ("adalas_half_skip", "adalas_half_skip_kv_mask"),
         "spec_auto=adalas_full": ("adalas_spec_auto", "adalas_full"),
         "spec_exit_half=adalas_full": ("adalas_spec_exit_half", "adalas_full"),
         "spec_exit_half_k4=adalas_full": ("adalas_spec_exit_half_k4", "adalas_full"),
@@ -255,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
             adalas_case("adalas_full_plain_path", model, enc, full, pad_id, fast_path=False),
             hf_case("hf_half_deleted", hf_skip, enc, pad_id),
             adalas_case("adalas_half_skip", model, enc, half_skip, pad_id),
+            adalas_case("adalas_half_skip_kv_mask", model, enc, half_skip_kv_mask, pad_id),
             adalas_case("adalas_half_skip_mask", model, enc, half_skip_mask, pad_id),
             hf_case("hf_exit_deleted", hf_exit, enc, pad_id),
             adalas_case("adalas_exit_half", model, enc, exit_half, pad_id),
@@ -294,9 +301,10 @@ def run(args: argparse.Namespace) -> int:
         "fused_weight_bytes": fused,
         "kv_cache_bytes": {f"batch {B}": {name: s.get("kv_cache_bytes") for name, s in sec["stats"].items()}
                            for B, sec in doc["batches"].items()},
-        "kv_fill_mask": "a layer that a static route skips never stores a generated token under kv_fill='mask': "
-                        "its buffers hold the prompt only (nothing with skip_prompt); per-token and per-sequence "
-                        "routes keep full buffers (shared slots; a ragged layout would slow every step)",
+        "skipped_layers": "a layer that a static route skips never stores a generated token (under either "
+                          "kv_fill): its buffers hold the prompt only (nothing with skip_prompt); per-token and "
+                          "per-sequence routes keep full buffers (shared slots; a ragged layout would slow every "
+                          "step)",
     }
     doc["summary"] = summary(doc)
     text = json.dumps(doc, indent=1)
