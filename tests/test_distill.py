@@ -177,3 +177,29 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     alias.set_depth(DepthConfig(mode="static_skip", skip_layers=[1, 2], skip_prompt=True))
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, alias(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+DISTILL_MODES = {
+    "route": ({"mode": "route", "route": [True, False, True, True]}, []),
+    "stochastic (layer dropout)": ({"mode": "stochastic", "skip_probs": [0.0, 0.3, 0.5, 0.0]}, []),
+    "early_exit": ({"mode": "early_exit", "exit_after": 3}, []),
+    "learned + cost": ({"mode": "learned"}, ["--cost_alpha", "0.5"]),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(DISTILL_MODES))
+def test_distill_trains_every_depth_mode(strong, tmp_path, mode):
+    depth, extra = DISTILL_MODES[mode]
+    snap = Snapshot()
+    train(base_args(strong, tmp_path, "strong", steps=8) + ["--depth", json.dumps(depth), "--distill", "true",
+                                                          "--distill_alpha", "0.8", "--lora_r", "4",
+                                                          "--lora_dropout", "0", "--learning_rate", "3e-2",
+                                                          "--lora_target_modules", "q_proj", "v_proj", "o_proj",
+                                                          "down_proj", *extra], callbacks=[snap])
+    loss = [h["loss"] for h in history(tmp_path) if "loss" in h]
+    assert sum(loss[4:]) < sum(loss[:4]), loss  # the second epoch (the same 16 rows) against the first
+    changed = {n for n, t in snap.trainable.items() if t and not torch.equal(snap.before[n], snap.after[n])}
+    assert any("lora_" in n for n in changed)
+    if depth["mode"] == "learned":
+        assert any("controller" in n for n in changed)
+    assert AdalasForCausalLM.from_pretrained(tmp_path).depth == DepthConfig.parse(depth)
