@@ -361,3 +361,9 @@ def test_cache_directory_is_private(tmp_path, monkeypatch):
     shared.chmod(0o755)
     monkeypatch.setenv("ADALAS_CACHE", str(shared))  # a directory the user chose and made: left as it is
     assert cache_dir() == shared and stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
+def test_embedding_accessors_for_peft():
+    hf = tiny_llama()
+    m = AdalasForCausalLM.from_hf(hf)
+    assert m.get_input_embeddings() is hf.model.embed_tokens and m.get_output_embeddings() is hf.lm_head

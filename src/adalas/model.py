@@ -288,6 +288,10 @@ class AdalasForCausalLM(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The head (peft reads it when an adapter targets the embeddings or the head)."""
+        return self.model.get_output_embeddings()
+
     def enable_input_require_grads(self) -> None:
         self.model.enable_input_require_grads()
 
