@@ -134,8 +134,7 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     analysis_path = out / "hidden_similarity.json"
-    analysis_configs = [c for c in configs if c.strategy in ("early_exit", "uniform_skip")
-                        or c.config_id.endswith("#0") and c.strategy == "random_route"]
+    analysis_configs = [c for c in configs if c.strategy in ("early_exit", "uniform_skip")]
     key = {"model": args.model, "data": data_id, "limit": args.analysis_limit,
            "configs": [c.config_id for c in analysis_configs], "seed": args.seed}
     analysis = read_json(analysis_path)
