@@ -399,9 +399,10 @@ class AdalasForCausalLM(nn.Module):
     def _gathered(self, i, layer, h, ctx, run_rows: torch.Tensor) -> torch.Tensor:
         """A decode step where some rows run layer i: run it on those rows only (gather/scatter), or,
         where the cost model says gathering does not pay (few rows: reading the weights dominates),
-        on every row, keeping the runners' outputs. Both store the same keys/values: a full layer
-        computes them from the state that reaches it, as a skipped layer does under propagate, and
-        under mask the skippers' are marked not stored."""
+        on every row, keeping the runners' outputs. Both give the same outputs: a full layer computes
+        the skippers' keys/values from the state that reaches it, as a skipped layer does under
+        propagate; under mask they are marked not stored; and with one route per sequence nothing
+        ever reads them."""
         n_run = int(run_rows.sum())
         if n_run == run_rows.numel():
             return self._layer(i, layer, h, ctx)
