@@ -192,6 +192,8 @@ def test_sweep_and_oracle_commands(tiny, tmp_path, capsys):
     assert cli_main(["oracle", "--sweep", str(tmp_path / "missing")]) == 2
     assert cli_main(argv[:-3] + ["--budgets", "9", "--out", str(tmp_path / "x")]) == 2
     assert "budgets: 9 is out of range" in capsys.readouterr().err
+    assert cli_main(argv[:-3] + ["--null_k", "1", "--out", str(tmp_path / "y")]) == 2 and not (tmp_path / "y").exists()
+    assert "--null-k: must be 0 (no null control) or >= 2" in capsys.readouterr().err
 
 
 def test_null_control_rows_are_sampled_full_depth_runs(tiny, tmp_path):

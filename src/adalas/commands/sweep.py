@@ -47,6 +47,9 @@ def main(argv: list[str]) -> int:
     fill_defaults(args)
     teacher_forced = parse_metrics(args.metric)
     strategies = parse_strategies(args.strategies)
+    if args.null_k < 0 or args.null_k == 1:
+        raise ValueError(f"--null-k: must be 0 (no null control) or >= 2 (the greedy full model and K - 1 sampled "
+                         f"runs), got {args.null_k}")
     rank, world = dist_info()
     args.device = rank_device(args.device, rank, world)
     examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
