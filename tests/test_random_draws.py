@@ -146,3 +146,33 @@ def test_cached_generation_equals_recomputation_with_keyed_draws(mode):
     T0 = ids.shape[1]
     for s, logits in enumerate(steps):
         torch.testing.assert_close(logits, ref[:, T0 - 1 + s], atol=1e-4, rtol=0)
+
+
+def test_in_training_the_step_joins_the_key(tiny_files, tmp_path):
+    """The Trainer with RouteKeyCallback: one sequence, trained on at every step, draws a new route each
+    step (outside training it always draws the same one: see above)."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from adalas.train import run
+
+    d, data = tiny_files
+    one = tmp_path / "one.jsonl"
+    one.write_text(data.read_text().splitlines()[1] + "\n")
+
+    class Seen(TrainerCallback):
+        def __init__(self):
+            self.routes = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            router = model.router if hasattr(model, "router") else model.get_base_model().router
+            self.routes.append(tuple(router.last_state.routes[0].tolist()))
+
+    argv = ["--model", str(d), "--data", str(one), "--max_steps", "6", "--max_seq_length", "128",
+            "--per_device_train_batch_size", "1", "--report_to", "none", "--save_strategy", "no",
+            "--learning_rate", "0", "--depth", json.dumps({"mode": "random_budget", "budget": 2, "seed": 1}),
+            "--output_dir", str(tmp_path / "out")]
+    seen = Seen()
+    assert run(argv, callbacks=[RouteKeyCallback(), seen]) == 0
+    assert len(seen.routes) == 6 and len(set(seen.routes)) > 1
