@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import DepthConfig
-from ..controllers import Router, real_tokens
+from ..controllers import Router, prompt_tokens, real_tokens
 from ..oracle import route_to_str
 from .controller import SequenceController, batches, left_pad, pool_features, prompt_features, temporary_depth
 
@@ -62,9 +62,7 @@ class SequenceRouter(Router):
         state: SequenceState = ctx.sequence_state
         if state.routes is None:
             if layer_idx == self.controller.feature_layer:
-                prompt = ctx.prompt if not isinstance(ctx.prompt, bool) else torch.full_like(ctx.input_ids, ctx.prompt,
-                                                                                             dtype=torch.bool)
-                self._predict(h, ctx, real_tokens(ctx) & prompt)
+                self._predict(h, ctx, prompt_tokens(ctx))
             elif self._common[layer_idx] is not None:
                 return self._common[layer_idx]
             else:
