@@ -19,6 +19,8 @@ from adalas.sweep import build_configs
 
 from conftest import LAYERS, make_tiny
 
+pytestmark = pytest.mark.filterwarnings("error::adalas.evaluate.LayerCountWarning")
+
 PNG = b"\x89PNG\r\n\x1a\n"
 # (config_id, strategy, budget, route, per-sequence rougeL for s0, s1, s2)
 CONFIGS = [

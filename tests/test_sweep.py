@@ -18,6 +18,8 @@ from adalas.oracle import random_routes, run_oracle, uniform_skip_route
 
 from conftest import LAYERS, ROWS, make_tiny
 
+pytestmark = pytest.mark.filterwarnings("error::adalas.evaluate.LayerCountWarning")
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
