@@ -1,6 +1,6 @@
 """`adalas reproduce` (what `make run` runs): the paper's curves on the embedded model, in one command.
 
-    adalas reproduce            # ~13-15 min on 2 idle CPU cores: 48 sequences x 24 new tokens x 31 configs
+    adalas reproduce            # ~15 min on 2 idle CPU cores: 48 sequences x 24 new tokens x 31 configs
     adalas reproduce --quick    # ~1-2 min idle: 8 sequences x 16 new tokens x 21 configs
 
 On the built-in evaluation set, into results/reproduce/ (or results/reproduce-quick/):
@@ -22,12 +22,13 @@ import time
 from ..cli import add_model_args, check_counts, make_parser
 
 # Sized for 2 idle CPU cores (about 35 s per config at 48 sequences x 32 new tokens; 24 tokens take
-# about 3/4 of that): 1 + 3 x (2 + 5) + 6 = 28 generated configs, the router's 3 rows by lookup,
-# plus loading and the analysis, stay under the 18 minutes DESIGN allows. DESIGN: sweeps on this
-# model are informative between about 20 and 30 layers.
+# about 3/4 of that, say 28 s with the prefill): 1 + 3 x (2 + 5) + 6 = 28 generated configs (~13 min),
+# the router's 3 rows by lookup (seconds), loading and the analysis (~1-2 min): about 15 minutes,
+# under the 18 DESIGN allows (an estimate from the 13-config run; this preset was not yet timed on
+# idle cores). DESIGN: sweeps on this model are informative between about 20 and 30 layers.
 PRESETS = {
     "full": {"limit": 48, "max_new_tokens": 24, "batch_size": 8, "budgets": "24,27,29",
-             "routes_per_budget": 5, "folds": 5, "analysis_limit": 16, "out": "results/reproduce"},
+             "routes_per_budget": 5, "folds": 5, "analysis_limit": 8, "out": "results/reproduce"},
     "quick": {"limit": 8, "max_new_tokens": 16, "batch_size": 8, "budgets": "24,27",
               "routes_per_budget": 5, "folds": 2, "analysis_limit": 4, "out": "results/reproduce-quick"},
 }
@@ -47,7 +48,7 @@ def build_parser():
     p.add_argument("--routes-per-budget", type=int, help="random routes per budget (default 5)")
     p.add_argument("--folds", type=int, help="cross-fitting folds of the per-sequence router (default 5; quick 2; "
                                              "at most a third of the sequences)")
-    p.add_argument("--analysis-limit", type=int, help="sequences for the hidden-state analysis (default 16; quick 4)")
+    p.add_argument("--analysis-limit", type=int, help="sequences for the hidden-state analysis (default 8; quick 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default results/reproduce, or results/reproduce-quick)")
     p.add_argument("--no-progress", action="store_true")
