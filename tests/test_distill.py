@@ -203,3 +203,12 @@ def test_distill_trains_every_depth_mode(strong, tmp_path, mode):
     if depth["mode"] == "learned":
         assert any("controller" in n for n in changed)
     assert AdalasForCausalLM.from_pretrained(tmp_path).depth == DepthConfig.parse(depth)
+
+
+def test_training_on_the_builtin_set_warns_and_the_model_records_its_data(work, tmp_path):  # noqa: F811
+    argv = base_args(work, tmp_path, steps=1)
+    argv[argv.index("--data") + 1] = "builtin"
+    with pytest.warns(UserWarning, match="the built-in set is evaluation data"):
+        train(argv + ["--limit", "4"])
+    record = json.loads((tmp_path / "adalas_training.json").read_text())
+    assert record["data"] == "builtin" and len(record["data_sha256"]) == 64 and record["steps"] == 1
