@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "warmup": ("warmup", "train only the skip controllers, backbone frozen"),
     "train-router": ("train_router", "learn a per-sequence route controller from a sweep"),
     "reproduce": ("reproduce", "the paper's curves on the embedded model: sweep, oracle, analysis, report"),
+    "study": ("study", "the paper's training experiments (E1-E4) from a plan of runs: train, evaluate, report"),
     "bench": ("bench", "speed and memory benchmarks"),
     "export": ("export", "write a plain transformers checkpoint with skipped layers removed"),
 }
