@@ -208,15 +208,15 @@ def test_eval_warns_when_the_model_was_trained_on_the_data(tiny, tmp_path, capsy
     data = str(tiny["data"])
     assert E.training_data_warning(str(model), data) is None  # no record: nothing to say
     record = model / E.TRAINING_FILE
-    record.write_text(json.dumps({"data": "elsewhere.jsonl", "data_sha256": E._local_data_sha256(data)}))
+    record.write_text(json.dumps({"data": "elsewhere.jsonl", "data_sha256": E.data_sha256(data)}))
     assert "trained on" in E.training_data_warning(str(model), data)  # the same bytes under another name
-    record.write_text(json.dumps({"data": "builtin", "data_sha256": E._local_data_sha256("builtin")}))
+    record.write_text(json.dumps({"data": "builtin", "data_sha256": E.data_sha256("builtin")}))
     assert E.training_data_warning(str(model), data) is None
     assert "evaluated on ('builtin')" in E.training_data_warning(str(model), "builtin")
     record.write_text(json.dumps({"data": "tatsu-lab/alpaca", "data_sha256": None, "split": "train"}))
     assert E.training_data_warning(str(model), "tatsu-lab/alpaca", "test") is None  # held-out split
     assert E.training_data_warning(str(model), "tatsu-lab/alpaca", "train") is not None
-    record.write_text(json.dumps({"data": data, "data_sha256": E._local_data_sha256(data)}))
+    record.write_text(json.dumps({"data": data, "data_sha256": E.data_sha256(data)}))
     assert cli_main(["eval", "--model", str(model), "--data", data, "--limit", "2", "--max-new-tokens", "2",
                      "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "its scores are not held-out numbers" in capsys.readouterr().err

@@ -298,6 +298,22 @@ def _builtin_path() -> Path:
     return Path(str(resources.files("adalas") / "builtin_data" / "builtin.jsonl"))
 
 
+TRAINING_FILE = "adalas_training.json"  # in a trained model directory: its `data` and `data_sha256`, and more
+
+
+def data_sha256(data: str | os.PathLike) -> str | None:
+    """sha256 of a local data file's bytes (the packaged file for `builtin`); None for hub datasets.
+    Training records it in the model directory, and evaluation compares it (held-out or not)."""
+    path = _builtin_path() if str(data) == "builtin" else Path(data).expanduser()
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _local_path(data: str | os.PathLike) -> Path | None:
     """The file `data` names (`builtin`, an existing file, *.json(l), an explicit path); None: a hub id."""
     if str(data) == "builtin":

@@ -47,7 +47,8 @@ import torch
 
 from .config import DepthConfig
 from .controllers import chosen_routes
-from .data import Example, build_prompt, load_examples, make_collator, resolve_format, tokenize_prompt
+from .data import (TRAINING_FILE, Example, build_prompt, data_sha256, load_examples, make_collator, resolve_format,
+                   tokenize_prompt)
 from .io import atomic_write_json, atomic_write_text, check_output_dir
 from .metrics import batch_columns, summarize_columns
 from .stats import bootstrap_ci
@@ -480,15 +481,6 @@ def plan_fingerprint(*parts: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Evaluating a model on its own training data
 
-TRAINING_FILE = "adalas_training.json"  # written by training into a model directory: `data`, `data_sha256`
-
-
-def _local_data_sha256(data: str) -> str | None:
-    """sha256 of a local data file's bytes (the packaged file for `builtin`); None for hub datasets."""
-    from .data import _builtin_path
-
-    path = _builtin_path() if data == "builtin" else Path(data).expanduser()
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def training_data_warning(model: str, data: str, split: str = "test") -> str | None:
@@ -503,7 +495,7 @@ def training_data_warning(model: str, data: str, split: str = "test") -> str | N
     except ValueError:
         return f"warning: {record_path} is not valid JSON; cannot tell what the model was trained on"
     trained = record.get("data")
-    sha = _local_data_sha256(data)
+    sha = data_sha256(data)
     same = (sha is not None and sha == record.get("data_sha256")) or (
         trained == data and (sha is not None or record.get("split") == split))
     if not same:

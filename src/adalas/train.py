@@ -36,14 +36,15 @@ from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .cli import OneLineErrors
+from .callbacks import RouteKeyCallback
 from .config import DepthConfig
+from .data import TRAINING_FILE, data_sha256
 from .distill import INDEX_COLUMN, Distiller
 from .io import atomic_write_text, check_output_dir
 from .model import CONTROLLERS_FILE, DEPTH_FILE, AdalasForCausalLM
 from .recipes import check_fields, load_recipe, packaged_file, split_recipe_flag, to_argv
 
 TRAINABLE_FILE = "adalas_trainable.safetensors"  # LoRA runs: the trainable tensors, for resuming
-TRAINING_FILE = "adalas_training.json"  # what a model directory was trained on (eval warns on the same data)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 COMMAND_DEFAULTS = {"report_to": "tensorboard"}  # below the recipe and the command line
@@ -621,21 +622,9 @@ def _frozen_copy(adalas: AdalasForCausalLM) -> AdalasForCausalLM:
     return teacher
 
 
-def data_sha256(data: str) -> str | None:
-    """The hash of a local data file (None for hub datasets)."""
-    import hashlib
-
-    from .data import _builtin_path
-
-    path = _builtin_path() if data == "builtin" else Path(data).expanduser()
-    if not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def training_record(cfg: AdalasArguments, argv: list[str], steps: int, wall_s: float) -> dict:
     """How a model directory was made: the command, recipe, data (name and hash), steps, wall time."""
-    return {"command": "adalas train " + shlex.join(argv), "recipe": cfg.recipe, "data": cfg.data,
+    return {"command": "adalas train " + shlex.join(argv), "recipe": cfg.recipe, "data": cfg.data, "split": "train",
             "data_sha256": data_sha256(cfg.data), "steps": steps, "wall_s": round(wall_s, 1),
             "base_model": cfg.model}
 
@@ -730,7 +719,7 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
 
     trainer = AdalasTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             data_collator=collator, processing_class=tokenizer,
-                            callbacks=list(callbacks), cost_alpha=cfg.cost_alpha, distiller=distiller)
+                            callbacks=[RouteKeyCallback(), *callbacks], cost_alpha=cfg.cost_alpha, distiller=distiller)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         _print_main(args, f"adalas: resuming from {resume}")
