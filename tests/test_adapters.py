@@ -1,0 +1,41 @@
+"""The adapted embedded models that ship with the package (src/adalas/adapters/<alias>/): each loads by
+alias, runs exactly the layers its name says for every generated token, and is small."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from adalas import AdalasForCausalLM
+from adalas.hub import adapter_aliases, adapter_dir, load_tokenizer
+
+ALIASES = adapter_aliases()
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_a_shipped_adapter_is_small_and_says_how_it_was_made(alias):
+    d = adapter_dir(alias)
+    assert (d / "adapter_model.safetensors").stat().st_size <= 11 * 2 ** 20
+    provenance = json.loads((d / "provenance.json").read_text())
+    assert {"command", "recipe", "data_sha256", "steps", "wall_s", "base_model"} <= set(provenance)
+    assert provenance["data"] != "builtin"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alias", ALIASES)
+def test_a_shipped_alias_loads_and_runs_the_layers_its_name_says(alias):
+    model = AdalasForCausalLM.from_pretrained(alias)
+    tok = load_tokenizer(alias)
+    match = re.search(r"-adapted-(\d+)$", alias)
+    expected = int(match.group(1)) if match else model.num_layers  # the dropout model defaults to full depth
+    route = model.depth.static_route(model.num_layers)
+    assert route is not None and sum(route) == expected
+    ids = tok.apply_chat_template([{"role": "user", "content": "Name three colors."}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    model.reset_usage()
+    with torch.no_grad():
+        model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert model.avg_layers() == pytest.approx(expected)
+    assert [u for u in model.layer_usage()] == [1.0 if r else 0.0 for r in route]
