@@ -490,7 +490,7 @@ def build_prompt(example: Example, prompt_format: PromptFormat = "auto", tokeniz
 # ---------------------------------------------------------------------------------------------
 # Tokenization
 
-def _adds_bos(tokenizer) -> bool:
+def adds_bos(tokenizer) -> bool:
     """Whether the tokenizer puts BOS in front by default (Llama, OPT do; GPT-2 does not)."""
     bos = tokenizer.bos_token_id
     if bos is None:
@@ -532,7 +532,7 @@ def _prompt_ids(example: Example, tokenizer, prompt_format: str, max_prompt_toke
     """
     segments = _segments(example, prompt_format, tokenizer)
     bos_text = tokenizer.bos_token
-    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) and not (
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) and not (
         bos_text and segments[0].text.startswith(bos_text)) else []  # chat templates may write BOS
 
     def encode(texts: list[str]) -> list[int]:
@@ -597,7 +597,7 @@ def _tokenizer_identity(tokenizer) -> dict:
     return {"name": tokenizer.name_or_path, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
             "vocab": _sha256(sorted(tokenizer.get_vocab().items())),
             "chat_template": _sha256(getattr(tokenizer, "chat_template", None)),
-            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "adds_bos": _adds_bos(tokenizer)}
+            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "adds_bos": adds_bos(tokenizer)}
 
 
 _ROW_SCHEMA = pa.schema([(name, pa.list_(pa.int32())) for name in ("input_ids", "attention_mask", "labels")])

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .data import Example, load_examples, make_collator, tokenize_prompt
+from .data import Example, adds_bos, load_examples, make_collator, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text
 
 NGRAM = 8
@@ -131,11 +131,8 @@ def user_turn(tokenizer) -> tuple[list[int], int]:
     if not end:
         raise ValueError("synth: the chat template writes nothing after the user message; pass --prompts FILE")
     prefix = tokenizer.encode(before, add_special_tokens=False)
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not prefix or prefix[0] != bos) and tokenizer.bos_token and \
-            not before.startswith(tokenizer.bos_token) and len(tokenizer.encode("a")) > len(
-                tokenizer.encode("a", add_special_tokens=False)):
-        prefix = [bos] + prefix
+    if adds_bos(tokenizer) and not before.startswith(tokenizer.bos_token):  # as prompts are tokenized
+        prefix = [tokenizer.bos_token_id] + prefix
     return prefix, end[0]
 
 
