@@ -356,20 +356,22 @@ def record_path(plan: Plan, name: str) -> Path:
 
 
 def train_runs(plan: Plan, stages: Stages) -> list[dict]:
-    """Train every run whose record is missing (in plan order); returns the records in plan order."""
-    from .train import parse_args, run
+    """Train every run whose record is missing (in plan order); returns the records in plan order.
+
+    A run directory whose `adalas_training.json` already records this command finished (the study was
+    killed before writing its record): it is adopted, not trained again."""
+    from .train import TRAINING_FILE, latest_checkpoint, parse_args, run
 
     records = []
     for r in plan.runs:
         argv = r.argv(plan.overrides, plan.runs_dir)
         command = "adalas train " + shlex.join(argv)
-        path = record_path(plan, r.name)
+        path, run_dir = record_path(plan, r.name), plan.runs_dir / r.name
         rec = read_json(path)
         if rec is not None:
             if rec.get("command") != command:
                 raise ValueError(f"run {r.name}: {path} records another command ({rec.get('command')!r}); the plan "
-                                 f"changed: use another --out, or delete {path} and {plan.runs_dir / r.name} to "
-                                 f"retrain it")
+                                 f"changed: use another --out, or delete {path} and {run_dir} to retrain it")
             records.append(rec)
             continue
         cfg, _ = parse_args(argv)
@@ -377,20 +379,19 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
         if data.suffix in (".json", ".jsonl") and not data.is_file():
             raise ValueError(f"run {r.name}: training data {cfg.data!r} not found (data/synth/README.md says how to "
                              f"make the self-written data)")
-        from .train import latest_checkpoint
-
-        resumed = latest_checkpoint(plan.runs_dir / r.name)
-        _log(f"train {r.name}" + (f" (resuming from {resumed.name})" if resumed else "") + f": {command}")
-        t0 = time.perf_counter()
-        run(argv)
-        wall = time.perf_counter() - t0
-        stages.add(f"train:{r.name}", wall)
-        made = read_json(plan.runs_dir / r.name / "adalas_training.json") or {}
-        depth = read_json(plan.runs_dir / r.name / "adalas_depth.json")
+        made = read_json(run_dir / TRAINING_FILE) or {}
+        resumed = None
+        if made.get("command") != command:
+            resumed = latest_checkpoint(run_dir)
+            _log(f"train {r.name}" + (f" (resuming from {resumed.name})" if resumed else "") + f": {command}")
+            t0 = time.perf_counter()
+            run(argv)
+            stages.add(f"train:{r.name}", time.perf_counter() - t0)
+            made = read_json(run_dir / TRAINING_FILE) or {}
         rec = {"name": r.name, "command": command, "recipe": r.recipe, "overrides": r.overrides,
-               "output_dir": str(plan.runs_dir / r.name), "data": cfg.data,
-               "data_sha256": made.get("data_sha256") or sha256_of(data), "steps": made.get("steps"),
-               "wall_s": round(wall, 1), "resumed_from": resumed.name if resumed else None, "depth": depth,
+               "output_dir": str(run_dir), "data": cfg.data, "data_sha256": made.get("data_sha256") or sha256_of(data),
+               "steps": made.get("steps"), "wall_s": made.get("wall_s"),
+               "resumed_from": resumed.name if resumed else None, "depth": read_json(run_dir / "adalas_depth.json"),
                "cost_alpha": cfg.cost_alpha}
         atomic_write_json(path, rec)
         records.append(rec)
@@ -401,12 +402,17 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
 # Evaluation: sweeps over the same sequences
 
 def _sweep_complete(sweep_dir: Path, config_ids: Sequence[str], n: int) -> bool:
-    """Whether sweep.jsonl has every config over all n sequences (then no model needs loading)."""
-    f = sweep_dir / "sweep.jsonl"
-    if not f.is_file():
+    """Whether every config has its n rows in per_sequence.jsonl and its line in sweep.jsonl (then no
+    model needs loading)."""
+    from .evaluate import read_jsonl
+
+    if not (sweep_dir / "sweep.jsonl").is_file():
         return False
-    rows = {r["config_id"]: r for r in (json.loads(x) for x in f.read_text().splitlines() if x.strip())}
-    return all(c in rows and rows[c].get("n") == n for c in config_ids)
+    summarized = {r["config_id"] for r in read_jsonl(sweep_dir / "sweep.jsonl")}
+    ids: dict[str, set] = {}
+    for r in read_jsonl(sweep_dir / "per_sequence.jsonl"):
+        ids.setdefault(r["config_id"], set()).add(r["id"])
+    return all(c in summarized and len(ids.get(c, ())) == n for c in config_ids)
 
 
 class Evaluator:

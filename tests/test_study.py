@@ -1,0 +1,178 @@
+"""`adalas study`: the whole pipeline on the tiny model `--quick` builds (train, sweeps, oracle, router,
+study.json, report.md, plots), a second run that trains and generates nothing, a run and some rows
+made again after they were lost, and the plan's checks and the analysis' arithmetic on small cases."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adalas.cli import main
+from adalas.study import VERDICTS, _curve_scores, load_plan, plan_names, tiny_rows
+
+EXPERIMENTS = ("E1", "E2", "E3", "E4")
+
+
+def _study(out: Path, runs: Path) -> float:
+    t0 = time.perf_counter()
+    assert main(["study", "--quick", "--out", str(out), "--runs", str(runs), "--no-progress"]) == 0
+    return time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One `adalas study --quick` into a fresh directory: (out, runs, wall seconds)."""
+    root = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADALAS_CACHE", str(root / "cache"))
+        wall = _study(root / "out", root / "runs")
+    print(f"adalas study --quick: {wall:.0f} s")
+    return root / "out", root / "runs", wall
+
+
+def _rows(path: Path) -> dict[tuple, str]:
+    """per_sequence.jsonl lines by (config_id, id)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        out[r["config_id"], r["id"]] = line
+    return out
+
+
+def test_quick_study_writes_every_experiment_with_intervals_runs_and_a_verdict(quick):
+    out, runs, _ = quick
+    doc = json.loads((out / "study.json").read_text())
+    plan = load_plan("quick", out=out, runs_dir=runs)
+    for name in EXPERIMENTS:
+        e = doc[name]
+        assert e["verdict"] in VERDICTS, (name, e["verdict"])
+        assert e["reason"] and e["decided_by"] and all(isinstance(s, str) for s in e["decided_by"])
+        assert e["n"] == 19 and "avg_layers" in e["depth_unit"]
+        assert e["runs"], name
+        for r in e["runs"]:
+            assert r["name"] and r["command"].startswith("adalas ") and r["wall_s"] >= 0
+            assert len(r["data_sha256"]) == 64
+    assert [r["name"] for r in doc["runs"]] == [r.name for r in plan.runs]
+    assert all(r["command"].startswith("adalas train ") and r["steps"] for r in doc["runs"])
+
+    def interval(d):  # a paired difference with its 95% interval
+        lo, hi = d["ci95"]
+        assert lo <= d["diff"] + 1e-12 and d["diff"] <= hi + 1e-12 and d["n"] == 19
+
+    for c in doc["E1"]["comparisons"]:
+        assert c["equal_depth"] and c["skip"]["avg_layers"] == c["depth"] and len(c["skip"]["ci95"]) == 2
+        interval(c["skip_minus_exit"])
+        interval(c["off_the_shelf"]["skip_minus_exit"])
+    e2 = doc["E2"]
+    assert len(e2["curves"]["hidden_states"]) == len(e2["curves"]["fixed"]) == 3
+    assert {p["cost_alpha"] for p in e2["curves"]["fixed"]} == {0.5, 4.0, 16.0}
+    assert [p["avg_layers"] for p in e2["curves"]["dropout_uniform_skip"]] == [2, 3, 4, 5, 6, 7, 8]
+    if e2["overall"] is not None:
+        interval(e2["overall"])
+        for a in e2["at_common_depths"]:
+            interval(a["hidden_minus_fixed"])
+    e3 = doc["E3"]
+    assert e3["k"] == 10 and len(e3["configs"]) == 10
+    null = e3["oracle"]["null_control"]
+    assert null["k"] == 10 and null["configs"] == ["full", *(f"full_sample#{s}" for s in range(1, 10))]
+    assert e3["oracle"]["bootstrap"]["resamples"] == 40 and len(e3["oracle"]["match_fraction_null_adjusted_ci95"]) == 2
+    assert e3["paper_fraction"] == 0.233 and e3["differences"]
+    e4 = doc["E4"]
+    assert [t["target"] for t in e4["targets"]] == [5.0, 6.0, 7.0]
+    for t in e4["targets"]:
+        interval({**t["minus_best_fixed_mix"], "n": 19})
+        assert len(t["router"]["ci95"]) == 2
+    assert e4["speed"]["full_tokens_per_s"] > 0 and e4["speed"]["router_tokens_per_s"] > 0
+
+    report = (out / "report.md").read_text()
+    for name in EXPERIMENTS:
+        assert f"## {name}" in report and f"**{doc[name]['verdict']}**" in report
+    assert "95% CI" in report
+    for png in ("e1.png", "e2.png", "e4.png", "E3/rouge_vs_layers.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # what the training runs wrote stays out of the results directory
+    assert not any(p.name.endswith(".safetensors") and "router" not in str(p) for p in out.rglob("*"))
+
+
+def test_a_second_run_trains_and_generates_nothing_and_lost_work_is_redone(quick, tmp_path, monkeypatch):
+    out, runs, first = quick
+    monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))
+    records = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
+    checkpoints = {p: p.stat().st_mtime_ns for p in runs.rglob("model.safetensors")}
+    stages = json.loads((out / "stages.json").read_text())
+    rows = {d: (out / d / "per_sequence.jsonl").read_bytes() for d in ("adapted", "E3")}
+
+    again = _study(out, runs)
+    assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == records
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("model.safetensors")} == checkpoints
+    assert json.loads((out / "stages.json").read_text()) == stages  # no stage did any work
+    assert {d: (out / d / "per_sequence.jsonl").read_bytes() for d in rows} == rows
+    assert again < first
+
+    # a lost record of a finished run: adopted from the run directory, not trained again
+    (out / "train" / "exit-6.json").unlink()
+    # a run killed after its first checkpoint, and a config's lost rows
+    import shutil
+
+    (out / "train" / "exit-5.json").unlink()
+    (runs / "exit-5" / "adalas_training.json").unlink()
+    shutil.rmtree(runs / "exit-5" / "checkpoint-6")
+    path = out / "E3" / "per_sequence.jsonl"
+    before = _rows(path)
+    path.write_text("".join(line + "\n" for key, line in before.items() if key[0] != "full_sample#9"))
+    _study(out, runs)
+    assert (out / "train" / "exit-6.json").read_bytes() == records["exit-6.json"]
+    record = json.loads((out / "train" / "exit-5.json").read_text())
+    assert record["resumed_from"] == "checkpoint-3" and record["steps"] == 6
+    assert _rows(path) == before  # the same rows, generated again with the same seed and batch companions
+    doc = json.loads((out / "study.json").read_text())
+    assert doc["E3"]["oracle"]["null_control"]["k"] == 10
+    assert set(json.loads((out / "stages.json").read_text())) - set(stages) == set()  # the same stages, more time
+
+
+def test_packaged_plans_parse_every_run_as_training_would(tmp_path):
+    assert {"quick", "smollm2-135m"} <= set(plan_names())
+    real = load_plan("smollm2-135m", out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    assert real.model == "smollm2-135m" and real.eval["data"] == "builtin" and real.eval["limit"] is None
+    assert all(r.recipe and r.recipe.startswith("smollm2-135m-") for r in real.runs)
+    e3 = real.experiments["E3"]
+    assert len(e3["uniform_skip"]) >= 6 and len(e3["early_exit"]) == 3  # K = 10: 9 full_sample runs
+    assert len(real.experiments["E2"]["hidden_states"]) >= 3 and len(real.experiments["E2"]["fixed"]) >= 3
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # checking writes nothing
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(bogus=1), r"unknown field\(s\) bogus"),
+    (lambda d: d["experiments"]["E1"]["pairs"][0].update(skip="nope"), r"E1.pairs.skip: no run named 'nope'"),
+    (lambda d: d["runs"][1]["overrides"].update(output_dir="x"), r"run skip-6: output_dir is the study's"),
+    (lambda d: d["runs"][1]["overrides"].update(depth="{bad"), r"run skip-6: .*depth"),
+    (lambda d: d["experiments"]["E2"].update(fixed=["fixed-a4"]), r"E2.fixed: needs 2 or more runs"),
+])
+def test_a_bad_plan_is_refused_naming_what_is_wrong(tmp_path, edit, message):
+    import yaml
+
+    from adalas.study import plan_path
+
+    doc = yaml.safe_load(plan_path("quick").read_text())
+    edit(doc)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=message):
+        load_plan(bad, out=tmp_path / "out", runs_dir=tmp_path / "runs")
+
+
+def test_a_curve_is_interpolated_per_sequence_between_its_two_neighbours():
+    curve = [(2.0, np.array([0.0, 1.0])), (4.0, np.array([1.0, 0.0])), (8.0, np.array([1.0, 1.0]))]
+    np.testing.assert_allclose(_curve_scores(curve, 3.0), [0.5, 0.5])  # half of each config
+    np.testing.assert_allclose(_curve_scores(curve, 4.0), [1.0, 0.0])
+    np.testing.assert_allclose(_curve_scores(curve, 7.0), [1.0, 0.75])
+    assert _curve_scores(curve, 1.9) is None and _curve_scores(curve, 8.1) is None
+
+
+def test_tiny_rows_hold_out_evaluation_pairs():
+    train, held = tiny_rows()
+    pairs = lambda rows: {(r["instruction"], r["input"]) for r in rows}  # noqa: E731
+    assert not pairs(train) & pairs(held) and len(held) == 19 and len({r["id"] for r in held}) == 19
