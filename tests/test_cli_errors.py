@@ -122,6 +122,7 @@ BASE = {
     "export": ["--model", "@model", "--depth", DEPTH_OK, "--out", "@out"],
     "reproduce": ["--model", "@model", "--data", "@data", "--limit", "2", "--max-new-tokens", "2", "--budgets", "3",
                   "--analysis-limit", "1", "--no-progress", "--out", "@out"],
+    "study": ["--quick", "--out", "@out", "--runs", "@runs", "--no-progress"],
     "synth": ["--model", "@model", "--n", "2", "--batch-size", "2", "--max-new-tokens", "2", "--no-progress",
               "--out", "@out"],
     "bench": ["decode", "--model", "@model", "--new-tokens", "2", "--repeats", "1", "--batch-sizes", "1",
@@ -293,6 +294,16 @@ MATRIX = [
     *_rows("reproduce", ["--limit", "0"], r"--limit: must be >= 1, got 0", name="limit-zero"),
     *_rows("reproduce", ["--out", "@taken"], r"--out: '.*taken' exists and is a file; pass a directory", _taken,
            name="out-is-a-file"),
+    # study: the plan and the directories are checked before anything is built or trained
+    *_rows("study", ["--plan", "@missing"], r"--plan: '.*missing\.jsonl': no such file and no packaged plan of that "
+           r"name; packaged: quick, smollm2-135m", name="plan-missing"),
+    *_rows("study", ["--plan", "@nocolumns_jsonl"], r"plan .*nocolumns\.jsonl: unknown field\(s\) answer, question; "
+           r"allowed: description, eval", name="plan-unknown-fields"),
+    *_rows("study", ["--out", "@taken"], r"--out: '.*taken' exists and is a file; pass a directory", _taken,
+           name="out-is-a-file"),
+    *_rows("study", ["--runs", "@taken"], r"--runs: '.*taken' exists and is a file; pass a directory", _taken,
+           name="runs-is-a-file"),
+    *_rows("study", ["--threads", "0"], r"--threads: must be >= 1, got 0", name="threads-0"),
     *_rows("eval", ["--data", "@long_jsonl"], r"the prompt with id 'long' has \d+ tokens; with 2 new tokens the "
            r"model's context of 256 positions leaves room for 254", name="prompt-longer-than-context-256"),
     *_rows("demo", ["--model", "@short", "--max-new-tokens", "12"], r"demo prompts: the prompt with id '\d' has \d+ "
@@ -386,7 +397,7 @@ MATRIX = [
 
 def _paths(tmp: Path, world: dict) -> dict:
     return {**world, "out": str(tmp / "out"), "taken": str(tmp / "taken"), "taken_sub": str(tmp / "taken" / "sub"),
-            "outdir": str(tmp / "outdir"), "sweep": str(tmp / "sweep"), "evaluated": str(tmp / "evaluated")}
+            "runs": str(tmp / "runs"), "outdir": str(tmp / "outdir"), "sweep": str(tmp / "sweep"), "evaluated": str(tmp / "evaluated")}
 
 
 def _snapshot(root: Path) -> dict[str, str]:
