@@ -68,7 +68,7 @@ EXPERIMENT_KEYS = {
     "E1": {"pairs"},
     "E2": {"hidden_states", "fixed", "baseline", "margin"},
     "E3": {"run", "uniform_skip", "early_exit", "random_route", "bootstrap", "goal_fraction", "paper_fraction",
-           "off_the_shelf_fraction", "off_the_shelf_source"},
+           "off_the_shelf_oracle", "off_the_shelf_fraction", "off_the_shelf_source"},
     "E4": {"targets", "folds", "speed", "feature_layers"},
 }
 
@@ -370,8 +370,8 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
         rec = read_json(path)
         if rec is not None:
             if rec.get("command") != command:
-                raise ValueError(f"run {r.name}: {path} records another command ({rec.get('command')!r}); the plan "
-                                 f"changed: use another --out, or delete {path} and {run_dir} to retrain it")
+                raise ValueError(f"run {r.name}: {path} records another command: the plan changed; use another "
+                                 f"--out, or delete {path} and {run_dir} to retrain it")
             records.append(rec)
             continue
         cfg, _ = parse_args(argv)
@@ -832,8 +832,7 @@ def analyse_e3(plan: Plan, records: dict, e3_dir: Path) -> dict:
                    "match_fraction_null_adjusted": None if adj is None else adj / L,
                    "match_fraction_null_adjusted_ci95": interval["ci95"], "bootstrap": interval,
                    "shallowest_candidate_fraction": floor},
-        "paper_fraction": spec.get("paper_fraction", 0.233), "off_the_shelf_fraction": spec.get("off_the_shelf_fraction"),
-        "off_the_shelf_source": spec.get("off_the_shelf_source"), "goal_fraction": goal,
+        "paper_fraction": spec.get("paper_fraction", 0.233), **_off_the_shelf(spec), "goal_fraction": goal,
         "differences": [
             f"model: {plan.model} ({L} layers), adapted by LoRA + self-distillation with layer dropout "
             f"(run {spec['run']}), against OPT-IML-1.3B (24 layers) fine-tuned on each task",
@@ -861,14 +860,31 @@ def analyse_e3(plan: Plan, records: dict, e3_dir: Path) -> dict:
     return out
 
 
+def _off_the_shelf(spec: dict) -> dict:
+    """The base model's oracle: read from `off_the_shelf_oracle` (an oracle.json, e.g. adalas reproduce's)
+    when that file exists, else the plan's `off_the_shelf_fraction` and `off_the_shelf_source`."""
+    path = spec.get("off_the_shelf_oracle")
+    doc = read_json(Path(path)) if path else None
+    if doc is None:
+        return {"off_the_shelf_fraction": spec.get("off_the_shelf_fraction"),
+                "off_the_shelf_fraction_null_adjusted": None, "off_the_shelf_source": spec.get("off_the_shelf_source")}
+    adj = doc.get("match_avg_layers_null_adjusted")
+    return {"off_the_shelf_fraction": doc.get("match_fraction"),
+            "off_the_shelf_fraction_null_adjusted": None if adj is None else adj / doc["num_layers"],
+            "off_the_shelf_source": f"{path}: {doc['n_sequences']} sequences, K = {doc['n_configs']}"
+                                    + ("" if doc.get("null_control") else ", no null control")}
+
+
 def _e3_sentence(e3: dict, L: int) -> str:
     """The oracle's match before and after the null gain, with the interval, beside the paper's."""
     o = e3["oracle"]
     pct = lambda x: f"{x:.2f} of {L} layers ({100 * x / L:.1f}%)"  # noqa: E731
     raw = "never" if o["match_avg_layers"] is None else f"with {pct(o['match_avg_layers'])}"
     shelf = e3["off_the_shelf_fraction"]
+    shelf_adj = e3.get("off_the_shelf_fraction_null_adjusted")
     tail = (f" The paper: {100 * e3['paper_fraction']:.1f}%"
-            + (f"; off the shelf on the embedded model: {100 * shelf:.1f}%." if shelf else "."))
+            + (f"; the base model off the shelf: {100 * shelf:.1f}%" if shelf else "")
+            + (f" ({100 * shelf_adj:.1f}% with its null gain subtracted)" if shelf_adj is not None else "") + ".")
     if not o["null_control"]:
         return f"The oracle matches full depth {raw}, with no null control (no full_sample rows): uncontrolled.{tail}"
     adj, b = o["match_avg_layers_null_adjusted"], o["bootstrap"]
@@ -1123,8 +1139,10 @@ def write_report(out: Path, doc: dict) -> Path:
     md += [f"| ... its 95% CI ({o['bootstrap']['resamples']} resamples of the sequences) | | "
            + ("–" if ci is None else f"{100 * ci[0]:.1f}% to {100 * ci[1]:.1f}%") + " |",
            f"| the paper (OPT-IML-1.3B, Alpaca) | | {100 * e3['paper_fraction']:.1f}% |",
-           "| off the shelf (the base model, no null control) | | "
+           "| off the shelf (the base model) | | "
            + ("–" if not e3["off_the_shelf_fraction"] else f"{100 * e3['off_the_shelf_fraction']:.1f}%")
+           + ("" if e3["off_the_shelf_fraction_null_adjusted"] is None
+              else f"; {100 * e3['off_the_shelf_fraction_null_adjusted']:.1f}% with its null gain subtracted")
            + (f" ({e3['off_the_shelf_source']})" if e3["off_the_shelf_source"] else "") + " |",
            f"| the goal | | at most {100 * e3['goal_fraction']:.0f}% |", ""]
     if o["null_control"]:
