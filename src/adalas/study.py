@@ -40,8 +40,8 @@ import yaml
 
 from .io import atomic_write_json, atomic_write_text, check_output_dir
 from .oracle import match_depth, oracle_curve
-from .report import read_json, read_scores, read_sweep, save_figure, _plt, oracle_score_at
-from .stats import bootstrap_ci, describe_difference, paired_bootstrap
+from .report import _plt, oracle_score_at, read_json, read_scores, read_sweep, save_figure
+from .stats import describe_difference, paired_bootstrap
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 DEPTH_UNIT = ("average layers run per generated token: decode steps pooled over sequences (`avg_layers`; "
@@ -319,18 +319,7 @@ def build_tiny(directory: str | Path, layers: int = 8, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Small helpers: files, hashes, wall time
-
-def sha256_of(path: str | Path) -> str | None:
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-
-
-def eval_data_sha256(data: str) -> str | None:
-    from .data import _builtin_path
-
-    return sha256_of(_builtin_path() if data == "builtin" else Path(data).expanduser())
-
+# Small helpers: the log, wall time
 
 def _log(text: str) -> None:
     print(f"[study] {text}", flush=True)
@@ -360,7 +349,8 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
 
     A run directory whose `adalas_training.json` already records this command finished (the study was
     killed before writing its record): it is adopted, not trained again."""
-    from .train import TRAINING_FILE, latest_checkpoint, parse_args, run
+    from .data import TRAINING_FILE, data_sha256
+    from .train import latest_checkpoint, parse_args, run
 
     records = []
     for r in plan.runs:
@@ -389,7 +379,7 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
             stages.add(f"train:{r.name}", time.perf_counter() - t0)
             made = read_json(run_dir / TRAINING_FILE) or {}
         rec = {"name": r.name, "command": command, "recipe": r.recipe, "overrides": r.overrides,
-               "output_dir": str(run_dir), "data": cfg.data, "data_sha256": made.get("data_sha256") or sha256_of(data),
+               "output_dir": str(run_dir), "data": cfg.data, "data_sha256": made.get("data_sha256") or data_sha256(cfg.data),
                "steps": made.get("steps"), "wall_s": made.get("wall_s"),
                "resumed_from": resumed.name if resumed else None, "depth": read_json(run_dir / "adalas_depth.json"),
                "cost_alpha": cfg.cost_alpha}
@@ -540,8 +530,8 @@ def run_e4(plan: Plan, ev: Evaluator, configs: list, stages: Stages) -> None:
         routed = [(SweepConfig(f"sequence@{t:g}", "sequence", None, DepthConfig(mode="sequence", target_avg_layers=t)),
                    crossfit_rows(e3_dir, table, crossfit["choices"][f"{t:g}"], f"sequence@{t:g}")) for t in targets]
         add_configs(e3_dir, ev.items, configs, routed, num_layers=L, model_id=dropout, data_id=ev.data_id)
-        atomic_write_json(crossfit_path, {"folds": folds, "seed": plan.eval["seed"], "candidates": list(table.config_ids),
-                                          "feature_layers": layers, "targets": targets, **crossfit})
+        atomic_write_json(crossfit_path, {"folds": folds, "seed": plan.eval["seed"], "feature_layers": layers,
+                                          "candidates": list(table.config_ids), "targets": targets, **crossfit})
         stages.add("E4:router", time.perf_counter() - t0)
     speed = e4.get("speed") or {}
     speed_path = out / "speed.json"
@@ -630,10 +620,6 @@ def _point(row: dict) -> dict:
             "ci95": row.get("rougeL_ci95"), "n": row["n"]}
 
 
-def _paired(a: np.ndarray, b: np.ndarray) -> dict:
-    return paired_bootstrap(a, b)
-
-
 def _direction(ci: Sequence[float]) -> int:
     """+1: the interval lies above 0; -1: below; 0: it covers 0."""
     return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
@@ -670,9 +656,9 @@ def analyse_e1(plan: Plan, records: dict, adapted: Path) -> dict:
     for pair in plan.experiments["E1"]["pairs"]:
         skip, exit_ = pair["skip"], pair["exit"]
         ids, (a, b) = _aligned(scores, [f"learned:{skip}", f"learned:{exit_}"])
-        adapted_diff = _paired(a, b)
+        adapted_diff = paired_bootstrap(a, b)
         _, (c, d) = _aligned(scores, [f"base@{skip}", f"base@{exit_}"])
-        shelf_diff = _paired(c, d)
+        shelf_diff = paired_bootstrap(c, d)
         sa, ea = rows[f"learned:{skip}"]["avg_layers"], rows[f"learned:{exit_}"]["avg_layers"]
         where = f"at {pair['depth']} layers"
         out["comparisons"].append({
@@ -725,7 +711,7 @@ def analyse_e2(plan: Plan, records: dict, adapted: Path, e3_dir: Path) -> dict:
             base = _curve_scores(baseline, p["avg_layers"])
             if base is not None:
                 mine = np.array([scores[p["config_id"]][i] for i in ids])
-                diff = _paired(mine, base)
+                diff = paired_bootstrap(mine, base)
                 beside.append({"input": k, "run": p["run"], "avg_layers": p["avg_layers"], "minus_uniform_skip": diff,
                                "sentence": describe_difference(f"the {k} controller ({p['run']})",
                                                                "uniform skipping of the dropout model", diff,
@@ -746,12 +732,12 @@ def analyse_e2(plan: Plan, records: dict, adapted: Path, e3_dir: Path) -> dict:
             a, b = _curve_scores(h, d), _curve_scores(f, d)
             hs.append(a)
             fs.append(b)
-            diff = _paired(a, b)
+            diff = paired_bootstrap(a, b)
             base = _curve_scores(baseline, d)
             at.append({"avg_layers": d, "hidden_states": float(a.mean()), "fixed": float(b.mean()),
                        "dropout_uniform_skip": None if base is None else float(base.mean()),
                        "hidden_minus_fixed": diff})
-        overall = _paired(np.mean(hs, axis=0), np.mean(fs, axis=0))
+        overall = paired_bootstrap(np.mean(hs, axis=0), np.mean(fs, axis=0))
         where = (f"averaged over {len(grid)} common depth{'s' if len(grid) != 1 else ''} from {lo:.2f} to {hi:.2f} "
                  f"layers (each curve interpolated per sequence)")
         sentence = describe_difference("hidden-state controllers", "fixed-input controllers", overall, where)
@@ -823,8 +809,9 @@ def analyse_e3(plan: Plan, records: dict, e3_dir: Path) -> dict:
         "full": _point(by["full"]),
         "uniform_skip": [_point(r) for r in rows if r["strategy"] == "uniform_skip"],
         "early_exit": [_point(r) for r in rows if r["strategy"] == "early_exit"],
-        "random_routes": [{"budget": b, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                           "n_routes": len(v)} for b, v in sorted(rnd.items(), reverse=True)],
+        "random_routes": [{"budget": b, "mean": float(np.mean(v)), "n_routes": len(v),
+                           "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+                          for b, v in sorted(rnd.items(), reverse=True)],
         "oracle": {"full_score": oracle["full_score"], "score_with_every_layer": top,
                    "gain_at_full_depth": top - oracle["full_score"], "null_control": null, "null_gain": gain,
                    "match_avg_layers": oracle["match_avg_layers"], "match_fraction": oracle["match_fraction"],
@@ -846,15 +833,16 @@ def analyse_e3(plan: Plan, records: dict, e3_dir: Path) -> dict:
         ],
     }
     ci = interval["ci95"]
+    interval_of = "the interval of the null-adjusted match"
     if not null or ci is None:
         verdict, why = "inconclusive", "no null control (full_sample rows) to subtract"
     elif ci[1] <= goal:
-        verdict, why = "reproduced", f"the interval of the null-adjusted match lies at or below {100 * goal:.0f}% of the layers"
+        verdict, why = "reproduced", f"{interval_of} lies at or below {100 * goal:.0f}% of the layers"
     elif ci[0] > goal:
-        verdict, why = "not reproduced", (f"the interval of the null-adjusted match lies above {100 * goal:.0f}% of the "
-                                          f"layers (a resample that never matches counts as 100%)")
+        verdict, why = "not reproduced", (f"{interval_of} lies above {100 * goal:.0f}% of the layers (a resample that "
+                                          f"never matches counts as 100%)")
     else:
-        verdict, why = "inconclusive", f"the interval of the null-adjusted match straddles {100 * goal:.0f}% of the layers"
+        verdict, why = "inconclusive", f"{interval_of} straddles {100 * goal:.0f}% of the layers"
     out["decided_by"] = [_e3_sentence(out, L)]
     out.update(verdict=verdict, reason=why, runs=[records[spec["run"]]])
     return out
@@ -912,7 +900,7 @@ def analyse_e4(plan: Plan, records: dict, e3_dir: Path) -> dict:
         router = rows[cid]
         mine = np.array([scores[cid][i] for i in ids])
         base = _curve_scores(skip, router["avg_layers"])
-        vs_skip = None if base is None else _paired(mine, base)
+        vs_skip = None if base is None else paired_bootstrap(mine, base)
         mix = paired_mix[float(t)]
         vs_mix = {"diff": mix["diff"], "ci95": mix["ci95"], "n": len(ids), "mix": mix["mix"]}
         where = f"aiming at {t:g} layers ({router['avg_layers']:.2f} run)"
@@ -955,7 +943,9 @@ def analyse(plan: Plan, records: dict, stages: dict) -> dict:
     from .evaluate import versions
 
     adapted, e3_dir = plan.out / "adapted", plan.out / "E3"
-    eval_sha = eval_data_sha256(plan.eval["data"])
+    from .data import data_sha256
+
+    eval_sha = data_sha256(plan.eval["data"])
     doc = {"E1": analyse_e1(plan, records, adapted), "E2": analyse_e2(plan, records, adapted, e3_dir),
            "E3": analyse_e3(plan, records, e3_dir), "E4": analyse_e4(plan, records, e3_dir)}
     evals = {"E1": [("sweep:adapted", adapted)], "E2": [("sweep:adapted", adapted), ("sweep:E3", e3_dir)],
@@ -1032,7 +1022,8 @@ def plot_e2(doc: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label, color, marker in [("hidden_states", "controllers reading the hidden state", "tab:orange", "D"),
                                       ("fixed", "controllers with a fixed input", "tab:purple", "s"),
-                                      ("dropout_uniform_skip", "uniform skipping, layer-dropout model", "tab:blue", "o")]:
+                                      ("dropout_uniform_skip", "uniform skipping, layer-dropout model", "tab:blue",
+                                       "o")]:
         pts = e2["curves"][key]
         xs, ys = [p["avg_layers"] for p in pts], [p["rougeL"] for p in pts]
         ax.errorbar(xs, ys, yerr=_yerr(pts, ys), color=color, marker=marker, capsize=3, label=label)
@@ -1062,7 +1053,8 @@ def plot_e4(out: Path, doc: dict, path: Path) -> Path:
                     markersize=4)
     pts = [t["router"] for t in doc["E4"]["targets"]]
     xs, ys = [p["avg_layers"] for p in pts], [p["rougeL"] for p in pts]
-    ax.errorbar(xs, ys, yerr=_yerr(pts, ys), fmt="P", color="tab:brown", capsize=3, label="per-sequence router (cross-fitted)")
+    ax.errorbar(xs, ys, yerr=_yerr(pts, ys), fmt="P", color="tab:brown", capsize=3,
+                label="per-sequence router (cross-fitted)")
     ax.set_xlabel("average layers run per generated token")
     ax.set_ylabel("ROUGE-L")
     ax.set_title(f"E4: the per-sequence router on the layer-dropout model ({doc['E4']['n']} sequences)", fontsize=10)
@@ -1086,7 +1078,8 @@ def write_report(out: Path, doc: dict) -> Path:
     md = ["# adalas study: the paper's training experiments", "",
           f"Plan `{s['plan']}` ({s['description']}); model `{s['model']}`; evaluation on `{s['eval']['data']}` "
           f"({e1['n']} sequences, {s['eval']['max_new_tokens']} new tokens, greedy, batch {s['eval']['batch_size']}); "
-          f"training wall time {s['train_wall_s'] / 60:.1f} min over {len(doc['runs'])} runs. Depth: {s['depth_unit']}. "
+          f"training wall time {s['train_wall_s'] / 60:.1f} min over {len(doc['runs'])} runs. "
+          f"Depth: {s['depth_unit']}. "
           "Every comparison is a paired bootstrap over the same sequences (1,000 resamples); an interval that "
           "covers 0 is no measurable difference.", "",
           "## Findings", "", findings_table(doc), ""]
@@ -1096,8 +1089,9 @@ def write_report(out: Path, doc: dict) -> Path:
            "the shelf | difference |", "|---|---|---|---|---|---|---|"]
     for c in e1["comparisons"]:
         o = c["off_the_shelf"]
-        md.append(f"| {c['depth']} | {_ci_text(c['skip'])} | {_ci_text(c['exit'])} | {_diff_text(c['skip_minus_exit'])} "
-                  f"| {_ci_text(o['skip'])} | {_ci_text(o['exit'])} | {_diff_text(o['skip_minus_exit'])} |")
+        md.append(f"| {c['depth']} | {_ci_text(c['skip'])} | {_ci_text(c['exit'])} | "
+                  f"{_diff_text(c['skip_minus_exit'])} | {_ci_text(o['skip'])} | {_ci_text(o['exit'])} | "
+                  f"{_diff_text(o['skip_minus_exit'])} |")
     md += ["", f"Base model at full depth: {_ci_text(e1['base_full'])}.", ""]
     md += [f"- {c['sentence']} ({c['skip_run']} against {c['exit_run']}, same data, steps and LoRA.)"
            for c in e1["comparisons"]]
@@ -1152,8 +1146,8 @@ def write_report(out: Path, doc: dict) -> Path:
                "by selection alone (the null control).", ""]
     if e3["random_routes"]:
         md += ["Random routes (mean ± SD over routes): " + "; ".join(
-            f"{r['budget']} layers {r['mean']:.3f} ± {r['sd']:.3f} ({r['n_routes']} routes)" for r in e3["random_routes"])
-            + ".", ""]
+            f"{r['budget']} layers {r['mean']:.3f} ± {r['sd']:.3f} ({r['n_routes']} routes)"
+            for r in e3["random_routes"]) + ".", ""]
     md += ["What differs from the paper:", ""] + [f"- {d}" for d in e3["differences"]]
     md += ["", f"- {e3['decided_by'][0]}", "", f"Verdict: **{e3['verdict']}**: {e3['reason']}.", ""]
 

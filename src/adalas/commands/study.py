@@ -25,8 +25,8 @@ def build_parser():
     p.add_argument("--runs", help="training runs directory (default: the plan's `runs_dir`, runs/study or "
                                   "runs/study-quick)")
     p.add_argument("--device", default="cpu", help="evaluation device: cpu, cuda, cuda:N (training: the recipes')")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; with --quick: 1, several times "
-                                                "faster for a tiny model on a shared machine)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; with --quick: 1, "
+                                                "several times faster for a tiny model on a shared machine)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
