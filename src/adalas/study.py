@@ -344,6 +344,20 @@ def record_path(plan: Plan, name: str) -> Path:
     return plan.out / "train" / f"{name}.json"
 
 
+def check_training_data(plan: Plan) -> None:
+    """Every run still to train has its local training data (before anything is written)."""
+    from .train import parse_args
+
+    for r in plan.runs:
+        if record_path(plan, r.name).is_file():
+            continue
+        cfg, _ = parse_args(r.argv(plan.overrides, plan.runs_dir))
+        data = Path(cfg.data).expanduser()
+        if data.suffix in (".json", ".jsonl") and not data.is_file():
+            raise ValueError(f"run {r.name}: training data {cfg.data!r} not found (data/synth/README.md says how to "
+                             f"make the self-written data)")
+
+
 def train_runs(plan: Plan, stages: Stages) -> list[dict]:
     """Train every run whose record is missing (in plan order); returns the records in plan order.
 
@@ -365,10 +379,6 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
             records.append(rec)
             continue
         cfg, _ = parse_args(argv)
-        data = Path(cfg.data).expanduser()
-        if data.suffix in (".json", ".jsonl") and not data.is_file():
-            raise ValueError(f"run {r.name}: training data {cfg.data!r} not found (data/synth/README.md says how to "
-                             f"make the self-written data)")
         made = read_json(run_dir / TRAINING_FILE) or {}
         resumed = None
         if made.get("command") != command:
@@ -566,10 +576,11 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False) -> dict:
     from .oracle import run_oracle
 
     t_start = time.perf_counter()
-    plan.out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(plan.out)
     if plan.tiny:
         build_tiny(plan.tiny_dir, layers=int(plan.tiny.get("layers", 8)))
+    check_training_data(plan)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(plan.out)
     records = {r["name"]: r for r in train_runs(plan, stages)}
 
     ev = Evaluator(plan, device, progress)
