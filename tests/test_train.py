@@ -242,6 +242,17 @@ def test_lora_run_resumes_from_its_checkpoint(work, tmp_path):
                                    snap.model.eval()(input_ids=ids, labels=labels).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_resuming_a_finished_run_trains_no_further(work, tmp_path):
+    """transformers would take one step past max_steps when resuming from a checkpoint at max_steps."""
+    args = base_args(work, tmp_path, steps=3) + ["--save_strategy", "steps", "--save_steps", "3"]
+    train(args)
+    before = load_file(str(tmp_path / "model.safetensors"))
+    train(args + ["--resume_from_checkpoint", "true"])
+    after = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((tmp_path / "adalas_training.json").read_text())["steps"] == 3
+
+
 def test_resume_true_without_a_checkpoint_starts_fresh(tmp_path, capsys):
     from adalas.train import resolve_resume
 

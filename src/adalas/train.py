@@ -491,6 +491,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
+def checkpoint_step(directory: str | Path) -> int:
+    """The optimizer step a complete checkpoint was written at."""
+    return int(json.loads((Path(directory) / "trainer_state.json").read_text())["global_step"])
+
+
 def resolve_resume(value: str | None, output_dir: str) -> str | None:
     """`true`/`latest`: the latest complete checkpoint (None, and a note, when there is none yet);
     `false`/None: start fresh; else a checkpoint directory, which must be complete."""
@@ -723,15 +728,25 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         _print_main(args, f"adalas: resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume and args.max_steps > 0 and checkpoint_step(resume) >= args.max_steps:
+        # transformers would train one step past max_steps when resuming a finished run: take it as it is
+        from transformers import TrainerState
+
+        _print_main(args, f"adalas: {resume} already reached max_steps={args.max_steps}; not training further")
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        train_metrics: dict[str, float] = {}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     trainer.save_model()
     if args.should_save:
         record = training_record(cfg, argv, trainer.state.global_step, time.monotonic() - start)
         atomic_write_text(Path(args.output_dir) / TRAINING_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
         if is_peft(model):
             save_adapter(model, Path(args.output_dir) / "adapter", record)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
+    if train_metrics:
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
     trainer.save_state()
     if eval_ds is not None:
         metrics = trainer.evaluate()
