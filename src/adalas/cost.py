@@ -91,6 +91,11 @@ ROW_COST = {"cpu": ((1, 1.0), (3, 1.27), (5, 1.45), (9, 1.82), (24, 2.4), (40, 3
 # 1 of 8: 0.55; 2-4 of 8: 1.0-1.1; 4-8 of 32: 0.75-0.83; 16 of 32: 0.91; 24 of 32: 1.09. End to end,
 # one random half-depth route per row at batch 8 ran at 0.87x full depth gathered, 1.02x not.
 GATHER_MARGIN = 0.7
+# The same choice in an uncached teacher-forced pass (training: forward + backward over B x T tokens):
+# the runners' queries, attention output and MLP run on their rows, the keys/values on `kv_rows`
+# rows; packing the runners and scattering the result back costs memory traffic that grows with the
+# rows (about ... of a layer on the CPU, measured below).
+TRAIN_GATHER_MARGIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,12 @@ class CostModel:
         computing keys/values only when `kv_for_the_rest`) than on every row, outputs selected."""
         rest = self.kv * self.row_cost(rows - run) if kv_for_the_rest and run < rows else 0.0
         return self.row_cost(run) + rest < GATHER_MARGIN * self.row_cost(rows)
+
+    def train_gather_pays(self, run: int, kv_rows: int, rows: int) -> bool:
+        """Whether a layer that `run` of the `rows` tokens of a teacher-forced pass run is cheaper on
+        their rows alone (keys/values on `kv_rows` rows) than on every row, outputs selected."""
+        gathered = (1.0 - self.kv) * self.row_cost(run) + self.kv * self.row_cost(kv_rows)
+        return gathered < TRAIN_GATHER_MARGIN * self.row_cost(rows)
 
 
 def flops_per_token(model_or_family: Any, layer_usage: Sequence[float], kv_fill: str, context_length: float,

@@ -7,9 +7,14 @@ Notable:
   (`kv_fill="propagate"` in modes that decide per token) or nothing (`"mask"`, and every mode with one
   route per sequence, where no later token reads them); in a one-token decode step with per-row decisions,
   the layer runs only on the rows that chose it (gather/scatter) and the others get keys/values
-  only. Where it is not: in a multi-token forward with per-token decisions (training, prefill with
-  `skip_prompt=True`), the layer runs for every token and the skipping ones keep their input; the
-  straight-through estimator needs that in training.
+  only. In an uncached forward (training, teacher forcing) where only some tokens run a layer (the
+  prompt at full depth, `stochastic`, `early_exit` with labels), its queries, attention output and
+  MLP run on those tokens' rows only, in forward and backward (`_runner_body`), and keys/values
+  come from every token that another one reads. Where it is not: learned controllers in training
+  (the straight-through estimator needs every token's layer output), a multi-token cached step with
+  per-token decisions (prefill with `skip_prompt=True`, speculative verification), and wherever the
+  cost model says gathering does not pay: there the layer runs for every token and the skipping ones
+  keep their input.
 - Prompt tokens (label -100, or every token of a forward without labels, or the prefill) run every
   layer unless `skip_prompt=True`.
 """
@@ -63,6 +68,7 @@ class StepContext:
     sequence_state: Any = None
     initial: torch.Tensor | None = None  # decoder input state (controller input "initial")
     windows: tuple = ()  # per layer, a sliding attention window or None (`Family.windows`; () = none)
+    real: torch.Tensor | None = None  # (B, T) bool: non-pad tokens of an uncached pass (None = all, or cached)
     _signals: dict = field(default_factory=dict)
     scratch: dict = field(default_factory=dict)  # per-step space for routers (e.g. tokens that exited)
 
@@ -77,7 +83,7 @@ class StepContext:
             self, position_ids=self.position_ids[idx], input_ids=self.input_ids[idx], row_ids=self.row_ids[idx],
             rotary=rot, mask=None if self.mask is None else self.mask[idx],
             prompt=self.prompt if isinstance(self.prompt, bool) else self.prompt[idx],
-            cache_rows=idx if parent is None else parent[idx],
+            cache_rows=idx if parent is None else parent[idx], real=None if self.real is None else self.real[idx],
             initial=None if self.initial is None else self.initial[idx], _signals={}, scratch={})
 
     def controller_signal(self, kind: str, h: torch.Tensor) -> torch.Tensor:
@@ -107,6 +113,9 @@ class AdalasForCausalLM(nn.Module):
         self.controllers = nn.ModuleDict()
         self.sequence_controller: nn.Module | None = None  # mode "sequence" (adalas.sequence)
         self.gradient_checkpointing = False
+        # uncached passes where some tokens run a layer: run it on their rows only (True), on every
+        # row with the runners' outputs kept (False), or as the cost model says (None)
+        self.gather_tokens: bool | None = None
         self._checkpointing: tuple[dict, int, bool] = ({"use_reentrant": False}, 1, False)
         self.reset_usage()
         self.set_depth(depth or DepthConfig())
@@ -346,7 +355,8 @@ class AdalasForCausalLM(nn.Module):
             family=fam, position_ids=position_ids, input_ids=input_ids,
             row_ids=torch.arange(B, device=input_ids.device), rotary=fam.rotary(h, position_ids),
             mask=self._attention_mask(attention_mask, cache, T), prompt=prompt, cache=cache,
-            sequence_state=sequence_state, initial=h, windows=fam.windows)
+            sequence_state=sequence_state, initial=h, windows=fam.windows,
+            real=None if cache is not None or attention_mask is None else attention_mask.bool())
         if self.depth.skip_prompt:
             ctx.prompt = False
         gates: list[torch.Tensor] = []
@@ -393,8 +403,34 @@ class AdalasForCausalLM(nn.Module):
             return h + run.unsqueeze(-1) * (self._layer(i, layer, h, ctx, stored) - h)
         if ctx.cache is not None and ctx.num_tokens == 1:
             return self._gathered(i, layer, h, ctx, run[:, 0])
+        if ctx.cache is None:
+            return self._gathered_tokens(i, layer, h, ctx, run)
         stored = run if self.depth.masks_skipped_kv else None
         return torch.where(run.unsqueeze(-1), self._layer(i, layer, h, ctx, stored), h)
+
+    def _gathered_tokens(self, i, layer, h, ctx, run: torch.Tensor) -> torch.Tensor:
+        """An uncached pass (training, teacher forcing) where some tokens run layer i: its queries,
+        attention output and MLP run on the rows of those tokens only (`_runner_body`), in forward and
+        backward, where the cost model says that pays; otherwise on every token, the runners' outputs
+        kept. Padding runs nothing here (no loss or real token reads a pad's state; its own logits are
+        left unspecified, as in transformers). Keys/values, when another token reads them: every token's,
+        from the state that reaches the layer (kv_fill="propagate", as a whole layer computes them for
+        every token); only the runners' where nothing attends to the others' (kv_fill="mask" in modes
+        that decide per token; or no runner follows a token that skips, as when the prompt runs at
+        full depth and the response skips)."""
+        runs = run if ctx.real is None else run & ctx.real  # (B, T)
+        n_run = int(runs.sum())
+        if n_run == 0:
+            return h  # no real token runs layer i, so none reads its keys/values either
+        compact = self.depth.masks_skipped_kv or not _runner_follows_skipper(runs, ctx.real)
+        rows = runs.numel()
+        gather = self.gather_tokens
+        if gather is None:
+            gather = self._decode_costs().train_gather_pays(n_run, n_run if compact else rows, rows)
+        if not gather:
+            stored = run if self.depth.masks_skipped_kv else None
+            return torch.where(run.unsqueeze(-1), self._layer(i, layer, h, ctx, stored), h)
+        return self._layer(i, layer, h, ctx, runs=(runs, compact))
 
     def _gathered(self, i, layer, h, ctx, run_rows: torch.Tensor) -> torch.Tensor:
         """A decode step where some rows run layer i: run it on those rows only (gather/scatter), or,
@@ -439,7 +475,11 @@ class AdalasForCausalLM(nn.Module):
         k, v = self.family.kv(layer, self.family.attn_input(layer, h), ctx.rotary)
         ctx.cache.write(i, k, v, ctx.cache_rows)
 
-    def _layer(self, i, layer, h, ctx: StepContext, stored: torch.Tensor | None = None) -> torch.Tensor:
+    def _layer(self, i, layer, h, ctx: StepContext, stored: torch.Tensor | None = None,
+               runs: tuple[torch.Tensor, bool] | None = None) -> torch.Tensor:
+        """Layer i, whole (`_layer_body`) or on the runners' rows (`runs`: `_runner_body`), under
+        activation checkpointing where it is on."""
+        body, args = (self._layer_body, (stored,)) if runs is None else (self._runner_body, runs)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             kwargs, every_n_layers, offload = self._checkpointing
             if i % every_n_layers == 0:
@@ -447,8 +487,8 @@ class AdalasForCausalLM(nn.Module):
                 saving = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload and h.device.type != "cpu" \
                     else nullcontext()
                 with saving:
-                    return checkpoint(self._layer_body, i, layer, h, ctx, stored, **kwargs)
-        return self._layer_body(i, layer, h, ctx, stored)
+                    return checkpoint(body, i, layer, h, ctx, *args, **kwargs)
+        return body(i, layer, h, ctx, *args)
 
     def _layer_body(self, i, layer, h, ctx: StepContext, stored) -> torch.Tensor:
         """One whole layer. `stored` (B, T): where attention hides skipped tokens (`masks_skipped_kv`),
@@ -481,6 +521,38 @@ class AdalasForCausalLM(nn.Module):
         h = fam.after_attention(layer, h, fam.attn_output(layer, o))
         return fam.mlp(layer, h)
 
+    def _runner_body(self, i, layer, h, ctx: StepContext, runs: torch.Tensor, compact: bool) -> torch.Tensor:
+        """Layer i for the tokens in `runs` (B, T) of an uncached pass; the others keep h. Each row's
+        runners are packed to the left (Tq slots, the row with most runners; the slots past a row's
+        count hold other tokens, whose outputs are dropped) for the queries, attention and output
+        projection; the residual and MLP run on the runners' rows alone, then scatter back.
+        Keys/values: `compact`, the runners' only (the packed slots); else every token's."""
+        fam = self.family
+        B, T, D = h.shape
+        counts = runs.sum(1)  # (B,)
+        Tq = int(counts.max())
+        q_pos = runs.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :Tq]  # (B, Tq) slot -> t
+        slot_ok = torch.arange(Tq, device=h.device) < counts[:, None]  # (B, Tq): slot holds a runner
+        h_q = h.gather(1, q_pos[..., None].expand(B, Tq, D))  # (B, Tq, D)
+        rotary = fam.rotary(h_q, ctx.position_ids.gather(1, q_pos))
+        if compact:
+            q, k, v = fam.qkv(layer, fam.attn_input(layer, h_q), rotary)  # (B, H, Tq, Dh)
+            mask = _rows_mask(ctx, i, q_pos, q_pos, slot_ok)
+        else:
+            x = fam.attn_input(layer, h)  # (B, T, D)
+            k, v = fam.kv(layer, x, ctx.rotary)  # (B, Hkv, T, Dh)
+            q = fam.q(layer, x.gather(1, q_pos[..., None].expand(B, Tq, D)), rotary)  # (B, H, Tq, Dh)
+            mask = _rows_mask(ctx, i, q_pos, None, None)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=fam.attn_scale(layer), dropout_p=fam.attn_dropout(layer),
+            enable_gqa=q.shape[1] != k.shape[1])
+        a = fam.attn_output(layer, o.transpose(1, 2).reshape(B, Tq, -1))  # (B, Tq, D)
+        keep = slot_ok.flatten().nonzero().squeeze(1)  # (N,) runner slots of the (B * Tq) packed rows
+        flat = (q_pos + torch.arange(B, device=h.device)[:, None] * T).flatten()[keep]  # (N,) rows of (B * T)
+        h_run = h_q.reshape(B * Tq, D)[keep][None]  # (1, N, D)
+        out = fam.mlp(layer, fam.after_attention(layer, h_run, a.reshape(B * Tq, D)[keep][None]))
+        return h.reshape(B * T, D).index_copy(0, flat, out[0]).view(B, T, D)
+
     def _attention_mask(self, attention_mask: torch.Tensor | None, cache: KVCache | None, T: int):
         """(B, 1, T, T_kv) bool: real keys, causal, and each query's own position (so padded rows,
         whose outputs are never used, never attend to nothing). None when no padding exists and
@@ -510,6 +582,37 @@ def _restrict(ctx: StepContext, key_stored: torch.Tensor, T: int, end: int) -> t
     if base is None:
         base = (k_pos <= q_pos)[None, None]
     return (base & key_stored[:, None, None, :]) | (k_pos == q_pos)
+
+
+def _runner_follows_skipper(runs: torch.Tensor, real: torch.Tensor | None) -> bool:
+    """Whether some token in `runs` (B, T) comes after a real token of its row that is not in `runs`
+    (then it attends to that token's keys/values at this layer)."""
+    skip = ~runs if real is None else real & ~runs
+    seen = skip.cummax(dim=1).values  # (B, T): a skipper at or before t
+    return bool((runs[:, 1:] & seen[:, :-1]).any())
+
+
+def _rows_mask(ctx: StepContext, i: int, q_pos: torch.Tensor, k_pos: torch.Tensor | None,
+               key_ok: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1, Tq, Tk) bool: the attention mask of an uncached pass (`ctx.mask`, else causal; layer i's
+    window) at query positions `q_pos` (B, Tq) and key positions `k_pos` (B, Tk; None = every
+    position), keys also limited to `key_ok` (B, Tk); a query keeps itself, as in `_restrict`."""
+    B, Tq = q_pos.shape
+    T = ctx.num_tokens
+    k_at = torch.arange(T, device=q_pos.device).expand(B, T) if k_pos is None else k_pos  # (B, Tk)
+    qq, kk = q_pos[:, :, None], k_at[:, None, :]  # (B, Tq, 1), (B, 1, Tk)
+    if ctx.mask is None:
+        mask = kk <= qq
+    else:
+        mask = ctx.mask[:, 0].gather(1, q_pos[..., None].expand(B, Tq, T))  # (B, Tq, T)
+        if k_pos is not None:
+            mask = mask.gather(2, k_pos[:, None, :].expand(B, Tq, k_pos.shape[1]))
+    if key_ok is not None:
+        mask = mask & key_ok[:, None, :]
+    window = ctx.windows[i] if ctx.windows else None
+    if window is not None:
+        mask = mask & (kk > qq - window)
+    return (mask | (kk == qq))[:, None]
 
 
 def _windowed(ctx: StepContext, mask: torch.Tensor | None, window: int, T: int, n_keys: int) -> torch.Tensor:
@@ -544,9 +647,10 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
     """Next-token cross-entropy, -100 ignored; summed over `num_items_in_batch` when the Trainer
-    accumulates gradients (as transformers' ForCausalLMLoss)."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    accumulates gradients (as transformers' ForCausalLMLoss). The labels shift, not the logits: a slice
+    of the (B, T, V) logits would be copied, and again in the backward pass."""
+    shift_logits = logits.float().reshape(-1, logits.shape[-1])  # (B * T, V)
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)  # (B * T,)
     if num_items_in_batch is None:
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
     loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")

@@ -1,7 +1,10 @@
-"""`adalas bench decode`: decode speed and memory, side by side (one JSON object on stdout).
+"""`adalas bench decode|train`: speed benchmarks, side by side (one JSON object on stdout).
 
-The benchmark itself is `benchmarks/decode.py` in the source tree (also runnable as a script);
-this command loads it from there, so it needs a source checkout (an editable install has one).
+`decode`: decode speed and memory; `train`: forward + backward of a teacher-forced pass.
+
+The benchmarks themselves are `benchmarks/decode.py` and `benchmarks/train.py` in the source tree
+(also runnable as scripts); this command loads them from there, so it needs a source checkout (an
+editable install has one).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from types import ModuleType
 from ..cli import check_counts, make_parser
 from ..io import check_output_file
 
-BENCHMARKS = {"decode": "decode.py"}
+BENCHMARKS = {"decode": "decode.py", "train": "train.py"}
 
 
 def _benchmark(what: str) -> ModuleType:
@@ -33,14 +36,18 @@ def _benchmark(what: str) -> ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("bench", __doc__.splitlines()[0])
-    p.add_argument("what", choices=sorted(BENCHMARKS), help="which benchmark")
-    _benchmark("decode").add_arguments(p)
+    sub = p.add_subparsers(dest="what", required=True, metavar="{" + ",".join(sorted(BENCHMARKS)) + "}",
+                           help="which benchmark")
+    for what in sorted(BENCHMARKS):
+        module = _benchmark(what)
+        module.add_arguments(sub.add_parser(what, help=module.__doc__.splitlines()[0],
+                                                      description=module.__doc__.splitlines()[0]))
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     check_counts(*((f"--{name.replace('_', '-')}", getattr(args, name, None), 1)  # those the benchmark takes
-                   for name in ("new_tokens", "repeats", "batch_sizes", "threads")))
+                   for name in ("new_tokens", "repeats", "batch_sizes", "threads", "batch", "tokens", "labels")))
     if getattr(args, "out", None) is not None:
         check_output_file(args.out, example=f"{args.what}.json")
     return int(_benchmark(args.what).run(args) or 0)

@@ -201,6 +201,12 @@ class Family:
         decide per token)."""
         raise NotImplementedError
 
+    def q(self, layer: nn.Module, x: torch.Tensor, rotary: Any) -> torch.Tensor:
+        """Queries only, (B, H, T, Dh), position encoding applied: what a token that runs the layer
+        adds to the keys/values every token computes (a teacher-forced pass that gathers runners).
+        Base: from `qkv` (correct, computes keys/values again)."""
+        return self.qkv(layer, x, rotary)[0]
+
     def sliding_windows(self) -> list[int | None]:
         """Per layer, its sliding attention window w (a query attends to the keys of the last w
         positions, itself included, as transformers' `sliding_window_overlay` counts cache slots), or

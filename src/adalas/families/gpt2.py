@@ -1,6 +1,8 @@
 """GPT-2: learned positions, pre-LN, fused c_attn (Conv1D) projections."""
 from __future__ import annotations
 
+from transformers.pytorch_utils import Conv1D
+
 from .base import Family
 
 
@@ -59,13 +61,21 @@ class GPT2Family(Family):
         q, k, v = layer.attn.c_attn(x).split(self.hidden_size, dim=2)
         return self._heads(q, self.num_heads), self._heads(k, self.num_heads), self._heads(v, self.num_heads)
 
+    def q(self, layer, x, rotary):
+        return self._heads(self._c_attn(layer, x, 0, 1), self.num_heads)
+
     def kv(self, layer, x, rotary):
-        # c_attn is one fused projection; slice out the key/value columns so q is never computed.
-        w, b = layer.attn.c_attn.weight, layer.attn.c_attn.bias  # Conv1D: (D, 3D), (3D,)
-        D = self.hidden_size
-        kv = x @ w[:, D:] + b[D:]
-        k, v = kv.split(D, dim=2)
+        k, v = self._c_attn(layer, x, 1, 3).split(self.hidden_size, dim=2)
         return self._heads(k, self.num_heads), self._heads(v, self.num_heads)
+
+    def _c_attn(self, layer, x, start, stop):
+        """Columns [start * D, stop * D) of the fused c_attn projection (queries 0-1, keys/values 1-3),
+        without computing the others where c_attn is a plain Conv1D; through the module otherwise
+        (a peft/LoRA wrapper adds its own term, which slicing the base weight would miss)."""
+        c_attn, D = layer.attn.c_attn, self.hidden_size
+        if type(c_attn) is not Conv1D or c_attn._forward_hooks or c_attn._forward_pre_hooks:
+            return c_attn(x)[..., start * D:stop * D]
+        return x @ c_attn.weight[:, start * D:stop * D] + c_attn.bias[start * D:stop * D]  # Conv1D: (D, 3D), (3D,)
 
     def attn_scale(self, layer):
         return layer.attn.scaling

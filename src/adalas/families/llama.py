@@ -82,6 +82,10 @@ class LlamaFamily(Family):
         v = self._project(attn.v_proj, x, self.num_kv_heads)
         return _rotate(q, rotary), _rotate(k, rotary), v
 
+    def q(self, layer, x, rotary):
+        attn = layer.self_attn
+        return _rotate(self._project(attn.q_proj, x, self.num_heads, getattr(attn, "q_norm", None)), rotary)
+
     def kv(self, layer, x, rotary):
         attn = layer.self_attn
         fused = self.active.get(layer)

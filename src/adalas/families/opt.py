@@ -47,10 +47,11 @@ class OPTFamily(Family):
         return layer.self_attn_layer_norm(h) if self.pre_norm else h
 
     def qkv(self, layer, x, rotary):
-        attn = layer.self_attn
-        q = self._heads(attn.q_proj(x), self.num_heads)
         k, v = self.kv(layer, x, rotary)
-        return q, k, v
+        return self.q(layer, x, rotary), k, v
+
+    def q(self, layer, x, rotary):
+        return self._heads(layer.self_attn.q_proj(x), self.num_heads)
 
     def kv(self, layer, x, rotary):
         attn = layer.self_attn
