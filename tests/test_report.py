@@ -235,3 +235,16 @@ def test_reproduce_end_to_end_on_the_tiny_model(tiny_files, tmp_path, capsys):
     before = {f: (out / f).read_bytes() for f in ("sweep.jsonl", "per_sequence.jsonl", "oracle.json")}
     assert main(argv) == 0  # a rerun: nothing new, the same bytes
     assert before == {f: (out / f).read_bytes() for f in before}
+
+
+def test_an_adapted_model_is_compared_with_its_route_off_the_shelf_and_the_full_model():
+    rows = [{"config_id": "full", "strategy": "full", "budget": 4, "avg_layers": 4.0, "rougeL": 0.6},
+            {"config_id": "route:m-adapted-2", "strategy": "route", "budget": 2, "avg_layers": 2.0, "rougeL": 0.1},
+            {"config_id": "adapted:m-adapted-2", "strategy": "adapted", "budget": 2, "avg_layers": 2.0, "rougeL": 0.5}]
+    scores = {"full": {"a": 0.6, "b": 0.5, "c": 0.7}, "route:m-adapted-2": {"a": 0.1, "b": 0.0, "c": 0.2},
+              "adapted:m-adapted-2": {"a": 0.5, "b": 0.4, "c": 0.6}}
+    said = R.comparisons(rows, scores)
+    gain = paired_bootstrap([0.5, 0.4, 0.6], [0.1, 0.0, 0.2])
+    assert said[0] == (f"At 2.00 layers, m-adapted-2 scores {gain['diff']:.3f} higher than its route off the shelf "
+                       f"(95% CI {gain['ci95'][0]:.3f} to {gain['ci95'][1]:.3f}, paired over 3 sequences).")
+    assert said[1].startswith("At 2.00 layers, m-adapted-2 scores") and "the full model" in said[1]

@@ -37,6 +37,7 @@ STYLE = {  # strategy -> (label, colour, marker)
     "learned": ("learned controllers", "tab:orange", "D"),
     "sequence": ("per-sequence router (cross-fitted)", "tab:brown", "P"),
     "full_sample": ("full model, sampled (null control)", "gray", "*"),
+    "adapted": ("adapted (LoRA + self-distillation)", "tab:cyan", "^"),
 }
 FIXED = ("full", "uniform_skip", "early_exit")  # the headline oracle's candidates (DESIGN: honest numbers)
 PAPER = {  # Glavas et al. 2024 (arXiv 2410.20022), as DESIGN.md summarises it
@@ -209,6 +210,16 @@ def comparisons(rows: Sequence[dict], scores: dict, oracle: dict | None = None, 
         if b in rnd and b in us:
             say(f"random routes (mean of {len(rnd[b])} per sequence)", "uniform skipping",
                 [r["config_id"] for r in rnd[b]], us[b][0]["config_id"], where)
+    by_id = {r["config_id"]: r for r in rows}
+    for r in rows:  # each shipped adapted model against its own route off the shelf, and the full model
+        if r["strategy"] != "adapted":
+            continue
+        alias = r["config_id"].removeprefix("adapted:")
+        where = f"at {_f(r['avg_layers'], 2)} layers"
+        if f"route:{alias}" in by_id:
+            say(f"{alias}", "its route off the shelf", r["config_id"], f"route:{alias}", where)
+        if full:
+            say(f"{alias}", "the full model", r["config_id"], full["config_id"], where)
     envelope = best_fixed_mix(_mix_points(rows, oracle, metric))
     for t, router in sorted(_routers(rows).items(), reverse=True):
         if not envelope or router["config_id"] not in scores:

@@ -100,11 +100,14 @@ def parse_strategies(text: str | Sequence[str] | None) -> list[str]:
 
 def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES, budgets: Sequence[int] = (),
                   routes_per_budget: int = 0, seed: int = 0, keep_first: bool = False,
-                  routes: Sequence[str] = (), checkpoints: Sequence[str] = (), null_k: int = 0) -> list[SweepConfig]:
+                  routes: Sequence[str] = (), checkpoints: Sequence[str] = (), null_k: int = 0,
+                  adapted: Sequence[str] = ()) -> list[SweepConfig]:
     """The full model, then each strategy at each budget (< L: at L every strategy is the full
     model), then explicit routes, checkpoints and the null control's K - 1 sampled full-depth runs.
     Config ids: `full`, `early_exit@24`, `uniform_skip@24`, `random_route@24#0`, `route#0`,
-    `learned:<directory name>`, `full_sample#1` ... `full_sample#<K-1>`."""
+    `learned:<directory name>`, `full_sample#1` ... `full_sample#<K-1>`; then each shipped adapted
+    alias in `adapted` on its own depth, `adapted:<alias>` (with `route:<alias>`, the same route on the
+    base model off the shelf, before it, so the two compare on the same sequences)."""
     L = num_layers
     if routes_per_budget < 0:
         raise ValueError(f"routes_per_budget: must be >= 0, got {routes_per_budget}")
@@ -153,7 +156,26 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
         configs.append(SweepConfig(cid, "learned", sum(route) if route else None, depth, checkpoint=str(p)))
     for s in range(1, null_k):
         configs.append(SweepConfig(f"full_sample#{s}", "full_sample", L, DepthConfig(), sampling=Sampling(seed=s)))
+    for alias in adapted:
+        configs += adapted_configs(alias, L)
     return configs
+
+
+def adapted_configs(alias: str, num_layers: int) -> list[SweepConfig]:
+    """A shipped adapted model on its depth, and (for a static route) that route off the shelf."""
+    from .hub import adapter_aliases, adapter_dir
+
+    directory = adapter_dir(alias)
+    if directory is None:
+        raise ValueError(f"adapted: {alias!r} is not a shipped adapted model; shipped: "
+                         f"{', '.join(adapter_aliases()) or 'none yet'}")
+    depth = checkpoint_depth(directory)
+    route = depth.static_route(num_layers)
+    out = []
+    if route is not None and not all(route):
+        out.append(SweepConfig(f"route:{alias}", "route", sum(route), DepthConfig(mode="route", route=route)))
+    out.append(SweepConfig(f"adapted:{alias}", "adapted", sum(route) if route else None, depth, checkpoint=alias))
+    return out
 
 
 def checkpoint_num_layers(directory: Path) -> int | None:
@@ -186,6 +208,8 @@ def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, d
            "model": model_id, "data": data_id, "num_layers": num_layers, "reference": reference, **metrics}
     if cfg.checkpoint is not None:
         row["checkpoint"] = cfg.checkpoint
+    if cfg.strategy == "adapted":
+        row["model"] = cfg.checkpoint  # the row names the adapted model it ran
     if cfg.sampling is not None:
         row["sampling"] = dataclasses.asdict(cfg.sampling)
     return row

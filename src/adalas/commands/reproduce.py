@@ -61,6 +61,7 @@ def main(argv: list[str]) -> int:
     from ..config import DepthConfig
     from ..data import load_examples
     from ..evaluate import context_length, load_items, versions
+    from ..hub import adapter_aliases, adapter_base, adapter_dir
     from ..io import atomic_write_json, check_output_dir
     from ..oracle import run_oracle
     from ..report import read_json, readme_results, write_report
@@ -90,7 +91,9 @@ def main(argv: list[str]) -> int:
     if not budgets:
         raise ValueError(f"--budgets: need at least one budget below the model's {L} layers")
     null_k = 1 + len(ORACLE_STRATEGIES) * len(budgets)  # the headline oracle's number of choices
-    configs = build_configs(L, STRATEGIES, budgets, args.routes_per_budget, args.seed, keep_first=True, null_k=null_k)
+    adapted = [a for a in adapter_aliases() if adapter_base(adapter_dir(a)) == args.model]  # shipped for this model
+    configs = build_configs(L, STRATEGIES, budgets, args.routes_per_budget, args.seed, keep_first=True, null_k=null_k,
+                            adapted=adapted)
     items = load_items(args.data, tok, limit=args.limit, context=context_length(model),
                        max_new_tokens=args.max_new_tokens)  # a prompt too long for the context: refused
     folds = min(args.folds, len(items) // 3)  # each fold's router needs 3+ other sequences (train and validation)

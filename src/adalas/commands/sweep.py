@@ -28,6 +28,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the random routes")
     p.add_argument("--routes", help="explicit routes, comma separated strings of 0/1 (one per layer)")
     p.add_argument("--checkpoints", nargs="+", default=[], help="learned checkpoints (model directories)")
+    p.add_argument("--adapted", nargs="+", default=[],
+                   help="shipped adapted aliases, each on its own depth beside its route off the shelf")
     p.add_argument("--null-k", type=int, default=0,
                    help="the oracle's null control: also run the full model K - 1 times sampled (temperature 0.7, "
                         "top-p 0.9, seeds 1..K-1; config ids full_sample#s); K = the number of configs the oracle "
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
     L = model.num_layers
     configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
                             args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
-                            args.checkpoints, null_k=args.null_k)
+                            args.checkpoints, null_k=args.null_k, adapted=args.adapted)
     items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
                        context=context_length(model), max_new_tokens=args.max_new_tokens,
                        long_prompts=args.long_prompts, source=f"data {args.data!r}")
