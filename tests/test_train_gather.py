@@ -144,3 +144,29 @@ def test_cost_model_gathers_where_it_pays():
     assert costs.train_gather_pays(128, 128, 512)  # a quarter of the tokens run (the prompt)
     assert costs.train_gather_pays(320, 512, 512)  # 5/8 run (stochastic p=1/2 on the response)
     assert not costs.train_gather_pays(500, 512, 512)  # nearly everyone runs
+
+
+def test_bench_train_on_a_tiny_model(tiny_files, tmp_path, capsys):
+    """`adalas bench train` end to end on the tiny model directory: one JSON document with every
+    config, ratios to both full-depth baselines, and the gathered and masked passes' equal losses."""
+    import json
+
+    from adalas.commands import bench
+
+    out = tmp_path / "train.json"
+    assert bench.main(["train", "--model", str(tiny_files[0]), "--batch", "2", "--tokens", "12", "--labels", "8",
+                       "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == doc
+    names = {"hf_full", "hf_half_deleted", "adalas_full", "adalas_half_skip", "adalas_half_skip_kv_mask",
+             "adalas_half_skip_deleted_equiv", "adalas_stochastic", "adalas_learned", "adalas_half_skip_masked",
+             "adalas_stochastic_masked"}
+    for key in ("vs_hf_full", "vs_adalas_full", "cpu_vs_hf_full", "cpu_vs_adalas_full"):
+        assert set(doc[key]) == names
+    loss = doc["loss"]
+    assert loss["adalas_full"] == pytest.approx(loss["hf_full"], abs=1e-4)
+    assert loss["adalas_half_skip_deleted_equiv"] == pytest.approx(loss["hf_half_deleted"], abs=1e-4)
+    assert loss["adalas_half_skip"] == pytest.approx(loss["adalas_half_skip_masked"], abs=1e-4)
+    assert loss["adalas_stochastic"] == pytest.approx(loss["adalas_stochastic_masked"], abs=1e-4)
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["train", "--batch", "x"])
