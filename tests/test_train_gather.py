@@ -21,6 +21,7 @@ DEPTHS = {
     "route": dict(mode="route", route=[True, False, True, False]),
     "stochastic": dict(mode="stochastic", skip_probs=[0.0] + [0.5] * (LAYERS - 1), seed=3),
     "confidence_exit": dict(mode="confidence_exit", exit_layers=[1, 2], threshold=0.02),
+    "random_budget": dict(mode="random_budget", budget=2, seed=1),
 }
 
 

@@ -419,10 +419,11 @@ class AdalasForCausalLM(nn.Module):
         that decide per token; or no runner follows a token that skips, as when the prompt runs at
         full depth and the response skips)."""
         runs = run if ctx.real is None else run & ctx.real  # (B, T)
-        n_run = int(runs.sum())
+        counts = runs.sum(1)  # (B,)
+        n_run, most, follows = torch.stack([counts.sum(), counts.max(), _runner_follows_skipper(runs, ctx.real)]).tolist()
         if n_run == 0:
             return h  # no real token runs layer i, so none reads its keys/values either
-        compact = self.depth.masks_skipped_kv or not _runner_follows_skipper(runs, ctx.real)
+        compact = self.depth.masks_skipped_kv or not follows
         rows = runs.numel()
         gather = self.gather_tokens
         if gather is None:
@@ -430,7 +431,7 @@ class AdalasForCausalLM(nn.Module):
         if not gather:
             stored = run if self.depth.masks_skipped_kv else None
             return torch.where(run.unsqueeze(-1), self._layer(i, layer, h, ctx, stored), h)
-        return self._layer(i, layer, h, ctx, runs=(runs, compact))
+        return self._layer(i, layer, h, ctx, runs=(runs, counts, most, compact))
 
     def _gathered(self, i, layer, h, ctx, run_rows: torch.Tensor) -> torch.Tensor:
         """A decode step where some rows run layer i: run it on those rows only (gather/scatter), or,
@@ -476,7 +477,7 @@ class AdalasForCausalLM(nn.Module):
         ctx.cache.write(i, k, v, ctx.cache_rows)
 
     def _layer(self, i, layer, h, ctx: StepContext, stored: torch.Tensor | None = None,
-               runs: tuple[torch.Tensor, bool] | None = None) -> torch.Tensor:
+               runs: tuple | None = None) -> torch.Tensor:
         """Layer i, whole (`_layer_body`) or on the runners' rows (`runs`: `_runner_body`), under
         activation checkpointing where it is on."""
         body, args = (self._layer_body, (stored,)) if runs is None else (self._runner_body, runs)
@@ -521,16 +522,15 @@ class AdalasForCausalLM(nn.Module):
         h = fam.after_attention(layer, h, fam.attn_output(layer, o))
         return fam.mlp(layer, h)
 
-    def _runner_body(self, i, layer, h, ctx: StepContext, runs: torch.Tensor, compact: bool) -> torch.Tensor:
-        """Layer i for the tokens in `runs` (B, T) of an uncached pass; the others keep h. Each row's
-        runners are packed to the left (Tq slots, the row with most runners; the slots past a row's
-        count hold other tokens, whose outputs are dropped) for the queries, attention and output
+    def _runner_body(self, i, layer, h, ctx: StepContext, runs: torch.Tensor, counts: torch.Tensor, Tq: int,
+                     compact: bool) -> torch.Tensor:
+        """Layer i for the tokens in `runs` (B, T) of an uncached pass (`counts` (B,) per row, `Tq` the
+        most); the others keep h. Each row's runners are packed to the left (Tq slots; the slots past a
+        row's count hold other tokens, whose outputs are dropped) for the queries, attention and output
         projection; the residual and MLP run on the runners' rows alone, then scatter back.
         Keys/values: `compact`, the runners' only (the packed slots); else every token's."""
         fam = self.family
         B, T, D = h.shape
-        counts = runs.sum(1)  # (B,)
-        Tq = int(counts.max())
         q_pos = runs.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :Tq]  # (B, Tq) slot -> t
         slot_ok = torch.arange(Tq, device=h.device) < counts[:, None]  # (B, Tq): slot holds a runner
         h_q = h.gather(1, q_pos[..., None].expand(B, Tq, D))  # (B, Tq, D)
@@ -584,12 +584,12 @@ def _restrict(ctx: StepContext, key_stored: torch.Tensor, T: int, end: int) -> t
     return (base & key_stored[:, None, None, :]) | (k_pos == q_pos)
 
 
-def _runner_follows_skipper(runs: torch.Tensor, real: torch.Tensor | None) -> bool:
-    """Whether some token in `runs` (B, T) comes after a real token of its row that is not in `runs`
-    (then it attends to that token's keys/values at this layer)."""
+def _runner_follows_skipper(runs: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """() long: 1 where some token in `runs` (B, T) comes after a real token of its row that is not in
+    `runs` (then it attends to that token's keys/values at this layer), else 0."""
     skip = ~runs if real is None else real & ~runs
     seen = skip.cummax(dim=1).values  # (B, T): a skipper at or before t
-    return bool((runs[:, 1:] & seen[:, :-1]).any())
+    return (runs[:, 1:] & seen[:, :-1]).any().long()
 
 
 def _rows_mask(ctx: StepContext, i: int, q_pos: torch.Tensor, k_pos: torch.Tensor | None,
