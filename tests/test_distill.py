@@ -178,6 +178,20 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, alias(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
+    # a sweep puts the adapted alias beside its route off the shelf, on the same sequences
+    from adalas.cli import main as cli_main
+
+    out = tmp_path / "sweep"
+    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
+                     "--max-new-tokens", "3", "--strategies", "early_exit", "--budgets", "3", "--adapted",
+                     "tiny-adapted-2", "--no-progress", "--out", str(out)]) == 0
+    rows = {r["config_id"]: r for r in map(json.loads, (out / "sweep.jsonl").read_text().splitlines())}
+    assert set(rows) == {"full", "early_exit@3", "route:tiny-adapted-2", "adapted:tiny-adapted-2"}
+    adapted, off_shelf = rows["adapted:tiny-adapted-2"], rows["route:tiny-adapted-2"]
+    assert adapted["strategy"] == "adapted" and adapted["model"] == "tiny-adapted-2"
+    assert adapted["avg_layers"] == off_shelf["avg_layers"] == 2 and adapted["route"] == off_shelf["route"] == "1001"
+    assert adapted["rougeL_ci95"] and off_shelf["model"] == str(strong / "strong")
+
 
 DISTILL_MODES = {
     "route": ({"mode": "route", "route": [True, False, True, True]}, []),
@@ -213,16 +227,3 @@ def test_training_on_the_builtin_set_warns_and_the_model_records_its_data(work, 
     record = json.loads((tmp_path / "adalas_training.json").read_text())
     assert record["data"] == "builtin" and len(record["data_sha256"]) == 64 and record["steps"] == 1
 
-    # a sweep puts the adapted alias beside its route off the shelf, on the same sequences
-    from adalas.cli import main as cli_main
-
-    out = tmp_path / "sweep"
-    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
-                     "--max-new-tokens", "3", "--strategies", "early_exit", "--budgets", "3", "--adapted",
-                     "tiny-adapted-2", "--no-progress", "--out", str(out)]) == 0
-    rows = {r["config_id"]: r for r in map(json.loads, (out / "sweep.jsonl").read_text().splitlines())}
-    assert set(rows) == {"full", "early_exit@3", "route:tiny-adapted-2", "adapted:tiny-adapted-2"}
-    adapted, off_shelf = rows["adapted:tiny-adapted-2"], rows["route:tiny-adapted-2"]
-    assert adapted["strategy"] == "adapted" and adapted["model"] == "tiny-adapted-2"
-    assert adapted["avg_layers"] == off_shelf["avg_layers"] == 2 and adapted["route"] == off_shelf["route"] == "1001"
-    assert adapted["rougeL_ci95"] and off_shelf["model"] == str(strong / "strong")
