@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m", help="hub id, local directory, or smollm2-135m")
     p.add_argument("--batch", type=int, default=4, help="rows per step")
     p.add_argument("--tokens", type=int, default=128, help="tokens per row")
-    p.add_argument("--labels", type=int, default=96, help="labelled tokens at the end of each row (the rest is the prompt)")
+    p.add_argument("--labels", type=int, default=96,
+                   help="labelled tokens at the end of each row (the rest is the prompt)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per config (the median is reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-masked", action="store_true", help="leave out the *_masked configs")

@@ -72,6 +72,18 @@ def test_gathered_pass_equals_masked_pass(family_name, depth, kv_fill, padding):
 
 
 @pytest.mark.parametrize("kv_fill", ["propagate", "mask"])
+@pytest.mark.parametrize("newer", ["qwen3", "mistral_window", "qwen2_window"])
+def test_gathered_pass_on_newer_llama_layouts(newer, kv_fill):
+    """Qwen3's per-head q/k norms and sliding windows shorter than the sequence (Mistral: every layer;
+    Qwen2: the last two), under the gathered queries' own masks."""
+    from test_families import NEWER
+    for depth in ("static_skip", "stochastic", "early_exit"):
+        m = AdalasForCausalLM.from_hf(NEWER[newer](), DepthConfig(kv_fill=kv_fill, **DEPTHS[depth]))
+        for padding in ("right", "left"):
+            assert_same(m, *teacher_forced_batch(padding))
+
+
+@pytest.mark.parametrize("kv_fill", ["propagate", "mask"])
 def test_gathered_pass_in_training_mode_and_with_checkpointing(kv_fill):
     """model.train() (no dropout in the tiny models) and activation checkpointing take the same path."""
     m = AdalasForCausalLM.from_hf(BUILDERS["llama"](), DepthConfig(kv_fill=kv_fill, **DEPTHS["stochastic"])).train()
@@ -126,8 +138,8 @@ def test_padding_and_prompt_rows_only_run_what_they_must(monkeypatch):
     hooks = [layer.mlp.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[:-1].numel()))
              for layer in m.family.layers()]
     kv_rows = []
-    hooks += [layer.self_attn.k_proj.register_forward_hook(lambda mod, args, out: kv_rows.append(args[0].shape[:-1].numel()))
-              for layer in m.family.layers()]
+    hooks += [layer.self_attn.k_proj.register_forward_hook(
+        lambda mod, args, out: kv_rows.append(args[0].shape[:-1].numel())) for layer in m.family.layers()]
     m.gather_tokens = True
     m(input_ids=ids, attention_mask=mask, labels=labels)
     for h in hooks:

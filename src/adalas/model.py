@@ -420,7 +420,8 @@ class AdalasForCausalLM(nn.Module):
         full depth and the response skips)."""
         runs = run if ctx.real is None else run & ctx.real  # (B, T)
         counts = runs.sum(1)  # (B,)
-        n_run, most, follows = torch.stack([counts.sum(), counts.max(), _runner_follows_skipper(runs, ctx.real)]).tolist()
+        follows = _runner_follows_skipper(runs, ctx.real)
+        n_run, most, follows = torch.stack([counts.sum(), counts.max(), follows]).tolist()  # one host sync
         if n_run == 0:
             return h  # no real token runs layer i, so none reads its keys/values either
         compact = self.depth.masks_skipped_kv or not follows
