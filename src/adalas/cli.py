@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any
 
+from .flags import OneLineErrors
+
 # subcommand -> (module under adalas.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "generate side by side at full depth, early exit and layer skipping"),
@@ -27,13 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "speed and memory benchmarks"),
     "export": ("export", "write a plain transformers checkpoint with skipped layers removed"),
 }
-
-
-class OneLineErrors:
-    """An argparse mixin: a usage error is one line on stderr and exit code 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class DashUnderscoreParser(OneLineErrors, argparse.ArgumentParser):
