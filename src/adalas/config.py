@@ -23,6 +23,7 @@ MODES: tuple[str, ...] = get_args(Mode)
 KV_FILLS: tuple[str, ...] = get_args(KVFill)
 CONTROLLER_INPUTS: tuple[str, ...] = get_args(ControllerInput)
 MEASURES: tuple[str, ...] = get_args(Measure)
+DEPTH_FILE = "adalas_depth.json"  # a saved model's (or adapter's) depth config, beside its weights
 
 
 @dataclass
@@ -180,6 +181,17 @@ class DepthConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"depth: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
         return cls.from_dict(data)
+
+    @classmethod
+    def from_dir(cls, directory: "str | Path") -> "DepthConfig | None":
+        """The depth config saved in a model (or adapter) directory, None when it has none."""
+        f = Path(directory) / DEPTH_FILE
+        if not f.is_file():
+            return None
+        try:
+            return cls.from_json(f.read_text())
+        except ValueError as e:
+            raise ValueError(f"{f}: invalid depth config: {e}") from None
 
     @classmethod
     def parse(cls, value: "str | dict | DepthConfig | None") -> "DepthConfig":

@@ -74,7 +74,7 @@ def export_checkpoint(model: "str | os.PathLike | nn.Module", depth: "DepthConfi
     directory) or the AdalasForCausalLM's own. `tokenizer`: saved with it; by default the model
     directory's or hub id's tokenizer when one loads.
     """
-    from .model import AdalasForCausalLM, _read_depth
+    from .model import AdalasForCausalLM
 
     out = Path(out)
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
@@ -83,7 +83,7 @@ def export_checkpoint(model: "str | os.PathLike | nn.Module", depth: "DepthConfi
     elif depth is None and isinstance(model, (str, os.PathLike)):
         from .hub import adapter_dir
         saved_in = adapter_dir(str(model)) or Path(model)  # an adapted alias keeps its depth with its adapter
-        depth = _read_depth(saved_in) if saved_in.is_dir() else None
+        depth = DepthConfig.from_dir(saved_in) if saved_in.is_dir() else None
     if depth is None:
         raise ValueError("depth: required (static_skip, early_exit or route JSON)")
     depth = DepthConfig.parse(depth)

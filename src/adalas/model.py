@@ -33,11 +33,10 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .cache import KVCache
-from .config import DepthConfig
+from .config import DEPTH_FILE, DepthConfig
 from .controllers import Router, build_router, make_controllers
 from .families import Family, family_for
 
-DEPTH_FILE = "adalas_depth.json"
 CONTROLLERS_FILE = "adalas_controllers.safetensors"
 # what torch.utils.checkpoint.checkpoint takes besides the function and its inputs
 CHECKPOINT_OPTIONS = frozenset({"use_reentrant", "context_fn", "determinism_check", "debug", "early_stop",
@@ -139,7 +138,7 @@ class AdalasForCausalLM(nn.Module):
         depth = DepthConfig.parse(depth) if depth is not None else None
         check_depth_before_loading(str(name_or_path), depth, load_kwargs.get("trust_remote_code", False))
         hf, path = load_hf_model(str(name_or_path), **load_kwargs)
-        saved = _read_depth(path) if path is not None else None
+        saved = DepthConfig.from_dir(path) if path is not None else None
         if saved is not None and saved.mode == "sequence" and saved.router_path is None:
             saved = replace(saved, router_path=str(path))  # its sequence router was saved with the model
         m = cls(hf, saved or DepthConfig())
@@ -676,17 +675,8 @@ def check_depth_before_loading(name: str, depth: DepthConfig | None, trust_remot
     L = getattr(config, "num_hidden_layers", None)
     if not isinstance(L, int):
         return
-    saved = _read_depth(local) if local is not None else None
+    saved = DepthConfig.from_dir(local) if local is not None else None
     for cfg in (saved, depth):
         if cfg is not None:
             cfg.check_layers(L)
 
-
-def _read_depth(path: Path) -> DepthConfig | None:
-    f = path / DEPTH_FILE
-    if not f.is_file():
-        return None
-    try:
-        return DepthConfig.from_json(f.read_text())
-    except ValueError as e:
-        raise ValueError(f"{f}: invalid depth config: {e}") from None

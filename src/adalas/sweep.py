@@ -190,15 +190,7 @@ def checkpoint_num_layers(directory: Path) -> int | None:
 
 def checkpoint_depth(directory: Path) -> DepthConfig:
     """The depth a model directory restores (its saved adalas depth config; full depth if none)."""
-    from .model import DEPTH_FILE
-
-    f = Path(directory) / DEPTH_FILE
-    if not f.is_file():
-        return DepthConfig()
-    try:
-        return DepthConfig.from_json(f.read_text())
-    except ValueError as e:
-        raise ValueError(f"{f}: invalid depth config: {e}") from None
+    return DepthConfig.from_dir(directory) or DepthConfig()
 
 
 def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, data_id: Any, reference: str) -> dict:

@@ -36,12 +36,12 @@ from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .callbacks import RouteKeyCallback
-from .config import DepthConfig
+from .config import DEPTH_FILE, DepthConfig
 from .data import TRAINING_FILE, data_sha256
 from .distill import INDEX_COLUMN, Distiller
 from .flags import OneLineErrors
 from .io import atomic_write_text, check_output_dir
-from .model import CONTROLLERS_FILE, DEPTH_FILE, AdalasForCausalLM
+from .model import CONTROLLERS_FILE, AdalasForCausalLM
 from .recipes import check_fields, load_recipe, packaged_file, split_recipe_flag, to_argv
 
 TRAINABLE_FILE = "adalas_trainable.safetensors"  # LoRA runs: the trainable tensors, for resuming
