@@ -20,9 +20,10 @@ common = dict(skip_prompt=st.booleans(), kv_fill=st.sampled_from(["propagate", "
 valid_configs = st.one_of(
     st.builds(DepthConfig, mode=st.just("full"), **common),
     st.builds(DepthConfig, mode=st.just("static_skip"),
-              skip_layers=st.lists(st.integers(0, L - 1), max_size=L, unique=True), **common),
+              skip_layers=st.lists(st.integers(0, L - 1), max_size=L - 1, unique=True), **common),  # keeps one
     st.builds(DepthConfig, mode=st.just("stochastic"),
-              skip_probs=st.lists(st.floats(0, 1), min_size=L, max_size=L), **common),
+              skip_probs=st.lists(st.floats(0, 1), min_size=L, max_size=L).filter(lambda p: min(p) < 1),
+              **common),  # some layer may run
     st.builds(DepthConfig, mode=st.just("early_exit"), exit_after=st.integers(1, L), **common),
     st.builds(DepthConfig, mode=st.just("random_budget"), budget=st.integers(1, L), keep_first=st.booleans(),
               **common),
