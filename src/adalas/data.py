@@ -301,17 +301,20 @@ def _builtin_path() -> Path:
 TRAINING_FILE = "adalas_training.json"  # in a trained model directory: its `data` and `data_sha256`, and more
 
 
-def data_sha256(data: str | os.PathLike) -> str | None:
-    """sha256 of a local data file's bytes (the packaged file for `builtin`); None for hub datasets.
-    Training records it in the model directory, and evaluation compares it (held-out or not)."""
-    path = _builtin_path() if str(data) == "builtin" else Path(data).expanduser()
-    if not path.is_file():
-        return None
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def data_sha256(data: str | os.PathLike) -> str | None:
+    """sha256 of a local data file's bytes (the packaged file for `builtin`); None for hub datasets.
+    Training records it in the model directory, and evaluation compares it (held-out or not)."""
+    path = _builtin_path() if str(data) == "builtin" else Path(data).expanduser()
+    return file_sha256(path) if path.is_file() else None
 
 
 def _local_path(data: str | os.PathLike) -> Path | None:

@@ -137,7 +137,8 @@ def model_identity(model) -> str:
     """What the teacher is: the weights' name_or_path plus a fingerprint of a few tensors' values."""
     hf = model.model
     h = hashlib.sha256(str(getattr(hf.config, "_name_or_path", "")).encode())
-    for name, p in list(hf.named_parameters())[:: max(1, len(list(hf.parameters())) // 8)]:
+    named = list(hf.named_parameters())
+    for name, p in named[:: max(1, len(named) // 8)]:
         h.update(name.encode())
         h.update(p.detach().float().flatten()[:4096].numpy().tobytes())
     return h.hexdigest()

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .data import Example, adds_bos, load_examples, make_collator, tokenize_prompt
+from .data import Example, adds_bos, file_sha256, load_examples, make_collator, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text
 
 NGRAM = 8
@@ -195,14 +195,6 @@ def read_prompt_file(path: Path) -> list[str]:
     if not prompts:
         raise ValueError(f"--prompts: {str(path)!r} holds no prompt")
     return prompts
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

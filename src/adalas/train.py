@@ -40,7 +40,7 @@ from .config import DEPTH_FILE, DepthConfig
 from .data import TRAINING_FILE, data_sha256
 from .distill import INDEX_COLUMN, Distiller
 from .flags import OneLineErrors
-from .io import atomic_write_text, check_output_dir
+from .io import atomic_write_json, atomic_write_text, check_output_dir
 from .model import CONTROLLERS_FILE, AdalasForCausalLM
 from .recipes import check_fields, load_recipe, packaged_file, split_recipe_flag, to_argv
 
@@ -603,8 +603,8 @@ def _datasets(cfg: AdalasArguments, args: TrainingArguments, tokenizer):
 
 def _distillation(cfg: AdalasArguments, args: TrainingArguments, adalas: AdalasForCausalLM, train_ds, collator):
     """(the training set with its row index, the collator that passes it, the Distiller). Called before
-    LoRA is applied, so a cached teacher is the base weights at full depth; under LoRA without a
-    cache, the teacher is the same model with its adapters disabled (set up in `run`)."""
+    LoRA is applied, so a cached teacher (and a full fine-tune's frozen copy) is the base weights at
+    full depth; under LoRA without a cache, the teacher is the same model with its adapters disabled."""
     from .distill import IndexedCollator, teacher_cache
 
     train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
@@ -612,10 +612,14 @@ def _distillation(cfg: AdalasArguments, args: TrainingArguments, adalas: AdalasF
     if cfg.distill_top_k:
         with args.main_process_first(desc="the teacher's top-k"):
             adalas.to(args.device)
-            cache = teacher_cache(adalas, train_ds, collator.base, cfg.distill_top_k, cfg.distill_temperature,
-                                  progress=args.process_index == 0 and not args.disable_tqdm)
-        return train_ds, collator, Distiller(cfg.distill_alpha, cfg.distill_temperature, cache=cache)
-    return train_ds, collator, Distiller(cfg.distill_alpha, cfg.distill_temperature, adalas=adalas)
+            teacher = {"cache": teacher_cache(adalas, train_ds, collator.base, cfg.distill_top_k,
+                                              cfg.distill_temperature,
+                                              progress=args.process_index == 0 and not args.disable_tqdm)}
+    elif cfg.uses_lora:
+        teacher = {"adalas": adalas}  # the trained model itself, its adapters disabled
+    else:
+        teacher = {"teacher": _frozen_copy(adalas)}
+    return train_ds, collator, Distiller(cfg.distill_alpha, cfg.distill_temperature, **teacher)
 
 
 def _frozen_copy(adalas: AdalasForCausalLM) -> AdalasForCausalLM:
@@ -643,18 +647,16 @@ def save_adapter(model: nn.Module, directory: Path, record: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # keys relative to the Hugging Face model (peft's own layout), not to our wrapper: the adapter then
     # also loads with plain peft onto the base checkpoint
-    inner = "base_model.model." + "model."
-    state = {k.replace(inner, "base_model.model.", 1): v.detach().to(torch.float16).contiguous().cpu()
+    state = {k.replace("base_model.model.model.", "base_model.model.", 1): v.detach().to(torch.float16).contiguous().cpu()
              for k, v in get_peft_model_state_dict(model).items()}
     tmp = directory / "adapter_model.safetensors.tmp"
     save_file(state, str(tmp))
     tmp.replace(directory / "adapter_model.safetensors")
     config = model.peft_config["default"].to_dict()
     config["base_model_name_or_path"] = None
-    atomic_write_text(directory / "adapter_config.json", json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n")
-    depth = unwrap(model).depth
-    atomic_write_text(directory / DEPTH_FILE, json.dumps(depth.to_dict(), indent=2, sort_keys=True) + "\n")
-    atomic_write_text(directory / "provenance.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(directory / "adapter_config.json", _jsonable(config))
+    atomic_write_json(directory / DEPTH_FILE, unwrap(model).depth.to_dict())
+    atomic_write_json(directory / "provenance.json", record)
 
 
 def _jsonable(value: Any) -> Any:
@@ -705,8 +707,6 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     if cfg.distill:
         train_ds, collator, distiller = _distillation(cfg, args, adalas, train_ds, collator)
     model = prepare_model(adalas, cfg, warmup)
-    if distiller is not None and distiller.adalas is not None and not is_peft(model):
-        distiller = Distiller(cfg.distill_alpha, cfg.distill_temperature, teacher=_frozen_copy(adalas))
     if args.ddp_find_unused_parameters is None:
         # a layer that every token skips gets no gradient, which DDP must be told about (or it is frozen)
         args.ddp_find_unused_parameters = adalas.depth.mode not in ("full", "learned") and not (
@@ -741,7 +741,7 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     trainer.save_model()
     if args.should_save:
         record = training_record(cfg, argv, trainer.state.global_step, time.monotonic() - start)
-        atomic_write_text(Path(args.output_dir) / TRAINING_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        atomic_write_json(Path(args.output_dir) / TRAINING_FILE, record)
         if is_peft(model):
             save_adapter(model, Path(args.output_dir) / "adapter", record)
     if train_metrics:

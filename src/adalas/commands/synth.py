@@ -35,7 +35,8 @@ def build_parser():
 def main(argv: list[str]) -> int:
     from pathlib import Path
 
-    from ..synth import SynthSettings, file_sha256, meta_path, read_prompt_file, synthesize
+    from ..data import file_sha256
+    from ..synth import SynthSettings, meta_path, read_prompt_file, synthesize
 
     args = build_parser().parse_args(argv)
     check_counts(("--n", args.n, 1), ("--max-new-tokens", args.max_new_tokens, 1),
