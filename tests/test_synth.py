@@ -67,6 +67,37 @@ def test_same_seed_same_bytes_and_a_killed_run_resumes_to_them(chat_model, tmp_p
     assert (tmp_path / "k.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes()
 
 
+def test_an_unanswered_prompt_still_counts_as_seen_after_a_resume(chat_model, tmp_path, monkeypatch):
+    """A prompt whose answer came back empty is dropped, but a later duplicate of it is a duplicate
+    whether or not the run was killed in between."""
+    prompts = ["Name a color please", "List three fruits for me", "name a color, please!", "What is two plus two today"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    real = S.answer
+
+    def first_unanswered(model, tok, batch, n):
+        return ["" if p == prompts[0] else a for p, a in zip(batch, real(model, tok, batch, n))]
+
+    monkeypatch.setattr(S, "answer", first_unanswered)
+    base = ["--prompts", str(tmp_path / "p.txt"), "--n", "10", "--batch-size", "2"]
+    whole = synth(chat_model, tmp_path / "whole.jsonl", *base)
+    calls = []
+
+    def dies_second_time(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return first_unanswered(*args, **kw)
+
+    monkeypatch.setattr(S, "answer", dies_second_time)
+    assert cli_main(["synth", "--model", str(chat_model), "--out", str(tmp_path / "k.jsonl"), "--max-prompt-tokens",
+                     "12", "--max-new-tokens", "6", "--min-prompt-words", "2", "--no-progress", *base]) == 130
+    monkeypatch.setattr(S, "answer", first_unanswered)
+    resumed = synth(chat_model, tmp_path / "k.jsonl", *base)
+    assert (whole["dropped_unanswered"], whole["dropped_duplicate"]) == (1, 1) == (
+        resumed["dropped_unanswered"], resumed["dropped_duplicate"])
+    assert (tmp_path / "k.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
 def test_builtin_rows_and_duplicates_are_dropped_and_counted(chat_model, tmp_path):
     from adalas.data import load_examples
 

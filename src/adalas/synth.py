@@ -293,7 +293,9 @@ def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progr
     if state["done"]:
         return state
     atomic_write_text(out, "".join(_dumps(r) + "\n" for r in rows))  # drop rows a kill left unaccounted
-    filt = PromptFilter(settings, state, (r["instruction"] for r in rows))
+    # the duplicate filter remembers every prompt it let through, answered or not, so a resumed run
+    # filters exactly as an unbroken one
+    filt = PromptFilter(settings, state, [r["instruction"] for r in rows] + state.get("unanswered_prompts", []))
     bar = tqdm(total=settings.n, initial=state["rows"], desc="synth", unit="row", disable=not progress)
     start = time.monotonic()
     with open(out, "a", encoding="utf-8") as f:
@@ -316,6 +318,7 @@ def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progr
             for j, (p, a) in enumerate(zip(prompts, answers)):
                 if not a:
                     state["dropped_unanswered"] += 1
+                    state.setdefault("unanswered_prompts", []).append(p)
                     continue
                 new.append({"id": f"synth-{settings.seed}-{r:05d}-{j:02d}", "instruction": p, "input": "",
                             "output": a})
