@@ -106,7 +106,7 @@ def adalas_case(name: str, model, enc: dict, depth, pad_id: int, **gen) -> Case:
         return model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_id, **gen)
 
     def stats() -> dict:
-        out = {"kv_cache_bytes": model._last_cache_bytes, "avg_layers": round(model.avg_layers(), 3)}
+        out = {"kv_cache_bytes": model.usage.last_cache_bytes, "avg_layers": round(model.avg_layers(), 3)}
         if "draft_depth" in gen:
             spec = model.speculative_stats()
             out.update({k: round(spec[k], 3) if isinstance(spec[k], float) else spec[k] for k in SPEC_KEYS})

@@ -334,7 +334,7 @@ def test_checkpointing_takes_the_trainers_keywords(monkeypatch, tmp_path):
                              activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": 3},
                              max_steps=1, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True)
     Trainer(model=m, args=args, train_dataset=ds).train()
-    assert m.is_activation_checkpointing and m._checkpointing == ({"use_reentrant": False}, 3, False)
+    assert m.is_activation_checkpointing and m.checkpointing == ({"use_reentrant": False}, 3, False)
     assert [i for i, _ in calls] == [0, 3] and all(kw == {"use_reentrant": False} for _, kw in calls)
 
 

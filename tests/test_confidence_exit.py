@@ -8,7 +8,7 @@ import torch
 from conftest import LAYERS, batch, tiny_gpt2, tiny_llama
 
 from adalas import AdalasForCausalLM, DepthConfig
-from adalas.controllers import confidence
+from adalas.routers import confidence
 
 ATOL = 1e-5
 EXITS = [1, 2]
@@ -117,7 +117,7 @@ def test_finished_rows_not_counted():
     first = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1)[:, -1]
     m.reset_usage()
     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, eos_token_id=int(first[0]), pad_token_id=0)
-    assert m._usage_tokens == 4  # row 0 stopped at once; row 1 fed 4 tokens after the prefill
+    assert m.usage.tokens == 4  # row 0 stopped at once; row 1 fed 4 tokens after the prefill
     assert m.head_evaluations() == 2.0
 
 

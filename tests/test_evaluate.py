@@ -16,6 +16,7 @@ import torch
 
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas import evaluate as E
+from adalas import io as adalas_io
 from adalas.cli import main as cli_main
 
 from conftest import LAYERS, ROWS, make_tiny
@@ -281,23 +282,23 @@ def test_a_grown_run_only_adds_the_new_sequences(tiny, tmp_path, monkeypatch):
 def test_read_jsonl_keeps_a_complete_last_line_and_refuses_a_bad_middle_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"a": 1}\n{"a": 2}')  # complete, no final newline
-    assert E.read_jsonl(p, repair=True) == [{"a": 1}, {"a": 2}]
+    assert adalas_io.read_jsonl(p, repair=True) == [{"a": 1}, {"a": 2}]
     assert p.read_text().endswith("}\n")
     p.write_text('{"a": 1}\n{"a": 2')  # torn
-    assert E.read_jsonl(p) == [{"a": 1}] and p.read_text().endswith("2")  # reading alone changes nothing
-    assert E.read_jsonl(p, repair=True) == [{"a": 1}] and p.read_text() == '{"a": 1}\n'
+    assert adalas_io.read_jsonl(p) == [{"a": 1}] and p.read_text().endswith("2")  # reading alone changes nothing
+    assert adalas_io.read_jsonl(p, repair=True) == [{"a": 1}] and p.read_text() == '{"a": 1}\n'
     p.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
     with pytest.raises(ValueError, match=r"x.jsonl:2"):
-        E.read_jsonl(p)
+        adalas_io.read_jsonl(p)
 
 
 def test_rows_holding_unicode_line_breaks_read_back_whole(tmp_path):
     """dumps_row leaves U+2028, U+0085, ... unescaped (a model may generate them): lines end at \\n only."""
-    store = E.RowStore(tmp_path, "rows.jsonl", ("id",))
+    store = adalas_io.RowStore(tmp_path, "rows.jsonl", ("id",))
     rows = [{"id": "a", "prediction": "one\u2028two\x85three\x1cfour\u2029"}, {"id": "b", "prediction": "x"}]
     store.append(rows)
-    assert E.read_jsonl(tmp_path / "rows.jsonl", repair=True) == rows
-    assert E.RowStore(tmp_path, "rows.jsonl", ("id",)).rows() == {("a",): rows[0], ("b",): rows[1]}
+    assert adalas_io.read_jsonl(tmp_path / "rows.jsonl", repair=True) == rows
+    assert adalas_io.RowStore(tmp_path, "rows.jsonl", ("id",)).rows() == {("a",): rows[0], ("b",): rows[1]}
 
 
 def test_reference_full_scores_against_the_full_model_and_is_cached(tiny, tmp_path, monkeypatch):

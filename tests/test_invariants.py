@@ -154,7 +154,7 @@ def test_layer_usage_exact_for_static_routes(hf_model):
     m.reset_usage()
     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
     assert m.layer_usage() == [0.0, 1.0, 0.0, 1.0]
-    assert m._usage_tokens == 2 * 5  # the first new token comes from the prefill and is not counted
+    assert m.usage.tokens == 2 * 5  # the first new token comes from the prefill and is not counted
     m.set_depth(DepthConfig(mode="early_exit", exit_after=3))
     m.reset_usage()
     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4)

@@ -11,7 +11,7 @@ from torch import nn
 
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas.callbacks import RouteKeyCallback
-from adalas.controllers import sequence_keys, set_train_step
+from adalas.routers import sequence_keys, set_train_step
 
 from conftest import LAYERS, VOCAB, tiny_llama
 

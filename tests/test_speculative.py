@@ -152,7 +152,7 @@ def test_draft_and_verify_counted_separately():
     assert s["rounds"] > 0 and s["drafted"] == 2 * round(s["mean_draft_length"] * s["rounds"])
     assert s["draft_avg_layers"] == pytest.approx(sum(draft))
     assert s["round_tokens"] + s["plain_tokens"] == 2 * 9  # the first token comes from the prefill
-    assert m._usage_tokens == s["plain_tokens"]  # layer_usage() counts the plain decode steps only
+    assert m.usage.tokens == s["plain_tokens"]  # layer_usage() counts the plain decode steps only
 
 
 def test_invalid_drafts_raise():

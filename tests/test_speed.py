@@ -16,7 +16,7 @@ from conftest import BUILDERS, LAYERS, batch, positions
 import adalas.cost
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas.cache import KVCache
-from adalas.controllers import hash_uniform, random_route, sequence_keys
+from adalas.routers import hash_uniform, random_route, sequence_keys
 
 ATOL = 1e-5
 MODES = {
@@ -173,7 +173,7 @@ def test_mask_cache_holds_only_what_a_static_route_stores():
                       "exit_propagate": DepthConfig(mode="early_exit", exit_after=2)}.items():
         m.set_depth(cfg)
         m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10)
-        sizes[name] = m._last_cache_bytes
+        sizes[name] = m.usage.last_cache_bytes
     per_slot = sizes["full"] // (LAYERS * 16)  # bytes per (layer, slot): 6 prompt + 10 new slots
     assert sizes["exit_propagate"] == sizes["exit_mask"]  # a static route stores no skipped keys/values either way
     assert sizes["exit_mask"] == per_slot * (2 * 16 + 2 * 6)  # skipped layers keep the prompt only

@@ -1,12 +1,12 @@
 """Trainer callbacks. `RouteKeyCallback` tells the model the optimizer step, which joins the key of
 every random draw (`stochastic` skips, `random_budget` routes) in training, so each step draws
-anew while a sequence's draws stay independent of its batch companions (see `adalas.controllers`).
+anew while a sequence's draws stay independent of its batch companions (see `adalas.routers`).
 Outside a step (evaluation during training, after training) the key is the sequence's alone."""
 from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .controllers import set_train_step
+from .routers import set_train_step
 
 
 class RouteKeyCallback(TrainerCallback):

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Sequence, get_args
 
 Mode = Literal["full", "static_skip", "stochastic", "early_exit", "random_budget", "route", "learned",
                "confidence_exit", "sequence"]
@@ -283,3 +283,19 @@ def _check_route(name: str, route: Any) -> None:
             raise ValueError(f"{name}[{i}]: {r!r} is not a boolean")
     if not any(route):
         raise ValueError(f"{name}: runs no layer; a route must keep at least one")
+
+
+def route_to_str(route: Sequence[bool]) -> str:
+    """Compact form, one character per layer: "1" runs, "0" skips (e.g. "1010").
+
+    >>> route_to_str([True, False, True, False])
+    '1010'
+    """
+    return "".join("1" if keep else "0" for keep in route)
+
+
+def route_from_str(text: str) -> list[bool]:
+    """Inverse of `route_to_str`."""
+    if not text or set(text) - {"0", "1"}:
+        raise ValueError(f"route string must be a non-empty string of 0/1, got {text!r}")
+    return [ch == "1" for ch in text]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DepthConfig
+from .io import atomic_save_tensors
 from .paths import cache_dir
 
 INDEX_COLUMN = "example_index"  # the dataset row, so a batch finds its cached teacher rows
@@ -109,13 +110,8 @@ class TeacherCache:
         return self.index[sel], self.logp[sel].float()
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"index": self.index.contiguous(), "logp": self.logp.contiguous(),
-                   "offsets": self.offsets.contiguous()}, str(tmp))
-        tmp.replace(path)
+        atomic_save_tensors(path, {"index": self.index.contiguous(), "logp": self.logp.contiguous(),
+                                   "offsets": self.offsets.contiguous()})
 
     @classmethod
     def load(cls, path: Path) -> "TeacherCache":

@@ -1,18 +1,19 @@
 """Generation on an evaluation set: ROUGE, layers used, one JSONL row per sequence.
 
 Notable:
-- One engine serves `adalas eval` (one depth -> metrics.json) and `adalas sweep` (many depths ->
+- One evaluation loop serves `adalas eval` (one depth -> metrics.json) and `adalas sweep` (many depths ->
   sweep.jsonl). Prompts are tokenized once, sorted by length and cut into fixed batches
   (`plan_batches`); the plan depends only on the sequences and the batch size, so a rerun, a
   resumed run and a sharded run see the same batches. Rank r of W takes batches r, r + W, ...,
   so every row has the same batch companions however many ranks run, and the same predictions.
-- Resume: rows are appended and flushed per batch (`RowStore`), keyed by (config_id, id) or id; a
+- Resume: rows are appended and flushed per batch (`io.RowStore`), keyed by (config_id, id) or id; a
   rerun skips the keys present. A batch with only some rows present is generated again whole (same
   companions, same predictions) and only the missing rows are written. A torn last line (a kill
   during a write) is cut off before appending.
 - Sharding: with W > 1 ranks each rank appends to its own part file under `parts/`; the last rank
   to finish merges the parts into the main file in plan order (the order one rank would have
-  written) under a file lock, or rank 0 after a barrier when torch.distributed is initialized.
+  written) under a file lock, or rank 0 after a barrier when torch.distributed is initialized
+  (`io.finish_shards`).
 - Layers used per sequence are counted as `layer_usage()` counts them (decode steps only: a row
   that generates n tokens is counted on n - 1 steps): a row that follows one route (static modes;
   `random_budget` and `sequence`: the route `generate()` chose for it) counts route x steps, and
@@ -29,7 +30,6 @@ Notable:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,16 +41,16 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from .config import DepthConfig
-from .controllers import chosen_routes
 from .data import (TRAINING_FILE, Example, build_prompt, data_sha256, load_examples, make_collator, resolve_format,
                    tokenize_prompt)
-from .io import atomic_write_json, atomic_write_text, check_output_dir
+from .io import RowStore, atomic_write_json, check_output_dir, finish_shards
 from .metrics import batch_columns, summarize_columns
+from .routers import chosen_routes
 from .stats import bootstrap_ci
 
 logger = logging.getLogger(__name__)
@@ -305,173 +305,6 @@ def _check_against_counters(model, runs: torch.Tensor, steps: torch.Tensor) -> N
         warnings.warn(f"per-row layer counts disagree with the model's counters ({sum(ours):.4f} vs "
                       f"{sum(theirs):.4f} layers per token); a learned controller near a tie can do this",
                       LayerCountWarning, stacklevel=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# JSONL rows: append per batch, read back tolerantly, merge shards
-
-def dumps_row(row: dict) -> str:
-    """One JSONL line. ensure_ascii=False leaves U+2028 and other Unicode line breaks unescaped in
-    strings (a model may generate them), so readers split lines at "\n" only."""
-    return json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False)
-
-
-def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a JSONL file ([] if absent). A torn last line (no newline, not valid JSON) is
-    dropped, and with `repair` cut from the file; a bad line elsewhere raises ValueError."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    tail = data[end:]
-    if tail.strip():
-        try:
-            json.loads(tail)
-            keep_tail = True
-        except ValueError:
-            keep_tail = False
-        if repair:
-            with open(path, "r+b") as f:
-                if keep_tail:
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-                else:
-                    f.truncate(end)
-        if keep_tail:
-            end = len(data)
-    rows = []
-    for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), 1):  # not splitlines: see dumps_row
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e}); fix or delete the line") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object")
-        rows.append(row)
-    return rows
-
-
-class RowStore:
-    """Rows of one JSONL result file, keyed by `key_fields`, shared by the ranks of a run.
-
-    With one rank, rows are appended to the file itself; with W ranks, each appends to
-    `parts/<name>.rank<r>.jsonl` until `merge` folds the parts into the main file.
-    """
-
-    def __init__(self, out_dir: Path, name: str, key_fields: tuple[str, ...], rank: int = 0, world_size: int = 1):
-        self.path = Path(out_dir) / name
-        self.parts_dir = Path(out_dir) / "parts"
-        self.key_fields = key_fields
-        self.own = self.path if world_size == 1 else self.parts_dir / f"{self.path.stem}.rank{rank}.jsonl"
-        self._rows: dict[tuple, dict] | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        read_jsonl(self.own, repair=True)  # cut a torn last line before appending after it
-
-    def key(self, row: dict) -> tuple:
-        return tuple(row.get(k) for k in self.key_fields)
-
-    def part_files(self) -> list[Path]:
-        return sorted(self.parts_dir.glob(f"{self.path.stem}.rank*.jsonl")) if self.parts_dir.is_dir() else []
-
-    def rows(self) -> dict[tuple, dict]:
-        """Every row written so far (main file, then parts), first occurrence of each key.
-
-        Read from disk once, then kept up to date by `append`: rows other ranks write meanwhile
-        are not seen, and need not be, since no two ranks share a batch."""
-        if self._rows is None:
-            self._rows = {}
-            for f in [self.path, *self.part_files()]:
-                for row in read_jsonl(f):
-                    self._rows.setdefault(self.key(row), row)
-        return self._rows
-
-    def append(self, rows: Sequence[dict]) -> None:
-        text = "".join(dumps_row(r) + "\n" for r in rows)
-        if not text:
-            return
-        cache = self.rows()
-        for r in rows:
-            cache.setdefault(self.key(r), r)
-        self.own.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.own, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def merge(self, order: dict[tuple, tuple]) -> None:
-        """Fold the part files into the main file: its rows first, as they are; then the parts' new
-        rows in plan `order` (rows the plan does not know last). Written atomically; parts removed."""
-        parts = self.part_files()
-        self._rows = None  # other ranks' rows: read again
-        if not parts:
-            return
-        main = read_jsonl(self.path)
-        seen = {self.key(r) for r in main}
-        new: dict[tuple, dict] = {}
-        for f in parts:
-            for row in read_jsonl(f):
-                k = self.key(row)
-                if k not in seen:
-                    new.setdefault(k, row)
-        tail = sorted(new.items(), key=lambda kv: (0, order[kv[0]]) if kv[0] in order else (1,))
-        atomic_write_text(self.path, "".join(dumps_row(r) + "\n" for r in [*main, *(r for _, r in tail)]))
-        for f in parts:
-            f.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (released by the OS if the process dies)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def finish_shards(out_dir: Path, rank: int, world_size: int, fingerprint: str, merge: Callable[[], None]) -> bool:
-    """Call `merge` once, when every rank is done; True in the process that ran it.
-
-    torch.distributed initialized: barrier, rank 0 merges, barrier. Otherwise each rank leaves a
-    done marker naming the plan, and the rank that finds all W markers merges under a file lock
-    (so ranks may run at the same time or one after another, and a killed rank just reruns).
-    """
-    if world_size == 1:
-        merge()
-        return True
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        if rank == 0:
-            merge()
-        dist.barrier()
-        return rank == 0
-    parts = Path(out_dir) / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(parts / f"done.rank{rank}", fingerprint)
-
-    def all_done() -> bool:
-        for r in range(world_size):
-            f = parts / f"done.rank{r}"
-            if not f.is_file() or f.read_text() != fingerprint:
-                return False
-        return True
-
-    if not all_done():
-        return False
-    with _file_lock(parts / "merge.lock"):
-        if not all_done():  # another rank merged meanwhile
-            return False
-        merge()
-        for r in range(world_size):
-            (parts / f"done.rank{r}").unlink(missing_ok=True)
-    return True
 
 
 def plan_fingerprint(*parts: Any) -> str:

@@ -20,15 +20,15 @@ step: static routes (full, static_skip, early_exit, route) and one route per seq
 plain loop over layers with no router call and no per-layer bookkeeping (usage is counted once, at
 the end); a skipped layer costs one branch and nothing else: with one route per sequence no later
 token reads the keys/values it would store, so `kv_fill` "propagate" and "mask" compute the same
-thing (`DepthConfig.stores_skipped_kv`). It runs the same layer body as the depth loop in `model.py`,
-with the family's fused projection weights (`Family.fused_weights`). Per-token modes (stochastic,
-learned, confidence_exit) use the depth loop itself. `draft_depth=` switches to self-speculative
+thing (`DepthConfig.stores_skipped_kv`). That is the engine's planned pass (`adalas.engine`): the
+same layer body as its routed pass, with the family's fused projection weights
+(`Family.fused_weights`). Per-token modes (stochastic, learned, confidence_exit) use the routed pass. `draft_depth=` switches to self-speculative
 decoding (`adalas.speculative`).
 """
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import (GenerationConfig, LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
@@ -37,10 +37,8 @@ from transformers import (GenerationConfig, LogitsProcessorList, MinNewTokensLen
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .cache import KVCache
-from .model import StepContext, positions_from_mask
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import AdalasForCausalLM
+from .engine import decode_plan, new_cache, planned_pass, positions_from_mask, prefill, routed_step
+from .speculative import generate_speculative
 
 # GenerationConfig fields this loop implements (any value), or that do not change what a decoder-only
 # model generates from input ids (token ids used only to start from nothing or for encoders; how
@@ -162,141 +160,6 @@ def _token_list(value: Any) -> list[int]:
     return [int(v) for v in value]
 
 
-# Layer actions of a DecodePlan.
-RUN = 0  # the whole layer
-SKIP = 1  # skipped: nothing computed, nothing stored (no later token of the sequence runs this layer)
-MIXED = 2  # some rows run it, the others skip it (one route per sequence)
-
-
-class DecodePlan:
-    """Per layer, what a cached step does, fixed for a whole generation (resolved once, so a decode
-    step needs no router). `routes` (B or 1, L) bool: which rows run which layer (usage counting).
-    Only for routes fixed per sequence: then a skipped (token, layer) stores no keys/values whatever
-    `kv_fill` says, since no later token of that sequence runs the layer to read them."""
-
-    def __init__(self, routes: torch.Tensor):
-        self.routes = routes
-        self.actions: list[int] = []
-        self.run_rows: list[torch.Tensor | None] = []
-        for column in routes.unbind(1):  # (B,) per layer
-            n_run = int(column.sum())
-            action = RUN if n_run == column.numel() else SKIP if n_run == 0 else MIXED
-            self.actions.append(action)
-            self.run_rows.append(column if action == MIXED else None)
-        # layers above the last one that does anything are not visited at all
-        self.stop = max((i + 1 for i, a in enumerate(self.actions) if a != SKIP), default=0)
-
-    @classmethod
-    def static(cls, route: list[bool], device=None) -> "DecodePlan":
-        return cls(torch.tensor([route], dtype=torch.bool, device=device))
-
-    def with_actions(self, actions: list[int]) -> "DecodePlan":
-        """A copy with other actions for a static plan (a self-speculative draft)."""
-        plan = DecodePlan.__new__(DecodePlan)
-        plan.routes = torch.tensor([[a == RUN for a in actions]], dtype=torch.bool, device=self.routes.device)
-        plan.actions, plan.run_rows = list(actions), [None] * len(actions)
-        plan.stop = max((i + 1 for i, a in enumerate(actions) if a != SKIP), default=0)
-        return plan
-
-
-def decode_plan(model: "AdalasForCausalLM", sequence_state: Any, batch_size: int) -> DecodePlan | None:
-    """The plan of the model's depth for decode steps, or None for modes that decide per token."""
-    L, depth = model.num_layers, model.depth
-    static = depth.static_route(L)
-    if static is not None:
-        return DecodePlan.static(static, model.device)
-    routes = _sequence_routes(sequence_state, batch_size, L)
-    return DecodePlan(routes) if routes is not None else None
-
-
-def _sequence_routes(state: Any, batch_size: int, num_layers: int) -> torch.Tensor | None:
-    """(B, L) bool when the router fixed one route per sequence: a per-sequence router's state is
-    its routes (random_budget) or holds them as `.routes` (sequence, after the prefill)."""
-    routes = getattr(state, "routes", state)
-    if isinstance(routes, torch.Tensor) and routes.dtype == torch.bool and routes.shape == (batch_size, num_layers):
-        return routes
-    return None
-
-
-def new_cache(model: "AdalasForCausalLM", batch_size: int, max_length: int, prompt_length: int | None = None) -> KVCache:
-    """A cache for prompt + new tokens. A static route's skipped layers never store a generated token
-    (under either kv_fill): they get room for the prompt only (none with skip_prompt)."""
-    fam, depth = model.family, model.depth
-    lengths = None
-    route = depth.static_route(model.num_layers)
-    if route is not None and prompt_length is not None:
-        prompt_slots = 0 if depth.skip_prompt else prompt_length
-        lengths = [max_length if run else prompt_slots for run in route]
-    return KVCache(model.num_layers, batch_size, fam.num_kv_heads, fam.head_dim, max_length,
-                   dtype=model.dtype, device=model.device, track_stored=depth.masks_skipped_kv,
-                   layer_lengths=lengths)
-
-
-def _step_mask(model: "AdalasForCausalLM", cache: KVCache, T: int) -> torch.Tensor | None:
-    """The step's attention mask, built once and shared by every layer: None for one token over a
-    cache without holes; else additive (0 / -inf) unless `masks_skipped_kv` needs the bool form (the
-    layers narrow it to the keys they stored). SDPA would convert a bool mask in every layer."""
-    if T == 1 and not cache.has_holes and cache.stored is None:
-        return None
-    mask = model._attention_mask(None, cache, T)  # (B, 1, T, T_kv) bool, or None
-    if mask is None or cache.stored is not None:
-        return mask
-    return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-
-
-def lean_step(model: "AdalasForCausalLM", cache: KVCache, positions: torch.Tensor, plan: DecodePlan,
-              row_ids: torch.Tensor, tokens: torch.Tensor | None = None, h: torch.Tensor | None = None,
-              start: int = 0, stop: int | None = None, capture: dict[int, Any] | None = None) -> torch.Tensor:
-    """Layers start..stop-1 of one cached step over (B, T) new tokens, writing cache slots from
-    `cache.length` (the caller appends the mask and advances). Starts from the token embeddings, or
-    from `h` (B, T, D), the state entering layer `start`. `capture`: {k: None} gets the state after k
-    layers. Returns the last state (B, T, D)."""
-    fam = model.family
-    if h is None:
-        h = fam.embed(tokens, positions)  # (B, T, D)
-    T = positions.shape[1]
-    ctx = StepContext(family=fam, position_ids=positions, input_ids=tokens if tokens is not None else positions,
-                      row_ids=row_ids, rotary=fam.rotary(h, positions), mask=_step_mask(model, cache, T),
-                      prompt=False, cache=cache, windows=fam.windows)
-    layers = fam.layers()
-    end = plan.stop if stop is None else min(stop, plan.stop)
-    for i in range(start, end):
-        if capture is not None and i in capture:
-            capture[i] = h
-        action = plan.actions[i]
-        if action == RUN:
-            h = model._layer_body(i, layers[i], h, ctx, None)
-        elif action == MIXED:
-            h = model._gathered(i, layers[i], h, ctx, plan.run_rows[i])
-    if capture is not None:
-        for layer_idx in capture:
-            if layer_idx >= end and capture[layer_idx] is None:
-                capture[layer_idx] = h  # layers above `end` leave the state unchanged
-    return h
-
-
-def prefill(model: "AdalasForCausalLM", cache: KVCache, input_ids: torch.Tensor, positions: torch.Tensor,
-            attention_mask: torch.Tensor, row_ids: torch.Tensor, capture: dict[int, Any] | None = None) -> torch.Tensor:
-    """The prompt through a static route's model: every layer (or the route, with skip_prompt)."""
-    depth, L = model.depth, model.num_layers
-    route = depth.static_route(L) if depth.skip_prompt else [True] * L
-    plan = DecodePlan.static(route, input_ids.device)
-    cache.append_mask(attention_mask)
-    h = lean_step(model, cache, positions, plan, row_ids, tokens=input_ids, capture=capture)
-    cache.advance(input_ids.shape[1])
-    return h
-
-
-def add_usage(model: "AdalasForCausalLM", plan: DecodePlan, row_steps: torch.Tensor) -> None:
-    """Count the decode steps of a fast-path generation: `row_steps` (B,) steps each row ran while
-    active (the tokens themselves were counted step by step in `model._usage_tokens`)."""
-    runs = (row_steps[:, None] * plan.routes).sum(0).tolist()  # (L,) with routes (B or 1, L)
-    if len(model._usage_runs) < len(runs):
-        model._usage_runs += [0] * (len(runs) - len(model._usage_runs))
-    for i, r in enumerate(runs):
-        model._usage_runs[i] = model._usage_runs[i] + r
-
-
 def resolve_eos_pad(model, eos_token_id, pad_token_id) -> tuple[list[int], int]:
     gen_cfg = getattr(model.model, "generation_config", None)
     eos = _token_list(eos_token_id if eos_token_id is not None else getattr(gen_cfg, "eos_token_id", None))
@@ -307,7 +170,7 @@ def resolve_eos_pad(model, eos_token_id, pad_token_id) -> tuple[list[int], int]:
 
 
 @torch.no_grad()
-def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              generation_config: GenerationConfig | None = None, logits_processor: LogitsProcessorList | None = None,
              stopping_criteria: StoppingCriteriaList | None = None, tokenizer: Any = None, seed: int | None = None,
              draft_depth: Any = None, num_draft_tokens: int | None = None, fast_path: bool = True,
@@ -321,7 +184,7 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
 
     `draft_depth` (a DepthConfig, dict, JSON, or "auto") and `num_draft_tokens` (k, or None to adapt
     it): self-speculative decoding, see `adalas.speculative`. `fast_path=False` runs every step
-    through the depth loop of `model.py` with the original weights (tests compare the two)."""
+    through the engine's routed pass with the original weights (tests compare the two)."""
     if synced_gpus:
         raise ValueError("generate: synced_gpus=True is not supported by adalas (each rank decodes on its own)")
     for name in _UNSET_ONLY:
@@ -351,7 +214,6 @@ def generate(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask
     check_left_padded(attention_mask)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     if draft_depth is not None or num_draft_tokens is not None:
-        from .speculative import generate_speculative
         if draft_depth is None:
             raise ValueError("num_draft_tokens: needs draft_depth= (a DepthConfig or \"auto\")")
         if logits_processor or stopping_criteria or cfg.stop_strings is not None:
@@ -433,7 +295,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
         h = prefill(model, cache, input_ids, positions, attention_mask, row_ids)
     else:
         cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
-        h = model.step(input_ids, positions, cache, attention_mask, prompt=True, sequence_state=state)
+        h = routed_step(model, input_ids, positions, cache, attention_mask, prompt=True, sequence_state=state)
     logits = model.logits_from_state(h[:, -1])
     plan = decode_plan(model, state, B) if fast_path else None
     row_steps = torch.zeros(B, dtype=torch.long, device=device)  # decode steps per row while active
@@ -464,18 +326,18 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
             break
         active = ~finished
         n_active = int(active.sum())
-        model._usage_tokens += n_active
+        model.usage.add_tokens(n_active)
         if plan is None:
-            h = model.step(token[:, None], next_pos[:, None], cache, ones, prompt=False, sequence_state=state,
-                           active=active, n_active=n_active, count=True)
+            h = routed_step(model, token[:, None], next_pos[:, None], cache, ones, prompt=False,
+                            sequence_state=state, active=active, n_active=n_active, count=True)
         else:
             cache.append_mask(ones, all_valid=True)
-            h = lean_step(model, cache, next_pos[:, None], plan, row_ids, tokens=token[:, None])
+            h = planned_pass(model, cache, next_pos[:, None], plan, row_ids, tokens=token[:, None])
             cache.advance(1)
             row_steps += active
         logits = model.logits_from_state(h[:, -1])
         next_pos = next_pos + 1
     if plan is not None:
-        add_usage(model, plan, row_steps)
-    model._last_cache_bytes = cache.peak_bytes
+        model.usage.add_routes(plan.routes, row_steps)
+    model.usage.last_cache_bytes = cache.peak_bytes
     return ids, (tuple(kept_scores) if keep_scores else None), (tuple(kept_logits) if keep_logits else None)

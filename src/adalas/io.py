@@ -1,12 +1,24 @@
-"""Atomic writes (a result file is either complete or absent, never half-written), and output paths
-checked before any work, so a typo fails in seconds and leaves nothing behind."""
+"""Results on disk, in one place: the only atomic writer in the package.
+
+- Atomic writes (`atomic_write_bytes`, `_text`, `_json`, `atomic_save_tensors`): a temporary file in the same directory,
+  flushed and fsynced, then `os.replace`d, so a result file is either complete or absent.
+- Output paths checked before any work (`check_output_dir`, `check_output_file`), so a typo fails
+  in seconds and leaves nothing behind.
+- JSONL rows (`dumps_row`, `read_jsonl`, `RowStore`): appended and flushed per batch, read back
+  tolerantly (a torn last line is dropped), keyed so a resumed run skips what is done; the ranks of
+  a sharded run write part files that `finish_shards` merges once every rank is done.
+- Strict reading of a finished results file (`read_jsonl_numbered`, `require_field`,
+  `require_number`): errors name the file, line and field.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -17,6 +29,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written as `atomic_write_bytes` writes (streamed to disk, not held in memory)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -63,3 +93,208 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", example: str
     if blocker is not None:
         raise ValueError(f"{flag}: {str(path)!r} is inside {str(blocker)!r}, which is a file; pass a path in a directory")
     return path
+
+
+# -- JSONL rows: append and flush per batch, read back tolerantly, merge shards ---------------------
+
+def dumps_row(row: dict) -> str:
+    """One JSONL line. ensure_ascii=False leaves U+2028 and other Unicode line breaks unescaped in
+    strings (a model may generate them), so readers split lines at "\n" only."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """Rows of a JSONL file ([] if absent). A torn last line (no newline, not valid JSON) is
+    dropped, and with `repair` cut from the file; a bad line elsewhere raises ValueError."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    tail = data[end:]
+    if tail.strip():
+        try:
+            json.loads(tail)
+            keep_tail = True
+        except ValueError:
+            keep_tail = False
+        if repair:
+            with open(path, "r+b") as f:
+                if keep_tail:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(end)
+        if keep_tail:
+            end = len(data)
+    rows = []
+    for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), 1):  # not splitlines: see dumps_row
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e}); fix or delete the line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+class RowStore:
+    """Rows of one JSONL result file, keyed by `key_fields`, shared by the ranks of a run.
+
+    With one rank, rows are appended to the file itself; with W ranks, each appends to
+    `parts/<name>.rank<r>.jsonl` until `merge` folds the parts into the main file.
+    """
+
+    def __init__(self, out_dir: Path, name: str, key_fields: tuple[str, ...], rank: int = 0, world_size: int = 1):
+        self.path = Path(out_dir) / name
+        self.parts_dir = Path(out_dir) / "parts"
+        self.key_fields = key_fields
+        self.own = self.path if world_size == 1 else self.parts_dir / f"{self.path.stem}.rank{rank}.jsonl"
+        self._rows: dict[tuple, dict] | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        read_jsonl(self.own, repair=True)  # cut a torn last line before appending after it
+
+    def key(self, row: dict) -> tuple:
+        return tuple(row.get(k) for k in self.key_fields)
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts_dir.glob(f"{self.path.stem}.rank*.jsonl")) if self.parts_dir.is_dir() else []
+
+    def rows(self) -> dict[tuple, dict]:
+        """Every row written so far (main file, then parts), first occurrence of each key.
+
+        Read from disk once, then kept up to date by `append`: rows other ranks write meanwhile
+        are not seen, and need not be, since no two ranks share a batch."""
+        if self._rows is None:
+            self._rows = {}
+            for f in [self.path, *self.part_files()]:
+                for row in read_jsonl(f):
+                    self._rows.setdefault(self.key(row), row)
+        return self._rows
+
+    def append(self, rows: Sequence[dict]) -> None:
+        text = "".join(dumps_row(r) + "\n" for r in rows)
+        if not text:
+            return
+        cache = self.rows()
+        for r in rows:
+            cache.setdefault(self.key(r), r)
+        self.own.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.own, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def merge(self, order: dict[tuple, tuple]) -> None:
+        """Fold the part files into the main file: its rows first, as they are; then the parts' new
+        rows in plan `order` (rows the plan does not know last). Written atomically; parts removed."""
+        parts = self.part_files()
+        self._rows = None  # other ranks' rows: read again
+        if not parts:
+            return
+        main = read_jsonl(self.path)
+        seen = {self.key(r) for r in main}
+        new: dict[tuple, dict] = {}
+        for f in parts:
+            for row in read_jsonl(f):
+                k = self.key(row)
+                if k not in seen:
+                    new.setdefault(k, row)
+        tail = sorted(new.items(), key=lambda kv: (0, order[kv[0]]) if kv[0] in order else (1,))
+        atomic_write_text(self.path, "".join(dumps_row(r) + "\n" for r in [*main, *(r for _, r in tail)]))
+        for f in parts:
+            f.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (released by the OS if the process dies)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def finish_shards(out_dir: Path, rank: int, world_size: int, fingerprint: str, merge: Callable[[], None]) -> bool:
+    """Call `merge` once, when every rank is done; True in the process that ran it.
+
+    torch.distributed initialized: barrier, rank 0 merges, barrier. Otherwise each rank leaves a
+    done marker naming the plan, and the rank that finds all W markers merges under a file lock
+    (so ranks may run at the same time or one after another, and a killed rank just reruns).
+    """
+    if world_size == 1:
+        merge()
+        return True
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        if rank == 0:
+            merge()
+        dist.barrier()
+        return rank == 0
+    parts = Path(out_dir) / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(parts / f"done.rank{rank}", fingerprint)
+
+    def all_done() -> bool:
+        for r in range(world_size):
+            f = parts / f"done.rank{r}"
+            if not f.is_file() or f.read_text() != fingerprint:
+                return False
+        return True
+
+    if not all_done():
+        return False
+    with _file_lock(parts / "merge.lock"):
+        if not all_done():  # another rank merged meanwhile
+            return False
+        merge()
+        for r in range(world_size):
+            (parts / f"done.rank{r}").unlink(missing_ok=True)
+    return True
+
+
+# -- strict reading of finished results ----------------------------------------------------------
+def read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-blank line of a finished results file (a sweep's), strictly:
+    a missing or empty file, or any bad line, raises ValueError naming the file and line."""
+    if not path.is_file():
+        raise ValueError(f"{path} not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append((lineno, row))
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    return rows
+
+
+def require_field(row: dict, key: str, where: str) -> Any:
+    """row[key], or ValueError naming `where` when it is missing or null."""
+    if row.get(key) is None:
+        raise ValueError(f"{where}: missing field {key!r}")
+    return row[key]
+
+
+def require_number(row: dict, key: str, where: str) -> float:
+    """row[key] as a finite float, or ValueError naming `where`."""
+    x = require_field(row, key, where)
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"{where}: field {key!r} must be a finite number, got {x!r}")
+    return float(x)

@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .io import atomic_write_json, check_output_file
+from .config import route_from_str, route_to_str  # noqa: F401  (their home is config.py; older imports name them here)
+from .io import atomic_write_json, check_output_file, read_jsonl_numbered, require_field, require_number
 
 LAYER_RESOLUTION = 8  # cost units per layer: fractional depths are rounded to 1/8 layer
 CURVE_STEP = 0.25  # default spacing of the oracle curve, in layers
@@ -148,18 +149,6 @@ def random_routes(num_layers: int, budget: int, n: int, seed: int,
 def route_to_skip_layers(route: Sequence[bool]) -> list[int]:
     """The 0-based indices a route skips (what `DepthConfig(skip_layers=...)` takes)."""
     return [i for i, keep in enumerate(route) if not keep]
-
-
-def route_to_str(route: Sequence[bool]) -> str:
-    """Compact form, one character per layer: "1" runs, "0" skips (e.g. "1010")."""
-    return "".join("1" if keep else "0" for keep in route)
-
-
-def route_from_str(text: str) -> list[bool]:
-    """Inverse of `route_to_str`."""
-    if not text or set(text) - {"0", "1"}:
-        raise ValueError(f"route string must be a non-empty string of 0/1, got {text!r}")
-    return [ch == "1" for ch in text]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,40 +528,6 @@ def mix_at(envelope: Sequence[dict], avg_layers: float) -> tuple[dict, dict, flo
 # ---------------------------------------------------------------------------------------------
 # Sweep directory -> oracle.json
 # ---------------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line; ValueError names the file and line."""
-    if not path.is_file():
-        raise ValueError(f"{path} not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    if not rows:
-        raise ValueError(f"{path} is empty")
-    return rows
-
-
-def _field(row: dict, key: str, where: str) -> Any:
-    if row.get(key) is None:
-        raise ValueError(f"{where}: missing field {key!r}")
-    return row[key]
-
-
-def _number(row: dict, key: str, where: str) -> float:
-    x = _field(row, key, where)
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ValueError(f"{where}: field {key!r} must be a finite number, got {x!r}")
-    return float(x)
-
-
 def sweep_identity(sweep_dir: Path, *row_lists: list[tuple[int, dict]]) -> tuple[Any, int | None]:
     """(model, num_layers) that the rows of a sweep record; ValueError when they record more than one
     of either (one directory holding two models' rows would compare unrelated scores)."""
@@ -598,7 +553,7 @@ def check_sweep_model(sweep_dir: str | os.PathLike, model: str) -> None:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ValueError(f"sweep directory {sweep_dir} does not exist")
-    recorded, _ = sweep_identity(sweep_dir, _read_jsonl(sweep_dir / "sweep.jsonl"))
+    recorded, _ = sweep_identity(sweep_dir, read_jsonl_numbered(sweep_dir / "sweep.jsonl"))
     if recorded is None or recorded == model:
         return
     if isinstance(recorded, str) and Path(recorded).expanduser().is_dir() and Path(model).expanduser().is_dir() \
@@ -651,15 +606,15 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise ValueError(f"sweep directory {sweep_dir} does not exist")
     out = check_output_file(Path(out) if out is not None else sweep_dir / "oracle.json", example="oracle.json")
     sweep_path, seq_path = sweep_dir / "sweep.jsonl", sweep_dir / "per_sequence.jsonl"
-    sweep_rows, seq_rows = _read_jsonl(sweep_path), _read_jsonl(seq_path)
+    sweep_rows, seq_rows = read_jsonl_numbered(sweep_path), read_jsonl_numbered(seq_path)
 
     model_id, _ = sweep_identity(sweep_dir, sweep_rows, seq_rows)
 
     configs: dict[Any, dict] = {}
     for lineno, row in sweep_rows:
         where = f"{sweep_path}:{lineno}"
-        cid = _field(row, "config_id", where)
-        _field(row, "strategy", where)
+        cid = require_field(row, "config_id", where)
+        require_field(row, "strategy", where)
         if cid in configs:
             raise ValueError(f"{where}: duplicate config_id {cid!r}")
         configs[cid] = row
@@ -670,7 +625,7 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if full_row.get("num_layers") is not None:
         num_layers = int(full_row["num_layers"])
     else:
-        num_layers = int(round(_number(full_row, "avg_layers", f"{sweep_path} (full config)")))
+        num_layers = int(round(require_number(full_row, "avg_layers", f"{sweep_path} (full config)")))
 
     present = sorted({row["strategy"] for row in configs.values()})
     unknown = sorted(set(strategies or []) - set(present))
@@ -691,21 +646,21 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     seq_order: dict[Any, None] = {}  # sequence ids in order of first appearance
     for lineno, row in seq_rows:
         where = f"{seq_path}:{lineno}"
-        cid, sid = _field(row, "config_id", where), _field(row, "id", where)
+        cid, sid = require_field(row, "config_id", where), require_field(row, "id", where)
         if cid not in needed and cid not in samples:
             continue  # another strategy, or a config the sweep never finished
         if (cid, sid) in score:
             raise ValueError(f"{where}: duplicate row for config {cid!r}, sequence {sid!r}")
-        score[cid, sid] = _number(row, "rougeL", where)
+        score[cid, sid] = require_number(row, "rougeL", where)
         if cid not in needed:
             continue  # a null-control sample: its score is all that is read
         if row.get("layers_used") is not None:
-            cost[cid, sid] = _number(row, "layers_used", where)
+            cost[cid, sid] = require_number(row, "layers_used", where)
         else:
-            cost[cid, sid] = _number(configs[cid], "avg_layers",
+            cost[cid, sid] = require_number(configs[cid], "avg_layers",
                                      f"{sweep_path} (config {cid!r}, no layers_used)")
         if cid == full_id and row.get("output_tokens") is not None:
-            steps[sid] = max(_number(row, "output_tokens", where) - 1, 0.0)
+            steps[sid] = max(require_number(row, "output_tokens", where) - 1, 0.0)
         seq_order.setdefault(sid, None)
     seen_configs = {cid for cid, _ in score}
     for cid in chosen + [full_id]:

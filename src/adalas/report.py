@@ -23,8 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .evaluate import read_jsonl
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, read_jsonl
 from .oracle import best_fixed_mix, interpolate, mix_at
 from .stats import describe_difference, paired_bootstrap
 

@@ -29,23 +29,25 @@ Notable:
   All decisions depend on the model's shapes and the tokens only, never on timings, so a seeded
   sampling run is reproducible.
 - Counting: `model.speculative_stats()` reports draft and verify layer runs per generated token
-  separately, with the acceptance rate; `layer_usage()` counts only plain decode steps.
+  separately, with the acceptance rate (`usage.SpeculativeStats`); `layer_usage()` counts only plain
+  decode steps.
+- Read in this order: choosing the draft (`choose_draft`), one draft-and-verify round
+  (`_draft_and_verify`), recording a round (`_record_round`), then the loop (`generate_speculative`).
+  It builds on the engine's planned pass (`adalas.engine`), never on the model's internals.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from transformers import LogitsProcessorList
 
+from .cache import KVCache
 from .config import DepthConfig
 from .cost import CostModel
-from .generation import RUN, SKIP, DecodePlan, add_usage, lean_step, new_cache, prefill
-from .model import positions_from_mask
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import AdalasForCausalLM
+from .engine import RUN, SKIP, DecodePlan, new_cache, planned_pass, positions_from_mask, prefill
+from .usage import SpeculativeStats
 
 K_MAX = 8  # longest draft
 # "auto": candidate exits (fractions of L) and the prompt positions (over all rows) it compares them
@@ -56,6 +58,8 @@ CALIBRATION_POSITIONS = 16
 PAYS = 1.05  # speculate only where the cost model predicts at least this speedup (its error margin)
 PRIOR_WEIGHT = 4.0  # pseudo-observations behind the calibrated acceptance rate
 UNCALIBRATED_ACCEPTANCE = 0.5  # prior for a draft the prompt cannot calibrate (one that skips inside)
+
+
 def _pass(cost: CostModel, actions: list[int], rows: int, head: bool) -> float:
     """The cost model's time for one pass of a plan's actions over `rows` rows."""
     return cost.pass_cost(sum(a == RUN for a in actions), 0, rows, head)  # a skipped layer computes nothing
@@ -93,50 +97,8 @@ class Draft:
                    key=lambda ks: ks[1])
 
 
-@dataclass
-class SpeculativeStats:
-    """Counts since `reset_usage()`. Layer runs count (token, layer) pairs that ran the whole layer,
-    per row while it was active; the lower layers of the last draft of a round count as draft work."""
-
-    num_layers: int
-    rounds: int = 0
-    ragged_rounds: int = 0  # rounds where the rows of a batch accepted different numbers of drafts
-    drafted: int = 0
-    accepted: int = 0
-    round_tokens: int = 0  # tokens produced by rounds (accepted drafts + the target's own token)
-    plain_tokens: int = 0  # tokens from plain decode steps (no draft pays, or the last token)
-    draft_runs: list[float] = field(default_factory=list)
-    verify_runs: list[float] = field(default_factory=list)
-    draft_lengths: list[int] = field(default_factory=list)  # k of each round
-    choices: list[dict] = field(default_factory=list)  # per generate call: draft, calibration, fallback
-
-    def __post_init__(self):
-        self.draft_runs = self.draft_runs or [0.0] * self.num_layers
-        self.verify_runs = self.verify_runs or [0.0] * self.num_layers
-
-    def as_dict(self) -> dict[str, Any]:
-        n = self.round_tokens
-        draft = [r / n if n else 0.0 for r in self.draft_runs]
-        verify = [r / n if n else 0.0 for r in self.verify_runs]
-        return {
-            "rounds": self.rounds, "ragged_rounds": self.ragged_rounds, "drafted": self.drafted, "accepted": self.accepted,
-            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
-            "tokens_per_round": n / self.rounds if self.rounds else 0.0,
-            "mean_draft_length": sum(self.draft_lengths) / len(self.draft_lengths) if self.draft_lengths else 0.0,
-            "round_tokens": n, "plain_tokens": self.plain_tokens,
-            "draft_layer_usage": draft, "verify_layer_usage": verify,
-            "draft_avg_layers": sum(draft), "verify_avg_layers": sum(verify),
-            "choices": list(self.choices),
-        }
-
-
-def stats_dict(model: "AdalasForCausalLM") -> dict[str, Any]:
-    stats = getattr(model, "_speculative_stats", None)
-    return (stats or SpeculativeStats(model.num_layers)).as_dict()
-
-
 # -- choosing the draft ---------------------------------------------------------------------------
-def _target_route(model: "AdalasForCausalLM") -> list[bool]:
+def _target_route(model) -> list[bool]:
     route = model.depth.static_route(model.num_layers)
     if route is None:
         raise ValueError(f"draft_depth: self-speculative decoding verifies with the model's own depth, which must "
@@ -144,7 +106,7 @@ def _target_route(model: "AdalasForCausalLM") -> list[bool]:
     return route
 
 
-def _fixed_draft(model: "AdalasForCausalLM", draft_depth: Any, target: DecodePlan, target_route: list[bool]) -> Draft:
+def _fixed_draft(model, draft_depth: Any, target: DecodePlan, target_route: list[bool]) -> Draft:
     cfg = DepthConfig.parse(draft_depth)
     cfg.check_layers(model.num_layers)
     route = cfg.static_route(model.num_layers)
@@ -169,7 +131,7 @@ def _exit_candidates(target: DecodePlan, target_route: list[bool]) -> dict[int, 
     return out
 
 
-def _agreement(model: "AdalasForCausalLM", final: torch.Tensor, states: dict[int, torch.Tensor],
+def _agreement(model, final: torch.Tensor, states: dict[int, torch.Tensor],
                attention_mask: torch.Tensor) -> dict[int, float]:
     """Per exit E: the fraction of the last prompt positions where the head on the state after E
     layers picks the same token as on the final state. final, states: (B, T, D)."""
@@ -179,6 +141,68 @@ def _agreement(model: "AdalasForCausalLM", final: torch.Tensor, states: dict[int
     rows = [final[:, -P:][real]] + [states[E][:, -P:][real] for E in states]  # each (N, D)
     picks = model.logits_from_state(torch.cat(rows)).argmax(-1).view(len(rows), -1)  # (1 + C, N)
     return {E: float((picks[1 + j] == picks[0]).float().mean()) for j, E in enumerate(states)}
+
+
+@dataclass
+class DraftChoice:
+    """What `choose_draft` settles before decoding: the target plan, the draft (None: plain decoding)
+    with its length `k`, the acceptance rate `alpha` and predicted speedup `best` behind it, and the
+    prefill (its cache, with room for `spare` drafted slots, and its final states (B, T, D))."""
+
+    target: DecodePlan
+    draft: Draft | None
+    k: int
+    alpha: float
+    best: float
+    auto: bool
+    cost: CostModel
+    cache: KVCache
+    final: torch.Tensor
+    positions: torch.Tensor  # (B, T) of the prompt
+    spare: int  # longest draft the output and the cache have room for
+
+
+def choose_draft(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, draft_depth: Any,
+                 num_draft_tokens: int | None, max_new_tokens: int, stats: SpeculativeStats) -> DraftChoice:
+    """Prefill at the target's depth, keeping the state after each calibratable exit (free: the prompt
+    runs every layer), then choose the draft and its length by the best predicted speedup ("auto":
+    among early exits, or none when none pays). The choice is recorded in `stats.choices`."""
+    auto = isinstance(draft_depth, str) and draft_depth.strip() == "auto"
+    device = input_ids.device
+    B, T0 = input_ids.shape
+    target_route = _target_route(model)
+    target = DecodePlan.static(target_route, device)
+    cost = CostModel.of(model)
+    candidates = _exit_candidates(target, target_route) if auto else {None: _fixed_draft(model, draft_depth, target,
+                                                                                         target_route)}
+
+    def ceiling(d: Draft) -> float:  # speedup at acceptance 1 with the best k: a candidate must pass this
+        return d.best_k(target, cost, B, 1.0)[1] if num_draft_tokens is None else \
+            d.speedup(target, cost, B, 1.0, num_draft_tokens)
+    if auto:
+        candidates = {E: d for E, d in candidates.items() if ceiling(d) >= PAYS}
+    calibrate = {d.exit_after: None for d in candidates.values() if d.exit_after is not None}
+    positions = positions_from_mask(attention_mask)
+    row_ids = torch.arange(B, device=device)
+    K = num_draft_tokens or K_MAX
+    cache = new_cache(model, B, T0 + max_new_tokens + K + 1, prompt_length=T0)
+    final = prefill(model, cache, input_ids, positions, attention_mask, row_ids, capture=calibrate or None)
+    agreement = _agreement(model, final, calibrate, attention_mask) if calibrate else {}
+
+    draft, k, alpha, best = None, 0, 0.0, 0.0
+    for d in candidates.values():
+        a = agreement.get(d.exit_after, UNCALIBRATED_ACCEPTANCE)
+        kk, s = (num_draft_tokens, d.speedup(target, cost, B, a, num_draft_tokens)) if num_draft_tokens else \
+            d.best_k(target, cost, B, a)
+        if draft is None or s > best:
+            draft, k, alpha, best = d, kk, a, s
+    if auto and best < PAYS:
+        draft = None  # plain decoding: no candidate pays
+    stats.choices.append({"draft_route": None if draft is None else [i for i, r in enumerate(draft.route) if r],
+                          "exit_after": None if draft is None else draft.exit_after,
+                          "num_draft_tokens": k if draft is not None else 0,
+                          "predicted_speedup": round(best, 3), "agreement": agreement, "fallback": draft is None})
+    return DraftChoice(target, draft, k, alpha, best, auto, cost, cache, final, positions, K)
 
 
 # -- token selection --------------------------------------------------------------------------------
@@ -230,8 +254,123 @@ class _Selector:
         return n, torch.multinomial(resid, 1, generator=self.generator).squeeze(1)
 
 
+class _Output:
+    """The token ids being written: (B, T0 + max_new_tokens + spare + 1) with room for the rejected
+    tail of a round, tokens generated per row (`count`) and finished rows."""
+
+    def __init__(self, input_ids: torch.Tensor, max_new_tokens: int, spare: int, pad_token_id: int,
+                 eos_t: torch.Tensor | None):
+        B, T0 = input_ids.shape
+        device = input_ids.device
+        self.T0, self.max_new_tokens, self.eos_t = T0, max_new_tokens, eos_t
+        self.ids = torch.full((B, T0 + max_new_tokens + spare + 1), pad_token_id, dtype=input_ids.dtype, device=device)
+        self.ids[:, :T0] = input_ids
+        self.count = torch.zeros(B, dtype=torch.long, device=device)  # tokens generated per row
+        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
+        self.arange = torch.arange(spare + 1, device=device)
+
+    def emit(self, new: torch.Tensor, take: torch.Tensor) -> None:
+        """Write new (B, n) tokens, the first take[r] of row r; stop rows at EOS or max_new_tokens."""
+        n = new.shape[1]
+        j = self.arange[:n]
+        take = torch.minimum(take, self.max_new_tokens - self.count).masked_fill(self.finished, 0)
+        if self.eos_t is not None:
+            is_eos = torch.isin(new, self.eos_t) & (j < take[:, None])  # (B, n)
+            first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), n)
+            take = torch.minimum(take, first_eos + 1)
+            self.finished = self.finished | is_eos.any(1)
+        keep = j < take[:, None]  # (B, n)
+        cols = self.T0 + self.count[:, None] + j  # distinct columns; the spare ones absorb what is not kept
+        self.ids.scatter_(1, cols, torch.where(keep, new, self.ids.gather(1, cols)))
+        self.count.add_(take)
+        self.finished = self.finished | (self.count >= self.max_new_tokens)
+
+    def result(self) -> torch.Tensor:
+        return self.ids[:, :self.T0 + int(self.count.max())]
+
+
+# -- one draft-and-verify round ----------------------------------------------------------------------
+@dataclass
+class Round:
+    """What a round did: per row, accepted drafts `n` (B,) and the token after them (B,); over active
+    rows, `rows`, `accepted`, `rejected` (rows that rejected a draft), `produced` tokens, and the
+    fewest / most drafts a row accepted."""
+
+    n: torch.Tensor
+    last_token: torch.Tensor
+    rows: int
+    accepted: int
+    rejected: int
+    produced: int
+    n_min: int
+    n_max: int
+
+
+def _draft_and_verify(model, cache: KVCache, draft: Draft, target: DecodePlan, select: _Selector, out: _Output,
+                      token: torch.Tensor, next_pos: torch.Tensor, k_now: int, row_ids: torch.Tensor,
+                      ones: torch.Tensor) -> Round:
+    """Feed the pending `token` (B,) and k_now drafts through the draft route, keeping each fed token's
+    state entering layer `draft.first` (the last draft needs only its lower layers); verify all k_now+1
+    tokens through the target's layers first..L-1 over the slots just drafted; accept, trim the cache
+    to the longest acceptance (holes for the rows that accepted fewer) and write the new tokens."""
+    finished, count = out.finished, out.count
+    active = ~finished
+    S = cache.length
+    cache.ensure(S + k_now + 1)
+    lows, drafts, qs = [], [], []
+    feed = token
+    for j in range(k_now + 1):
+        cap = {draft.first: None}
+        cache.append_mask(ones, all_valid=True)
+        last = j == k_now  # the last draft only needs its lower layers (for verification)
+        h = planned_pass(model, cache, (next_pos + j)[:, None], draft.plan, row_ids, tokens=feed[:, None],
+                         stop=draft.first if last else None, capture=cap)
+        cache.advance(1)
+        lows.append(cap[draft.first])
+        if not last:
+            q = select.scores(model.logits_from_state(h[:, -1:]), count + j)[:, 0]  # (B, V)
+            feed = select.pick(q)
+            drafts.append(feed)
+            qs.append(q)
+    cache.rewind(S)
+    vpos = next_pos[:, None] + out.arange[:k_now + 1]  # (B, k+1)
+    h = planned_pass(model, cache, vpos, target, row_ids, h=torch.cat(lows, 1), start=draft.first)
+    cache.advance(k_now + 1)
+    p = select.scores(model.logits_from_state(h), count)  # (B, k+1, V)
+    D = torch.stack(drafts, 1)  # (B, k)
+    n, last_token = select.accept(D, torch.stack(qs, 1) if select.do_sample else None, p)
+    new = torch.cat([D, D[:, :1]], 1).scatter(1, n[:, None], last_token[:, None])  # (B, k+1)
+    n_act = n.masked_fill(finished, 0)
+    n_max, n_min, rows, acc, rejected, produced = torch.stack([
+        n_act.max(), n.masked_fill(finished, k_now).min(), active.sum(), n_act.sum(), ((n < k_now) & active).sum(),
+        torch.minimum(n + 1, out.max_new_tokens - count).masked_fill(finished, 0).sum()]).tolist()
+    # Keep slots S..S+n_max; a row that accepted fewer has holes after its own tokens.
+    cache.truncate(S + n_max + 1)
+    if n_min < n_max:
+        cache.invalidate(S, out.arange[:n_max + 1][None] <= n_act[:, None])  # keep (B, n_max + 1)
+    out.emit(new, n + 1)
+    return Round(n, last_token, rows, acc, rejected, produced, n_min, n_max)
+
+
+def _record_round(stats: SpeculativeStats, r: Round, draft: Draft, target: DecodePlan, k_now: int) -> None:
+    """Count a round: acceptance, tokens, and layer runs (draft work: the draft route for k_now tokens
+    plus the lower layers of the last; verify work: the target's layers first..L-1 for k_now+1)."""
+    stats.rounds += 1
+    stats.ragged_rounds += r.n_min < r.n_max
+    stats.drafted += r.rows * k_now
+    stats.accepted += r.accepted
+    stats.round_tokens += r.produced
+    stats.draft_lengths.append(k_now)
+    for i, a in enumerate(draft.plan.actions):
+        if a == RUN:
+            stats.draft_runs[i] += r.rows * (k_now + (i < draft.first))
+    for i in range(draft.first, len(target.actions)):
+        if target.actions[i] == RUN:
+            stats.verify_runs[i] += r.rows * (k_now + 1)
+
+
 # -- the loop ---------------------------------------------------------------------------------------
-def generate_speculative(model: "AdalasForCausalLM", input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def generate_speculative(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          draft_depth: Any, num_draft_tokens: int | None, max_new_tokens: int, min_new_tokens: int,
                          do_sample: bool, warpers: LogitsProcessorList, eos: list[int], pad_token_id: int,
                          generator: torch.Generator | None, plain: Callable | None = None) -> torch.Tensor:
@@ -241,162 +380,61 @@ def generate_speculative(model: "AdalasForCausalLM", input_ids: torch.Tensor, at
     if num_draft_tokens is not None and (isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int)
                                          or not 1 <= num_draft_tokens <= 64):
         raise ValueError(f"num_draft_tokens: must be an integer in 1..64 or None (adaptive), got {num_draft_tokens!r}")
-    auto = isinstance(draft_depth, str) and draft_depth.strip() == "auto"
-    L, device = model.num_layers, input_ids.device
-    B, T0 = input_ids.shape
-    target_route = _target_route(model)
-    target = DecodePlan.static(target_route, device)
-    cost = CostModel.of(model)
-    candidates = _exit_candidates(target, target_route) if auto else {None: _fixed_draft(model, draft_depth, target,
-                                                                                         target_route)}
-    stats = getattr(model, "_speculative_stats", None) or SpeculativeStats(L)
-    model._speculative_stats = stats
-
-    # Prefill, keeping the state after each calibratable exit (free: the prompt runs every layer).
-    def ceiling(d: Draft) -> float:  # speedup at acceptance 1 with the best k: a candidate must pass this
-        return d.best_k(target, cost, B, 1.0)[1] if num_draft_tokens is None else \
-            d.speedup(target, cost, B, 1.0, num_draft_tokens)
-    if auto:
-        candidates = {E: d for E, d in candidates.items() if ceiling(d) >= PAYS}
-    calibrate = {d.exit_after: None for d in candidates.values() if d.exit_after is not None}
-    positions = positions_from_mask(attention_mask)
-    row_ids = torch.arange(B, device=device)
-    K = num_draft_tokens or K_MAX
-    cache = new_cache(model, B, T0 + max_new_tokens + K + 1, prompt_length=T0)
-    final = prefill(model, cache, input_ids, positions, attention_mask, row_ids, capture=calibrate or None)
-    agreement = _agreement(model, final, calibrate, attention_mask) if calibrate else {}
-
-    # Choose the draft and its length: the best predicted speedup.
-    draft, k, alpha, best = None, 0, 0.0, 0.0
-    for d in candidates.values():
-        a = agreement.get(d.exit_after, UNCALIBRATED_ACCEPTANCE)
-        kk, s = (num_draft_tokens, d.speedup(target, cost, B, a, num_draft_tokens)) if num_draft_tokens else \
-            d.best_k(target, cost, B, a)
-        if draft is None or s > best:
-            draft, k, alpha, best = d, kk, a, s
-    if auto and best < PAYS:
-        draft = None  # plain decoding: no candidate pays
-    stats.choices.append({"draft_route": None if draft is None else [i for i, r in enumerate(draft.route) if r],
-                          "exit_after": None if draft is None else draft.exit_after,
-                          "num_draft_tokens": k if draft is not None else 0,
-                          "predicted_speedup": round(best, 3), "agreement": agreement, "fallback": draft is None})
+    usage = model.usage
+    stats = usage.speculative_stats()
+    choice = choose_draft(model, input_ids, attention_mask, draft_depth, num_draft_tokens, max_new_tokens, stats)
+    target, draft, k, alpha, cache = choice.target, choice.draft, choice.k, choice.alpha, choice.cache
+    B, device = input_ids.shape[0], input_ids.device
     if draft is None and plain is not None:
-        before = model._usage_tokens
-        out = plain((cache, final))
-        stats.plain_tokens += B + int(model._usage_tokens - before)  # the prefill's token, then each step's rows
-        model._last_cache_bytes = cache.peak_bytes
-        return out
+        before = usage.tokens
+        ids = plain((cache, choice.final))
+        stats.plain_tokens += B + int(usage.tokens - before)  # the prefill's token, then each step's rows
+        usage.last_cache_bytes = cache.peak_bytes
+        return ids
     acc_prior = alpha * PRIOR_WEIGHT  # running acceptance: (accepted + prior) / (drafted-and-judged + weight)
     acc_seen, judged = 0.0, 0.0
 
     eos_t = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
     select = _Selector(do_sample, warpers, min_new_tokens, eos_t, generator)
-    out = torch.full((B, T0 + max_new_tokens + K + 1), pad_token_id, dtype=input_ids.dtype, device=device)  # + spare
-    out[:, :T0] = input_ids
-    count = torch.zeros(B, dtype=torch.long, device=device)  # tokens generated per row
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    out = _Output(input_ids, max_new_tokens, choice.spare, pad_token_id, eos_t)
     ones = torch.ones(B, 1, dtype=attention_mask.dtype, device=device)
     row_steps = torch.zeros(B, dtype=torch.long, device=device)  # plain decode steps per active row
-    arange = torch.arange(K + 1, device=device)
+    row_ids = torch.arange(B, device=device)
 
-    def emit(new: torch.Tensor, take: torch.Tensor) -> None:
-        """Write new (B, n) tokens, the first take[r] of row r; stop rows at EOS or max_new_tokens."""
-        nonlocal finished
-        n = new.shape[1]
-        j = arange[:n]
-        take = torch.minimum(take, max_new_tokens - count).masked_fill(finished, 0)
-        if eos_t is not None:
-            is_eos = torch.isin(new, eos_t) & (j < take[:, None])  # (B, n)
-            first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), n)
-            take = torch.minimum(take, first_eos + 1)
-            finished = finished | is_eos.any(1)
-        keep = j < take[:, None]  # (B, n)
-        cols = T0 + count[:, None] + j  # distinct columns; the spare ones absorb what is not kept
-        out.scatter_(1, cols, torch.where(keep, new, out.gather(1, cols)))
-        count.add_(take)
-        finished = finished | (count >= max_new_tokens)
-
-    token = select.pick(select.scores(model.logits_from_state(final[:, -1:]), count)[:, 0])  # (B,) pending
-    emit(token[:, None], torch.ones_like(count))
-    next_pos = positions[:, -1] + 1  # position of the pending token
-    while not bool(finished.all()):
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        active = ~finished
-        left = int((max_new_tokens - count).masked_fill(finished, 0).max())  # tokens the furthest row still needs
+    token = select.pick(select.scores(model.logits_from_state(choice.final[:, -1:]), out.count)[:, 0])  # (B,) pending
+    out.emit(token[:, None], torch.ones_like(out.count))
+    next_pos = choice.positions[:, -1] + 1  # position of the pending token
+    while not bool(out.finished.all()):
+        token = torch.where(out.finished, torch.full_like(token, pad_token_id), token)
+        active = ~out.finished
+        left = int((max_new_tokens - out.count).masked_fill(out.finished, 0).max())  # tokens the furthest row needs
         k_now = min(k, left - 1) if draft is not None else 0
         if k_now < 1:  # a plain decode step (counted in layer_usage)
-            model._usage_tokens += int(active.sum())
+            usage.add_tokens(int(active.sum()))
             row_steps += active
             cache.ensure(cache.length + 1)
             cache.append_mask(ones, all_valid=True)
-            h = lean_step(model, cache, next_pos[:, None], target, row_ids, tokens=token[:, None])
+            h = planned_pass(model, cache, next_pos[:, None], target, row_ids, tokens=token[:, None])
             cache.advance(1)
-            token = select.pick(select.scores(model.logits_from_state(h[:, -1:]), count)[:, 0])
-            stats.plain_tokens += int(torch.minimum(active.long(), max_new_tokens - count).sum())
-            emit(token[:, None], torch.ones_like(count))
+            token = select.pick(select.scores(model.logits_from_state(h[:, -1:]), out.count)[:, 0])
+            stats.plain_tokens += int(torch.minimum(active.long(), max_new_tokens - out.count).sum())
+            out.emit(token[:, None], torch.ones_like(out.count))
             next_pos = next_pos + 1
             continue
 
-        # Draft k tokens; keep each fed token's state entering layer `first`.
-        S = cache.length
-        cache.ensure(S + k_now + 1)
-        lows, drafts, qs = [], [], []
-        feed = token
-        for j in range(k_now + 1):
-            cap = {draft.first: None}
-            cache.append_mask(ones, all_valid=True)
-            last = j == k_now  # the last draft only needs its lower layers (for verification)
-            h = lean_step(model, cache, (next_pos + j)[:, None], draft.plan, row_ids, tokens=feed[:, None],
-                          stop=draft.first if last else None, capture=cap)
-            cache.advance(1)
-            lows.append(cap[draft.first])
-            if not last:
-                q = select.scores(model.logits_from_state(h[:, -1:]), count + j)[:, 0]  # (B, V)
-                feed = select.pick(q)
-                drafts.append(feed)
-                qs.append(q)
-        # Verify the k+1 tokens through the target's layers first..L-1, over the slots just drafted.
-        cache.rewind(S)
-        vpos = next_pos[:, None] + arange[:k_now + 1]  # (B, k+1)
-        h = lean_step(model, cache, vpos, target, row_ids, h=torch.cat(lows, 1), start=draft.first)
-        cache.advance(k_now + 1)
-        p = select.scores(model.logits_from_state(h), count)  # (B, k+1, V)
-        D = torch.stack(drafts, 1)  # (B, k)
-        n, last_token = select.accept(D, torch.stack(qs, 1) if do_sample else None, p)
-        new = torch.cat([D, D[:, :1]], 1).scatter(1, n[:, None], last_token[:, None])  # (B, k+1)
-        n_act = n.masked_fill(finished, 0)
-        n_max, n_min, rows, acc, rejected, produced = torch.stack([
-            n_act.max(), n.masked_fill(finished, k_now).min(), active.sum(), n_act.sum(), ((n < k_now) & active).sum(),
-            torch.minimum(n + 1, max_new_tokens - count).masked_fill(finished, 0).sum()]).tolist()
-        # Keep slots S..S+n_max; a row that accepted fewer has holes after its own tokens.
-        cache.truncate(S + n_max + 1)
-        if n_min < n_max:
-            cache.invalidate(S, arange[:n_max + 1][None] <= n_act[:, None])  # keep (B, n_max + 1)
-        emit(new, n + 1)
-        token, next_pos = last_token, next_pos + n + 1
-
-        # Bookkeeping, then the next round's length from the running acceptance rate.
-        stats.rounds += 1
-        stats.ragged_rounds += n_min < n_max
-        stats.drafted += rows * k_now
-        stats.accepted += acc
-        stats.round_tokens += produced
-        stats.draft_lengths.append(k_now)
-        for i, a in enumerate(draft.plan.actions):
-            if a == RUN:
-                stats.draft_runs[i] += rows * (k_now + (i < draft.first))
-        for i in range(draft.first, L):
-            if target.actions[i] == RUN:
-                stats.verify_runs[i] += rows * (k_now + 1)
-        acc_seen, judged = acc_seen + acc, judged + acc + rejected
+        r = _draft_and_verify(model, cache, draft, target, select, out, token, next_pos, k_now, row_ids, ones)
+        token, next_pos = r.last_token, next_pos + r.n + 1
+        _record_round(stats, r, draft, target, k_now)
+        # the next round's length from the running acceptance rate
+        acc_seen, judged = acc_seen + r.accepted, judged + r.accepted + r.rejected
         alpha = (acc_seen + acc_prior) / (judged + PRIOR_WEIGHT)
         if num_draft_tokens is None:
-            k, best = draft.best_k(target, cost, B, alpha)
+            k, best = draft.best_k(target, choice.cost, B, alpha)
         else:
-            best = draft.speedup(target, cost, B, alpha, k)
-        if auto and best < 1.0:
+            best = draft.speedup(target, choice.cost, B, alpha, k)
+        if choice.auto and best < 1.0:
             draft = None  # speculation stopped paying: plain decoding from here on
             stats.choices[-1]["fell_back_after_rounds"] = stats.rounds
-    add_usage(model, target, row_steps)
-    model._last_cache_bytes = cache.peak_bytes
-    return out[:, :T0 + int(count.max())]
+    usage.add_routes(target.routes, row_steps)
+    usage.last_cache_bytes = cache.peak_bytes
+    return out.result()

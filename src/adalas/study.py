@@ -404,7 +404,7 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
 def _sweep_complete(sweep_dir: Path, config_ids: Sequence[str], n: int) -> bool:
     """Whether every config has its n rows in per_sequence.jsonl and its line in sweep.jsonl (then no
     model needs loading)."""
-    from .evaluate import read_jsonl
+    from .io import read_jsonl
 
     if not (sweep_dir / "sweep.jsonl").is_file():
         return False

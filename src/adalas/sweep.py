@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import DepthConfig
-from .evaluate import (REFERENCES, EvalItem, Progress, RowStore, Sampling, dumps_row, check_settings, finish_shards,
-                       missing_items, plan_batches, plan_fingerprint, run_depth, shard, summarize, versions)
-from .io import atomic_write_json, atomic_write_text, check_output_dir
-from .oracle import random_routes, route_from_str, route_to_skip_layers, route_to_str, uniform_skip_route
+from .config import DepthConfig, route_from_str, route_to_str
+from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, check_settings, missing_items, plan_batches,
+                       plan_fingerprint, run_depth, shard, summarize, versions)
+from .io import RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards
+from .oracle import random_routes, route_to_skip_layers, uniform_skip_route
 
 STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route", "full_sample")
 BUDGET_STRATEGIES = ("early_exit", "uniform_skip", "random_route")  # chosen with --strategies

@@ -40,7 +40,7 @@ from .config import DEPTH_FILE, DepthConfig
 from .data import TRAINING_FILE, data_sha256
 from .distill import INDEX_COLUMN, Distiller
 from .flags import OneLineErrors
-from .io import atomic_write_json, atomic_write_text, check_output_dir
+from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, check_output_dir
 from .model import CONTROLLERS_FILE, AdalasForCausalLM
 from .recipes import check_fields, load_recipe, packaged_file, split_recipe_flag, to_argv
 
@@ -412,11 +412,8 @@ def save_model_dir(model: nn.Module, output_dir: str | Path) -> None:
         adalas.save_pretrained(output_dir)
         return
     adalas.save_pretrained(output_dir, state_dict=merged)
-    from safetensors.torch import save_file
     trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = output_dir / (TRAINABLE_FILE + ".tmp")
-    save_file(trainable, str(tmp))
-    tmp.replace(output_dir / TRAINABLE_FILE)
+    atomic_save_tensors(output_dir / TRAINABLE_FILE, trainable)
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -642,16 +639,12 @@ def save_adapter(model: nn.Module, directory: Path, record: dict) -> None:
     """The LoRA adapter alone (fp16 safetensors, a few MB), its config, the depth config and how it
     was made: what `src/adalas/adapters/<alias>/` ships (see `adalas.adapters`)."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     # keys relative to the Hugging Face model (peft's own layout), not to our wrapper: the adapter then
     # also loads with plain peft onto the base checkpoint
     state = {k.replace("base_model.model.model.", "base_model.model.", 1): v.detach().to(torch.float16).contiguous().cpu()
              for k, v in get_peft_model_state_dict(model).items()}
-    tmp = directory / "adapter_model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(directory / "adapter_model.safetensors")
+    atomic_save_tensors(directory / "adapter_model.safetensors", state)
     config = model.peft_config["default"].to_dict()
     config["base_model_name_or_path"] = None
     atomic_write_json(directory / "adapter_config.json", _jsonable(config))

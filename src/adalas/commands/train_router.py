@@ -133,7 +133,7 @@ def _with_scores(speed: dict, table, ids: list[str], refs: dict[str, str], tok) 
     """ROUGE-L of what the speed check generated, beside what the sweep's rows give for the same
     routes (equal up to fp32 near-ties across batch companions)."""
     from ..evaluate import rouge
-    from ..oracle import route_to_str
+    from ..config import route_to_str
 
     col = {route_to_str(r): k for k, r in enumerate(table.routes)}
     rows = table.rows(ids)
@@ -149,10 +149,10 @@ def _with_scores(speed: dict, table, ids: list[str], refs: dict[str, str], tok) 
 
 
 def _sweep_new_tokens(sweep_dir) -> int | None:
-    from ..oracle import _read_jsonl
+    from ..io import read_jsonl_numbered
     from pathlib import Path
 
-    for _, row in _read_jsonl(Path(sweep_dir) / "sweep.jsonl"):
+    for _, row in read_jsonl_numbered(Path(sweep_dir) / "sweep.jsonl"):
         gen = row.get("generation") or {}
         if gen.get("max_new_tokens"):
             return int(gen["max_new_tokens"])
@@ -160,11 +160,11 @@ def _sweep_new_tokens(sweep_dir) -> int | None:
 
 
 def _references(sweep_dir, ids) -> dict:
-    from ..oracle import _read_jsonl
+    from ..io import read_jsonl_numbered
     from pathlib import Path
 
     wanted, refs = set(ids), {}
-    for _, row in _read_jsonl(Path(sweep_dir) / "per_sequence.jsonl"):
+    for _, row in read_jsonl_numbered(Path(sweep_dir) / "per_sequence.jsonl"):
         if str(row.get("id")) in wanted and row.get("reference") is not None:
             refs.setdefault(str(row["id"]), row["reference"])
     return refs

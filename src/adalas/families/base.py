@@ -4,7 +4,7 @@ adalas drives a Hugging Face model's submodules from outside (as LayerSkip does)
 calling its decoder layers: the loop must run one layer's key/value projection alone (KV
 propagation), run a layer on a subset of rows, and write into its own preallocated cache, none of
 which a Hugging Face layer call offers. Each family file says, in a few lines per method, how its
-layer computes; the loop in `model.py` is shared. Every reference to transformers internals lives
+layer computes; the loop in `engine.py` is shared. Every reference to transformers internals lives
 here, so a rename in a release is fixed in one place.
 """
 from __future__ import annotations

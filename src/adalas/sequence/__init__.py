@@ -7,15 +7,18 @@ this order:
 - `table.py`: targets from a sweep (`load_sweep`: the (N, K) per-sequence scores of K fixed
   routes); `route_labels`: the cheapest route within `tolerance` of the best (or of full depth);
   `split_ids`: by sequence, by seed.
-- `controller.py`: prompt features, computed once at the prefill (`pool_features`: the state
-  entering `feature_layer`, mean over the prompt and at its last token, log length), and
-  `SequenceController`: one utility per route (predicted score, or log-probability of being the
-  cheapest good route); a sequence takes argmax(utility - lam * layers), lam calibrated on
+- `adalas.routers` (inference, not in this package): prompt features, computed once at the prefill
+  (`pool_features`: the state entering `feature_layer`, mean over the prompt and at its last token,
+  log length); `SequenceController`: one utility per route (predicted score, or log-probability of
+  being the cheapest good route); a sequence takes argmax(utility - lam * layers), lam calibrated on
   validation data per average depth, so one controller serves every budget
-  (`DepthConfig(mode="sequence", target_avg_layers=...)`).
-- `router.py`: `SequenceRouter` (mode `sequence`) reads the features as the prefill passes the
-  feature layer and then runs each row at its route; `generate_grouped` decodes the rows that share
-  a route as their own batches with a static route, so a batch really runs fewer layers.
+  (`DepthConfig(mode="sequence", target_avg_layers=...)`); `SequenceRouter` (mode `sequence`) reads
+  the features as the prefill passes the feature layer and then runs each row at its route.
+- `controller.py`: `prompt_features` (a prompt pass through the layers below the feature layer),
+  calibration and fitting.
+- `router.py`: `generate_grouped` decodes the rows that share a route as their own batches with a
+  static route, so a batch really runs fewer layers.
+- `speed.py`: `measure_speed`, full depth against `generate_grouped` on the same prompts.
 - `training.py`: `train_router` (fit on training sequences, calibrate on validation ones),
   `evaluate_router` (held-out curve by lookup in the sweep, no generation), `compare_curves` and
   `crossfit_curves` (beside uniform skipping, random routes, early exit, the best input-blind mix
@@ -24,11 +27,11 @@ this order:
 """
 from __future__ import annotations
 
-from .controller import (OBJECTIVES, ROUTER_META, ROUTER_WEIGHTS, SequenceController, batches, calibrate,
-                         calibration_table, fit_controller, left_pad, pick, pool_features, prompt_features,
-                         temporary_depth)
-from .router import (GroupedGeneration, SequenceRouter, SequenceState, ensure_controller, generate_grouped,
-                     measure_speed, predict_routes)
+from ..routers import (OBJECTIVES, ROUTER_META, ROUTER_WEIGHTS, SequenceController, SequenceRouter, SequenceState,
+                       ensure_controller, pick, pool_features)
+from .controller import batches, calibrate, calibration_table, fit_controller, left_pad, prompt_features, temporary_depth
+from .router import GroupedGeneration, generate_grouped, predict_routes
+from .speed import measure_speed
 from .table import ROUTE_STRATEGIES, TARGETS, SweepTable, load_sweep, route_labels, split_ids
 from .training import (baseline_curves, best_fixed_mix, compare_curves, crossfit_choices, crossfit_curves,
                        crossfit_rows, evaluate_router, interpolate, load_features, save_features, sweep_prompts,

@@ -1,53 +1,33 @@
-"""Prompt features and the per-sequence controller: fitting, calibration, files.
+"""Fitting the per-sequence controller: prompt features, calibration, fitting.
 
-- Features (`pool_features`): the hidden state entering `feature_layer`, averaged over the prompt's
-  real tokens, the last prompt token's state, and the log prompt length. `prompt_features` computes
-  them with a prompt pass through the layers below the feature layer only.
-- `SequenceController`: standardized features -> one utility per candidate route (predicted score
-  for objective `regression`, log-probability of being the cheapest good route for `label`); a
-  sequence takes argmax(utility - lam * layers). `calibrate` finds lam on validation data for an
-  average depth; `calibration_table` does it every quarter layer, so one controller serves every budget.
+The controller itself (`SequenceController`: standardized features -> one utility per candidate
+route, predicted score for objective `regression`, log-probability of being the cheapest good route
+for `label`; a sequence takes argmax(utility - lam * layers)), its files and the features it reads
+(`pool_features`) are inference, in `adalas.routers`.
+
+- `prompt_features` computes the features with a prompt pass through the layers below the feature
+  layer only (the engine's routed pass).
+- `calibrate` finds lam on validation data for an average depth; `calibration_table` does it every
+  quarter layer, so one controller serves every budget.
 - Fitting (`fit_controller`): ridge in dual form with leave-one-out selection, or logistic
   regression by Nesterov descent with 5-fold selection; both pick the feature layer too.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..config import DepthConfig
-from ..oracle import route_from_str, route_to_str
+from ..engine import positions_from_mask, routed_pass
+from ..routers import OBJECTIVES, SequenceController, pick, pool_features
 from .table import route_labels
 
-ROUTER_WEIGHTS = "adalas_sequence_router.safetensors"
-ROUTER_META = "adalas_sequence_router.json"
-FORMAT = "adalas-sequence-router"
-OBJECTIVES = ("regression", "label")
 CALIBRATION_STEP = 0.25  # layers between calibrated average depths
-
-
-def pool_features(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, 2D + 1) float32: mean state over the valid tokens, last valid token's state, log count.
-
-    h: (B, T, D) the hidden state entering the feature layer; valid: (B, T) bool (real prompt tokens).
-    """
-    B, T, _ = h.shape
-    h = h.float()
-    w = valid.to(h.dtype)[..., None]  # (B, T, 1)
-    n = w.sum(1).clamp(min=1.0)  # (B, 1)
-    mean = (h * w).sum(1) / n  # (B, D)
-    last_idx = T - 1 - valid.long().flip(1).argmax(1)  # (B,) last valid position
-    last = h[torch.arange(B, device=h.device), last_idx]  # (B, D)
-    return torch.cat([mean, last, n.log()], dim=-1)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +65,6 @@ def prompt_features(model, prompts: Sequence[Sequence[int]], layers: Sequence[in
 
     The same numbers the router computes in a full-depth prefill (up to fp32 rounding of padding).
     """
-    from ..model import positions_from_mask
-
     L = model.num_layers
     layers = sorted(set(int(k) for k in layers))
     if not layers or layers[0] < 0 or layers[-1] >= L:
@@ -103,112 +81,12 @@ def prompt_features(model, prompts: Sequence[Sequence[int]], layers: Sequence[in
             if top == 0:
                 hidden = (model.family.embed(ids, pos),)
             else:  # layers >= top are skipped with no cache: they cost nothing
-                _, _, hidden = model._run(ids, pos, mask, True, None, None, output_hidden_states=True)
+                _, _, hidden = routed_pass(model, ids, pos, mask, True, None, None, output_hidden_states=True)
             for k in layers:
                 feats = pool_features(hidden[k], mask.bool()).cpu()
                 for r, i in enumerate(idx):
                     out[k][i] = feats[r]
     return {k: torch.stack(v) for k, v in out.items()}
-
-
-class SequenceController(nn.Module):
-    """Standardized prompt features -> (K,) route utilities; picks argmax(utility - lam * layers).
-
-    `calibration` lists, per average depth, the cost weight `lam` that meets it on validation data.
-    """
-
-    def __init__(self, in_features: int, routes: Sequence[Sequence[bool]], feature_layer: int,
-                 objective: str = "regression", meta: dict | None = None):
-        super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-        self.linear = nn.Linear(in_features, len(routes))
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.register_buffer("feature_mean", torch.zeros(in_features))
-        self.register_buffer("feature_scale", torch.ones(in_features))
-        self.register_buffer("routes", torch.tensor([[bool(r) for r in route] for route in routes]))  # (K, L)
-        self.register_buffer("costs", self.routes.sum(1).double())  # (K,)
-        self.feature_layer = int(feature_layer)
-        self.objective = objective
-        self.calibration: list[dict] = []  # [{"target_avg_layers", "lam", "val_avg_layers", "val_score"}]
-        self.default_target: float | None = None
-        self.meta: dict = dict(meta or {})
-        self.source: str | None = None  # directory it was loaded from
-
-    @property
-    def num_layers(self) -> int:
-        return self.routes.shape[1]
-
-    @torch.no_grad()
-    def utilities(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, K) float64: predicted score (regression) or log-probability (label) of each route."""
-        x = (features.to(self.feature_mean) - self.feature_mean) / self.feature_scale
-        u = self.linear(x).double()
-        return u.log_softmax(-1) if self.objective == "label" else u
-
-    def choose(self, features: torch.Tensor, lam: float) -> torch.Tensor:
-        """(B,) index of the route each sequence takes."""
-        return pick(self.utilities(features), self.costs, lam)
-
-    def lam_for(self, target_avg_layers: float | None = None) -> float:
-        """The cost weight calibrated for this average depth (None: the one chosen at training)."""
-        target = self.default_target if target_avg_layers is None else float(target_avg_layers)
-        if target is None or not self.calibration:
-            return 0.0
-        fitting = [c for c in self.calibration if c["target_avg_layers"] <= target + 1e-9]
-        if not fitting:
-            lowest = min(c["target_avg_layers"] for c in self.calibration)
-            raise ValueError(f"target_avg_layers: {target} is below the shallowest calibrated depth {lowest}")
-        return max(fitting, key=lambda c: c["target_avg_layers"])["lam"]
-
-    # -- files ---------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        from ..io import atomic_write_json
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in ("routes", "costs")}
-        tmp = out / (ROUTER_WEIGHTS + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, out / ROUTER_WEIGHTS)
-        atomic_write_json(out / ROUTER_META, {
-            "format": FORMAT, "version": 1, "in_features": self.linear.in_features,
-            "num_layers": self.num_layers, "feature_layer": self.feature_layer, "objective": self.objective,
-            "routes": [route_to_str(r) for r in self.routes.tolist()], "calibration": self.calibration,
-            "default_target_avg_layers": self.default_target, **{k: v for k, v in self.meta.items()
-                                                                 if k not in _META_KEYS}})
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> "SequenceController":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / ROUTER_META).is_file() or not (d / ROUTER_WEIGHTS).is_file():
-            raise ValueError(f"router_path: {str(d)!r} has no sequence router ({ROUTER_META} and {ROUTER_WEIGHTS}); "
-                             f"write one with `adalas train-router`")
-        meta = json.loads((d / ROUTER_META).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"router_path: {d / ROUTER_META} is not an adalas sequence router")
-        ctrl = cls(meta["in_features"], [route_from_str(r) for r in meta["routes"]], meta["feature_layer"],
-                   meta["objective"], meta={k: v for k, v in meta.items() if k not in _META_KEYS})
-        state = load_file(str(d / ROUTER_WEIGHTS))
-        ctrl.load_state_dict({**state, "routes": ctrl.routes, "costs": ctrl.costs})
-        ctrl.calibration = meta.get("calibration") or []
-        ctrl.default_target = meta.get("default_target_avg_layers")
-        ctrl.source = str(d.resolve())
-        return ctrl
-
-
-_META_KEYS = {"format", "version", "in_features", "num_layers", "feature_layer", "objective", "routes",
-              "calibration", "default_target_avg_layers"}
-
-
-def pick(utilities: torch.Tensor, costs: torch.Tensor, lam: float) -> torch.Tensor:
-    """(B,) argmax over routes of utility - lam * layers (ties: the first, i.e. the sweep's order)."""
-    return (utilities - float(lam) * costs.to(utilities)).argmax(-1)
 
 
 def calibrate(utilities: torch.Tensor, costs: torch.Tensor, target: float, iters: int = 60) -> float:

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..oracle import _field, _number, _read_jsonl, early_exit_route, route_from_str, uniform_skip_route
+from ..config import route_from_str
+from ..io import read_jsonl_numbered, require_field, require_number
+from ..oracle import early_exit_route, uniform_skip_route
 
 ROUTE_STRATEGIES = ("full", "uniform_skip", "random_route", "early_exit")  # fixed routes: the candidates
 TARGETS = ("score", "agreement")  # what the controller learns: ROUGE-L vs the reference, or vs full depth's output
@@ -125,10 +127,10 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
                          f"({', '.join(ROUTE_STRATEGIES)})")
     configs: dict[Any, dict] = {}
     num_layers = None
-    for lineno, row in _read_jsonl(sweep_dir / "sweep.jsonl"):
+    for lineno, row in read_jsonl_numbered(sweep_dir / "sweep.jsonl"):
         where = f"{sweep_dir / 'sweep.jsonl'}:{lineno}"
-        _field(row, "config_id", where)
-        if _field(row, "strategy", where) not in wanted:
+        require_field(row, "config_id", where)
+        if require_field(row, "strategy", where) not in wanted:
             continue
         route = _config_route(row, where)
         num_layers = num_layers or len(route)
@@ -144,20 +146,20 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
     prompts: dict[str, str] = {}
     order: dict[str, None] = {}
     model = None
-    for lineno, row in _read_jsonl(sweep_dir / "per_sequence.jsonl"):
+    for lineno, row in read_jsonl_numbered(sweep_dir / "per_sequence.jsonl"):
         where = f"{sweep_dir / 'per_sequence.jsonl'}:{lineno}"
-        cid, sid = _field(row, "config_id", where), str(_field(row, "id", where))
+        cid, sid = require_field(row, "config_id", where), str(require_field(row, "id", where))
         if cid not in configs:
             continue
-        score[cid, sid] = _number(row, "rougeL", where)
-        cost[cid, sid] = (_number(row, "layers_used", where) if row.get("layers_used") is not None
+        score[cid, sid] = require_number(row, "rougeL", where)
+        cost[cid, sid] = (require_number(row, "layers_used", where) if row.get("layers_used") is not None
                           else float(sum(configs[cid]["_route"])))
         if row.get("prompt") is not None:
             prompts.setdefault(sid, row["prompt"])
         if row.get("prediction") is not None:
             predictions[cid, sid] = row["prediction"]
         if configs[cid]["strategy"] == "full" and row.get("output_tokens") is not None:
-            steps[sid] = max(_number(row, "output_tokens", where) - 1, 0.0)
+            steps[sid] = max(require_number(row, "output_tokens", where) - 1, 0.0)
         model = model if model is not None else row.get("model")
         order.setdefault(sid, None)
     kept = [cid for cid in configs if any((cid, sid) in score for sid in order)]

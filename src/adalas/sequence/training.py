@@ -20,9 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..oracle import _read_jsonl, best_fixed_mix, interpolate, mix_at, oracle_curve
+from ..io import atomic_save_tensors, read_jsonl_numbered
+from ..oracle import best_fixed_mix, interpolate, mix_at, oracle_curve
+from ..routers import SequenceController, pick
 from ..stats import paired_bootstrap
-from .controller import SequenceController, calibration_table, fit_controller, pick
+from .controller import calibration_table, fit_controller
 from .table import SweepTable, load_sweep, split_ids
 
 FEATURES_FILE = "features.safetensors"
@@ -48,14 +50,8 @@ def sweep_prompts(table: SweepTable, tokenizer, data: str | None = None, prompt_
 
 
 def save_features(directory: str | os.PathLike, ids: Sequence[str], features: dict[int, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (FEATURES_FILE + ".tmp")
-    save_file({f"layer_{k}": v.contiguous() for k, v in features.items()}, str(tmp),
-              metadata={"ids": json.dumps(list(ids))})
-    os.replace(tmp, out / FEATURES_FILE)
+    atomic_save_tensors(Path(directory) / FEATURES_FILE, {f"layer_{k}": v.contiguous() for k, v in features.items()},
+                        metadata={"ids": json.dumps(list(ids))})
 
 
 def load_features(directory: str | os.PathLike) -> tuple[list[str], dict[int, torch.Tensor]]:
@@ -284,7 +280,7 @@ def crossfit_rows(sweep_dir: str | os.PathLike, table: SweepTable, chosen: Seque
         raise ValueError(f"chosen: {len(chosen)} choices for {len(table.ids)} sequences")
     wanted = set(zip(chosen, table.ids))
     by_key = {}
-    for _, row in _read_jsonl(Path(sweep_dir) / "per_sequence.jsonl"):
+    for _, row in read_jsonl_numbered(Path(sweep_dir) / "per_sequence.jsonl"):
         key = (row.get("config_id"), str(row.get("id")))
         if key in wanted:
             by_key.setdefault(key, row)

@@ -1,10 +1,19 @@
-"""Routers: for each layer, which tokens run it.
+"""Routers: for each layer, which tokens run it; per token or per sequence, one interface.
 
 A router answers `decide(layer_idx, h, ctx)` with
   - `True` / `False`: every token runs / skips the layer (static modes; no tensor work at all),
   - a bool tensor (B, T): per token (stochastic, per-sequence routes, learned in eval),
   - a float tensor (B, T) of 0/1 values carrying straight-through gradients (learned in training).
-Modes differ only in the router they build (`build_router`); the depth loop in `model.py` is shared.
+`start(batch_size, device)` gives the per-sequence state of a forward or a generation, and
+`observe(layer_idx, h, ctx)` shows a per-sequence router the prompt as a full-depth prefill passes.
+Modes differ only in the router they build (`build_router`, the one dispatch on mode); the depth
+loop (`adalas.engine`) is shared.
+
+Per token: `StaticRouter` (full, static_skip, early_exit, route), `StochasticRouter`,
+`LearnedRouter` (per-layer `Controller` MLPs), `ConfidenceExitRouter`. Per sequence:
+`PerSequenceRouter` (random_budget) and `SequenceRouter` (mode `sequence`: prompt features from the
+prefill, `pool_features`, go through a `SequenceController`, which picks one route per sequence).
+Fitting and evaluating a `SequenceController` is `adalas.sequence`'s work, not inference's.
 
 Random draws (`stochastic` skips, `random_budget` routes) belong to the sequence: each row's key is a
 hash of (seed, its non-pad prompt token ids), plus the Trainer's `global_step` in training
@@ -15,19 +24,24 @@ when the router first sees the prompt: the prefill of a generation, or the first
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DepthConfig
+from .config import DepthConfig, route_from_str, route_to_str
+from .io import atomic_save_tensors, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import StepContext
+    from .engine import StepContext
+
 
 class Router:
     """Base: every layer runs."""
@@ -293,6 +307,194 @@ def confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
     return top2[..., 0] - top2[..., 1]
 
 
+# -- per sequence: mode `sequence` -------------------------------------------------------------------
+ROUTER_WEIGHTS = "adalas_sequence_router.safetensors"
+ROUTER_META = "adalas_sequence_router.json"
+FORMAT = "adalas-sequence-router"
+OBJECTIVES = ("regression", "label")
+
+
+def pool_features(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 2D + 1) float32: mean state over the valid tokens, last valid token's state, log count.
+
+    h: (B, T, D) the hidden state entering the feature layer; valid: (B, T) bool (real prompt tokens).
+    """
+    B, T, _ = h.shape
+    h = h.float()
+    w = valid.to(h.dtype)[..., None]  # (B, T, 1)
+    n = w.sum(1).clamp(min=1.0)  # (B, 1)
+    mean = (h * w).sum(1) / n  # (B, D)
+    last_idx = T - 1 - valid.long().flip(1).argmax(1)  # (B,) last valid position
+    last = h[torch.arange(B, device=h.device), last_idx]  # (B, D)
+    return torch.cat([mean, last, n.log()], dim=-1)
+
+
+class SequenceController(nn.Module):
+    """Standardized prompt features -> (K,) route utilities; picks argmax(utility - lam * layers).
+
+    `calibration` lists, per average depth, the cost weight `lam` that meets it on validation data.
+    """
+
+    def __init__(self, in_features: int, routes: Sequence[Sequence[bool]], feature_layer: int,
+                 objective: str = "regression", meta: dict | None = None):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.linear = nn.Linear(in_features, len(routes))
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+        self.register_buffer("feature_scale", torch.ones(in_features))
+        self.register_buffer("routes", torch.tensor([[bool(r) for r in route] for route in routes]))  # (K, L)
+        self.register_buffer("costs", self.routes.sum(1).double())  # (K,)
+        self.feature_layer = int(feature_layer)
+        self.objective = objective
+        self.calibration: list[dict] = []  # [{"target_avg_layers", "lam", "val_avg_layers", "val_score"}]
+        self.default_target: float | None = None
+        self.meta: dict = dict(meta or {})
+        self.source: str | None = None  # directory it was loaded from
+
+    @property
+    def num_layers(self) -> int:
+        return self.routes.shape[1]
+
+    @torch.no_grad()
+    def utilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K) float64: predicted score (regression) or log-probability (label) of each route."""
+        x = (features.to(self.feature_mean) - self.feature_mean) / self.feature_scale
+        u = self.linear(x).double()
+        return u.log_softmax(-1) if self.objective == "label" else u
+
+    def choose(self, features: torch.Tensor, lam: float) -> torch.Tensor:
+        """(B,) index of the route each sequence takes."""
+        return pick(self.utilities(features), self.costs, lam)
+
+    def lam_for(self, target_avg_layers: float | None = None) -> float:
+        """The cost weight calibrated for this average depth (None: the one chosen at training)."""
+        target = self.default_target if target_avg_layers is None else float(target_avg_layers)
+        if target is None or not self.calibration:
+            return 0.0
+        fitting = [c for c in self.calibration if c["target_avg_layers"] <= target + 1e-9]
+        if not fitting:
+            lowest = min(c["target_avg_layers"] for c in self.calibration)
+            raise ValueError(f"target_avg_layers: {target} is below the shallowest calibrated depth {lowest}")
+        return max(fitting, key=lambda c: c["target_avg_layers"])["lam"]
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> None:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in ("routes", "costs")}
+        atomic_save_tensors(out / ROUTER_WEIGHTS, state)
+        atomic_write_json(out / ROUTER_META, {
+            "format": FORMAT, "version": 1, "in_features": self.linear.in_features,
+            "num_layers": self.num_layers, "feature_layer": self.feature_layer, "objective": self.objective,
+            "routes": [route_to_str(r) for r in self.routes.tolist()], "calibration": self.calibration,
+            "default_target_avg_layers": self.default_target, **{k: v for k, v in self.meta.items()
+                                                                 if k not in _META_KEYS}})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "SequenceController":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / ROUTER_META).is_file() or not (d / ROUTER_WEIGHTS).is_file():
+            raise ValueError(f"router_path: {str(d)!r} has no sequence router ({ROUTER_META} and {ROUTER_WEIGHTS}); "
+                             f"write one with `adalas train-router`")
+        meta = json.loads((d / ROUTER_META).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"router_path: {d / ROUTER_META} is not an adalas sequence router")
+        ctrl = cls(meta["in_features"], [route_from_str(r) for r in meta["routes"]], meta["feature_layer"],
+                   meta["objective"], meta={k: v for k, v in meta.items() if k not in _META_KEYS})
+        state = load_file(str(d / ROUTER_WEIGHTS))
+        ctrl.load_state_dict({**state, "routes": ctrl.routes, "costs": ctrl.costs})
+        ctrl.calibration = meta.get("calibration") or []
+        ctrl.default_target = meta.get("default_target_avg_layers")
+        ctrl.source = str(d.resolve())
+        return ctrl
+
+
+_META_KEYS = {"format", "version", "in_features", "num_layers", "feature_layer", "objective", "routes",
+              "calibration", "default_target_avg_layers"}
+
+
+def pick(utilities: torch.Tensor, costs: torch.Tensor, lam: float) -> torch.Tensor:
+    """(B,) argmax over routes of utility - lam * layers (ties: the first, i.e. the sweep's order)."""
+    return (utilities - float(lam) * costs.to(utilities)).argmax(-1)
+
+
+@dataclass
+class SequenceState:
+    """One forward's or generation's per-row routes, set when the prefill passes the feature layer."""
+
+    routes: torch.Tensor | None = None  # (B, L) bool
+    choice: torch.Tensor | None = None  # (B,) route index
+
+
+class SequenceRouter(Router):
+    """Each row's route is predicted from its prompt at `feature_layer`, then fixed for that row.
+
+    In generation the prefill (prompt tokens, every layer) passes the feature layer before any
+    generated token needs a route. In a forward with labels, response tokens need a decision at
+    layers below the feature layer before the features exist: that works only where every
+    candidate route agrees on those layers (else ValueError); `generate` has no such limit.
+    """
+
+    def __init__(self, controller: SequenceController, target_avg_layers: float | None = None):
+        self.controller = controller
+        self.lam = controller.lam_for(target_avg_layers)
+        routes = controller.routes
+        self._common = [bool(routes[0, i]) if bool((routes[:, i] == routes[0, i]).all()) else None
+                        for i in range(routes.shape[1])]
+        self.last_state: SequenceState | None = None
+
+    def start(self, batch_size, device):
+        self.last_state = SequenceState()
+        return self.last_state
+
+    def observe(self, layer_idx, h, ctx):
+        if layer_idx == self.controller.feature_layer and ctx.sequence_state.routes is None:
+            self._predict(h, ctx, real_tokens(ctx))
+
+    def decide(self, layer_idx, h, ctx):
+        state: SequenceState = ctx.sequence_state
+        if state.routes is None:
+            if layer_idx == self.controller.feature_layer:
+                self._predict(h, ctx, prompt_tokens(ctx))
+            elif self._common[layer_idx] is not None:
+                return self._common[layer_idx]
+            else:
+                raise ValueError(f"mode 'sequence': layer {layer_idx} needs a route before the prompt features "
+                                 f"(layer {self.controller.feature_layer}) exist, and the candidate routes differ "
+                                 f"there; use generate() (the prefill comes first)")
+        run = state.routes[ctx.row_ids, layer_idx]  # (B,)
+        return run[:, None].expand_as(ctx.position_ids)
+
+    def _predict(self, h, ctx, valid):
+        state: SequenceState = ctx.sequence_state
+        state.choice = self.controller.choose(pool_features(h, valid), self.lam).to(h.device)  # (B,)
+        state.routes = self.controller.routes.to(h.device)[state.choice]  # (B, L)
+
+
+def ensure_controller(depth: DepthConfig, num_layers: int,
+                      current: SequenceController | None) -> SequenceController:
+    """The controller a `sequence` depth config asks for: from `router_path`, else the one the model has."""
+    if depth.router_path is not None:
+        path = str(Path(depth.router_path).expanduser().resolve())
+        ctrl = current if current is not None and current.source == path else SequenceController.load(path)
+    elif current is not None:
+        ctrl = current
+    else:
+        raise ValueError("router_path: required for mode 'sequence' (a directory written by `adalas train-router`), "
+                         "unless the model was saved with its sequence router")
+    if ctrl.num_layers != num_layers:
+        raise ValueError(f"router_path: the sequence router has routes over {ctrl.num_layers} layers; "
+                         f"the model has {num_layers}")
+    if depth.target_avg_layers is not None:
+        ctrl.lam_for(depth.target_avg_layers)  # raises ValueError when out of the calibrated range
+    return ctrl
+
+
 def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict | None,
                  sequence_controller: nn.Module | None = None) -> Router:
     """The router for a depth config (the one dispatch on mode)."""
@@ -309,7 +511,6 @@ def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict |
     if cfg.mode == "confidence_exit":
         return ConfidenceExitRouter(cfg.exit_layers, cfg.threshold, cfg.measure)
     if cfg.mode == "sequence":
-        from .sequence import SequenceRouter  # sequence.py builds on this module
         assert sequence_controller is not None
         return SequenceRouter(sequence_controller, cfg.target_avg_layers)
     raise ValueError(f"mode: no router for {cfg.mode!r}")
