@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.adalas-installed
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run lint-imports test test-fast clean
 
 setup: $(STAMP)
 
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 run: setup
 	.venv/bin/adalas reproduce
 
-test: setup
+# the layering contract (pyproject.toml, [tool.importlinter]) first: a new import circle fails in seconds
+lint-imports: setup
+	.venv/bin/lint-imports
+
+test: lint-imports
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint-imports
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 clean:
