@@ -147,7 +147,7 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
         name = p.resolve().name
         names[name] = names.get(name, 0) + 1
         cid = f"learned:{name}" if names[name] == 1 else f"learned:{name}#{names[name] - 1}"
-        depth = checkpoint_depth(p)
+        depth = DepthConfig.from_dir(p) or DepthConfig()  # what the directory restores; full if none
         n = checkpoint_num_layers(p)
         if n is not None and n != L:
             raise ValueError(f"checkpoints: {d!r} has {n} layers, the model {L}; a sweep compares depths of one "
@@ -169,7 +169,7 @@ def adapted_configs(alias: str, num_layers: int) -> list[SweepConfig]:
     if directory is None:
         raise ValueError(f"adapted: {alias!r} is not a shipped adapted model; shipped: "
                          f"{', '.join(adapter_aliases()) or 'none yet'}")
-    depth = checkpoint_depth(directory)
+    depth = DepthConfig.from_dir(directory) or DepthConfig()
     route = depth.static_route(num_layers)
     out = []
     if route is not None and not all(route):
@@ -186,11 +186,6 @@ def checkpoint_num_layers(directory: Path) -> int | None:
         return int(AutoConfig.from_pretrained(str(directory)).num_hidden_layers)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
-
-
-def checkpoint_depth(directory: Path) -> DepthConfig:
-    """The depth a model directory restores (its saved adalas depth config; full depth if none)."""
-    return DepthConfig.from_dir(directory) or DepthConfig()
 
 
 def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, data_id: Any, reference: str) -> dict:
