@@ -192,6 +192,33 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     assert adapted["avg_layers"] == off_shelf["avg_layers"] == 2 and adapted["route"] == off_shelf["route"] == "1001"
     assert adapted["rougeL_ci95"] and off_shelf["model"] == str(strong / "strong")
 
+    # ALIAS@B and ALIAS@OTHER: a full-depth alias (here the same adapter, as a layer-dropout model would
+    # ship) with uniform skipping, and on another alias's route, where it must equal that alias
+    shutil.copytree(root / "tiny-adapted-2", root / "tiny-dropout")
+    (root / "tiny-dropout" / "adalas_depth.json").write_text(json.dumps({"mode": "full"}))
+    more = ["tiny-dropout", "tiny-dropout@3", "tiny-dropout@tiny-adapted-2"]
+    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
+                     "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
+                     "tiny-adapted-2", *more, "--no-progress", "--out", str(tmp_path / "sweep2")]) == 0
+    rows = {r["config_id"]: r for r in map(json.loads, (tmp_path / "sweep2" / "sweep.jsonl").read_text().splitlines())}
+    assert rows["adapted:tiny-dropout"]["avg_layers"] == 4 and rows["adapted:tiny-dropout"]["model"] == "tiny-dropout"
+    assert rows["adapted:tiny-dropout@3"]["route"] == rows["uniform_skip@3"]["route"]
+    assert rows["adapted:tiny-dropout@3"]["avg_layers"] == 3
+    assert rows["adapted:tiny-dropout@tiny-adapted-2"]["route"] == "1001"
+    per_seq = [json.loads(line) for line in (tmp_path / "sweep2" / "per_sequence.jsonl").read_text().splitlines()]
+    preds = {(r["config_id"], r["id"]): r["prediction"] for r in per_seq}
+    ids = {r["id"] for r in per_seq}
+    assert all(preds["adapted:tiny-dropout@tiny-adapted-2", i] == preds["adapted:tiny-adapted-2", i] for i in ids)
+
+    from adalas.report import adapted_table, read_sweep
+    table = adapted_table(read_sweep(tmp_path / "sweep2"))
+    assert "| `tiny-dropout` | uniform skipping to 3 |" in table and "| `tiny-dropout` | tiny-adapted-2's |" in table
+    from adalas.sweep import adapted_configs
+    for bad, says in [("tiny-dropout@9", "out of range"), ("nope@3", "not a shipped adapted model"),
+                      ("tiny-dropout@nope", "not a shipped adapted model")]:
+        with pytest.raises(ValueError, match=says):
+            adapted_configs(bad, 4)
+
 
 DISTILL_MODES = {
     "route": ({"mode": "route", "route": [True, False, True, True]}, []),

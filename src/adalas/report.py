@@ -157,6 +157,47 @@ def results_table(rows: Sequence[dict], oracle: dict | None = None, metric: str 
     return "\n".join(lines)
 
 
+def _adapted_parts(config_id: str) -> tuple[str, str]:
+    """`adapted:ALIAS@WHERE` -> (ALIAS, WHERE); WHERE is "" on the alias's own depth."""
+    alias, _, where = config_id.removeprefix("adapted:").partition("@")
+    return alias, where
+
+
+def _off_the_shelf(row: dict, by_id: dict) -> dict | None:
+    """The base model on the same route as an adapted row: `route:ALIAS` for its own route,
+    `uniform_skip@B` for `ALIAS@B`, `route:OTHER` for `ALIAS@OTHER`, the full model at full depth."""
+    alias, where = _adapted_parts(row["config_id"])
+    if not where:
+        found = by_id.get(f"route:{alias}")
+        return found if found is not None or row.get("budget") is not None else _full_row(list(by_id.values()))
+    return by_id.get(f"uniform_skip@{where}" if where.isdigit() else f"route:{where}")
+
+
+def adapted_table(rows: Sequence[dict], metric: str = "rougeL") -> str:
+    """Markdown: each adapted model (and each `ALIAS@...` depth of one) with its ROUGE-L and 95%
+    interval, its share of the full model's score, the base model on the same route, and the share
+    of that route's gap to full depth that adaptation closes; "" when no row is adapted."""
+    adapted = [r for r in rows if r["strategy"] == "adapted"]
+    full = _full_row(rows)
+    if not adapted or full is None:
+        return ""
+    by_id = {r["config_id"]: r for r in rows}
+    lines = ["| model | route | layers / token | ROUGE-L [95% CI] | of full | same route, off the shelf | gap closed |",
+             "|---|---|---|---|---|---|---|"]
+    for r in adapted:
+        alias, where = _adapted_parts(r["config_id"])
+        route = ("its own" if r.get("budget") is not None else "full depth") if not where else (
+            f"uniform skipping to {where}" if where.isdigit() else f"{where}'s")
+        base = _off_the_shelf(r, by_id)
+        share = r[metric] / full[metric] if full[metric] else float("nan")
+        gap = full[metric] - base[metric] if base is not None else None
+        closed = ("–" if base is None or base is full or not gap or gap <= 0
+                  else f"{100 * (r[metric] - base[metric]) / gap:.0f}%")
+        lines.append(f"| `{alias}` | {route} | {r['avg_layers']:.2f} | {_ci(r, metric)} | {share:.2f} | "
+                     f"{_ci(base, metric)} | {closed} |")
+    return "\n".join(lines)
+
+
 def configs_table(rows: Sequence[dict]) -> str:
     """Markdown: every config with its layers, ROUGE-1/2/L and ROUGE-L's 95% interval."""
     lines = ["| config | strategy | avg layers | ROUGE-1 | ROUGE-2 | ROUGE-L | 95% CI | route |",
@@ -210,15 +251,19 @@ def comparisons(rows: Sequence[dict], scores: dict, oracle: dict | None = None, 
             say(f"random routes (mean of {len(rnd[b])} per sequence)", "uniform skipping",
                 [r["config_id"] for r in rnd[b]], us[b][0]["config_id"], where)
     by_id = {r["config_id"]: r for r in rows}
-    for r in rows:  # each shipped adapted model against its own route off the shelf, and the full model
+    for r in rows:  # each adapted model against the same route off the shelf, a route's own adapter, the full model
         if r["strategy"] != "adapted":
             continue
-        alias = r["config_id"].removeprefix("adapted:")
+        alias, other = _adapted_parts(r["config_id"])
+        name = alias if not other else (f"{alias} with uniform skipping" if other.isdigit() else f"{alias} on {other}'s route")
         where = f"at {_f(r['avg_layers'], 2)} layers"
-        if f"route:{alias}" in by_id:
-            say(f"{alias}", "its route off the shelf", r["config_id"], f"route:{alias}", where)
+        base = _off_the_shelf(r, by_id)
+        if base is not None and base is not full:
+            say(name, "its route off the shelf", r["config_id"], base["config_id"], where)
+        if other and not other.isdigit() and f"adapted:{other}" in by_id:
+            say(name, other, r["config_id"], f"adapted:{other}", where)
         if full:
-            say(f"{alias}", "the full model", r["config_id"], full["config_id"], where)
+            say(name, "the full model", r["config_id"], full["config_id"], where)
     envelope = best_fixed_mix(_mix_points(rows, oracle, metric))
     for t, router in sorted(_routers(rows).items(), reverse=True):
         if not envelope or router["config_id"] not in scores:
@@ -393,6 +438,11 @@ def results_text(d: Path, rows: Sequence[dict], oracle: dict | None, meta: dict 
     """The results as markdown lines: table, legend, comparisons, oracle with its null control, the paper."""
     scores = read_scores(d)
     text = [results_table(rows, oracle), "", LEGEND, ""]
+    adapted = adapted_table(rows)
+    if adapted:
+        text += [f"{heading} Adapted models", "", adapted, "",
+                 "Of full: the share of the base model's full-depth ROUGE-L. Gap closed: the share of the gap between "
+                 "the same route off the shelf and full depth that adaptation recovers.", ""]
     said = comparisons(rows, scores, oracle)
     if said:
         text += [f"{heading} Comparisons (paired bootstrap over the same sequences)", ""]

@@ -161,14 +161,35 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
     return configs
 
 
-def adapted_configs(alias: str, num_layers: int) -> list[SweepConfig]:
-    """A shipped adapted model on its depth, and (for a static route) that route off the shelf."""
+def adapted_configs(spec: str, num_layers: int) -> list[SweepConfig]:
+    """`ALIAS`: a shipped adapted model on its own depth, `adapted:ALIAS`, and (for a static route)
+    that route off the shelf, `route:ALIAS`. `ALIAS@B`: the alias with uniform skipping to B layers;
+    `ALIAS@OTHER`: the alias on another shipped alias's route (the layer-dropout model on each
+    route-specific adapter's route), `adapted:ALIAS@...`."""
     from .hub import adapter_aliases, adapter_dir
 
-    directory = adapter_dir(alias)
-    if directory is None:
-        raise ValueError(f"adapted: {alias!r} is not a shipped adapted model; shipped: "
-                         f"{', '.join(adapter_aliases()) or 'none yet'}")
+    alias, _, where = spec.partition("@")
+
+    def directory_of(name: str) -> Path:
+        found = adapter_dir(name)
+        if found is None:
+            raise ValueError(f"adapted: {name!r} is not a shipped adapted model; shipped: "
+                             f"{', '.join(adapter_aliases()) or 'none yet'}")
+        return found
+
+    directory = directory_of(alias)
+    if where:
+        if where.isdigit():
+            b = int(where)
+            if not 1 <= b <= num_layers:
+                raise ValueError(f"adapted: {spec!r}: {b} is out of range for a model with {num_layers} layers")
+            route = uniform_skip_route(num_layers, b)
+        else:
+            route = (DepthConfig.from_dir(directory_of(where)) or DepthConfig()).static_route(num_layers)
+            if route is None:
+                raise ValueError(f"adapted: {spec!r}: {where!r} has no static route to borrow")
+        depth = DepthConfig(mode="route", route=route)
+        return [SweepConfig(f"adapted:{spec}", "adapted", sum(route), depth, checkpoint=alias)]
     depth = DepthConfig.from_dir(directory) or DepthConfig()
     route = depth.static_route(num_layers)
     out = []
@@ -250,6 +271,8 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
                 m = (load_checkpoint or _default_loader(model))(cfg.checkpoint)
                 if m.num_layers != L:
                     raise ValueError(f"checkpoint {cfg.checkpoint!r} has {m.num_layers} layers, the model {L}")
+                if m.depth != cfg.depth:  # a shipped model on a depth other than its own (`ALIAS@...`)
+                    m.set_depth(cfg.depth)
             else:
                 m = model
                 m.set_depth(cfg.depth)

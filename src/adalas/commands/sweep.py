@@ -29,7 +29,9 @@ def build_parser():
     p.add_argument("--routes", help="explicit routes, comma separated strings of 0/1 (one per layer)")
     p.add_argument("--checkpoints", nargs="+", default=[], help="learned checkpoints (model directories)")
     p.add_argument("--adapted", nargs="+", default=[],
-                   help="shipped adapted aliases, each on its own depth beside its route off the shelf")
+                   help="shipped adapted aliases, each on its own depth beside its route off the shelf; "
+                        "ALIAS@B runs the alias with uniform skipping to B layers, ALIAS@OTHER on the route "
+                        "of another shipped alias")
     p.add_argument("--null-k", type=int, default=0,
                    help="the oracle's null control: also run the full model K - 1 times sampled (temperature 0.7, "
                         "top-p 0.9, seeds 1..K-1; config ids full_sample#s); K = the number of configs the oracle "
