@@ -5,7 +5,10 @@
         --null-k 7 --out results/sweep
 
 The full model always runs (first). Writes DIR/sweep.jsonl (one row per config, with rougeL_ci95)
-and DIR/per_sequence.jsonl (with a config_id column); a killed sweep resumes where it stopped.
+and DIR/per_sequence.jsonl (with a config_id column), then DIR/report.md with its plots (paired
+comparisons, the adapted models' table); a killed sweep resumes where it stopped.
+`--adapted` adds shipped adapted models: `ALIAS` on its own depth (beside its route off the shelf),
+`ALIAS@24` with uniform skipping to 24 layers, `ALIAS@OTHER` on another alias's route.
 `--null-k K` adds the oracle's null control: the full model sampled K - 1 times (full_sample#1..K-1).
 Under torchrun / accelerate (RANK, WORLD_SIZE) each rank takes its share of the batches.
 """
@@ -79,6 +82,8 @@ def main(argv: list[str]) -> int:
         print(f"rank {rank}: done; the last rank to finish merges into {args.out}")
         return 0
     print_table(rows)
+    from ..report import write_report
+    print(f"report: {write_report(args.out)}")
     return 0
 
 
