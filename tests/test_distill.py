@@ -210,8 +210,8 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     ids = {r["id"] for r in per_seq}
     assert all(preds["adapted:tiny-dropout@tiny-adapted-2", i] == preds["adapted:tiny-adapted-2", i] for i in ids)
 
-    from adalas.report import adapted_table, read_sweep
-    table = adapted_table(read_sweep(tmp_path / "sweep2"))
+    from adalas.report import adapted_table, read_scores, read_sweep
+    table = adapted_table(read_sweep(tmp_path / "sweep2"), read_scores(tmp_path / "sweep2"))
     assert "| `tiny-dropout` | uniform skipping to 3 |" in table and "| `tiny-dropout` | tiny-adapted-2's |" in table
     from adalas.sweep import adapted_configs
     for bad, says in [("tiny-dropout@9", "out of range"), ("nope@3", "not a shipped adapted model"),

@@ -173,28 +173,40 @@ def _off_the_shelf(row: dict, by_id: dict) -> dict | None:
     return by_id.get(f"uniform_skip@{where}" if where.isdigit() else f"route:{where}")
 
 
-def adapted_table(rows: Sequence[dict], metric: str = "rougeL") -> str:
+def adapted_table(rows: Sequence[dict], scores: dict | None = None, metric: str = "rougeL") -> str:
     """Markdown: each adapted model (and each `ALIAS@...` depth of one) with its ROUGE-L and 95%
-    interval, its share of the full model's score, the base model on the same route, and the share
-    of that route's gap to full depth that adaptation closes; "" when no row is adapted."""
+    interval, its share of the full model's score, the base model on the same route, the gain over
+    it (paired 95% interval, given per-sequence `scores`) and the share of that route's gap to full
+    depth that adaptation closes (only where the gap itself is measurable: its paired interval
+    excludes 0); "" when no row is adapted."""
     adapted = [r for r in rows if r["strategy"] == "adapted"]
     full = _full_row(rows)
     if not adapted or full is None:
         return ""
     by_id = {r["config_id"]: r for r in rows}
-    lines = ["| model | route | layers / token | ROUGE-L [95% CI] | of full | same route, off the shelf | gap closed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | route | layers / token | ROUGE-L [95% CI] | of full | same route, off the shelf | "
+             "gain [paired 95% CI] | gap closed |", "|---|---|---|---|---|---|---|---|"]
     for r in adapted:
         alias, where = _adapted_parts(r["config_id"])
         route = ("its own" if r.get("budget") is not None else "full depth") if not where else (
             f"uniform skipping to {where}" if where.isdigit() else f"{where}'s")
         base = _off_the_shelf(r, by_id)
         share = r[metric] / full[metric] if full[metric] else float("nan")
-        gap = full[metric] - base[metric] if base is not None else None
-        closed = ("–" if base is None or base is full or not gap or gap <= 0
-                  else f"{100 * (r[metric] - base[metric]) / gap:.0f}%")
+        gain = closed = "–"
+        if base is not None and scores:
+            x, y = _paired(scores, r["config_id"], base["config_id"])
+            if x:
+                g = paired_bootstrap(x, y)
+                gain = f"{g['diff']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]"
+            if base is not full:
+                f_, b_ = _paired(scores, full["config_id"], base["config_id"])
+                gap = paired_bootstrap(f_, b_) if f_ else None
+                if gap is not None and gap["ci95"][0] > 0:
+                    closed = f"{100 * (r[metric] - base[metric]) / (full[metric] - base[metric]):.0f}%"
+                elif gap is not None:
+                    closed = "no measurable gap"
         lines.append(f"| `{alias}` | {route} | {r['avg_layers']:.2f} | {_ci(r, metric)} | {share:.2f} | "
-                     f"{_ci(base, metric)} | {closed} |")
+                     f"{_ci(base, metric)} | {gain} | {closed} |")
     return "\n".join(lines)
 
 
@@ -438,11 +450,13 @@ def results_text(d: Path, rows: Sequence[dict], oracle: dict | None, meta: dict 
     """The results as markdown lines: table, legend, comparisons, oracle with its null control, the paper."""
     scores = read_scores(d)
     text = [results_table(rows, oracle), "", LEGEND, ""]
-    adapted = adapted_table(rows)
+    adapted = adapted_table(rows, scores)
     if adapted:
         text += [f"{heading} Adapted models", "", adapted, "",
-                 "Of full: the share of the base model's full-depth ROUGE-L. Gap closed: the share of the gap between "
-                 "the same route off the shelf and full depth that adaptation recovers.", ""]
+                 "Of full: the share of the base model's full-depth ROUGE-L. Gain: the adapted model against the base "
+                 "model on the same route, paired over the same sequences. Gap closed: the share of the gap between "
+                 "that route off the shelf and full depth that adaptation recovers (shown where the gap's own "
+                 "paired interval excludes 0).", ""]
     said = comparisons(rows, scores, oracle)
     if said:
         text += [f"{heading} Comparisons (paired bootstrap over the same sequences)", ""]
