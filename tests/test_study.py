@@ -176,3 +176,52 @@ def test_tiny_rows_hold_out_evaluation_pairs():
     train, held = tiny_rows()
     pairs = lambda rows: {(r["instruction"], r["input"]) for r in rows}  # noqa: E731
     assert not pairs(train) & pairs(held) and len(held) == 19 and len({r["id"] for r in held}) == 19
+
+
+def test_a_study_run_in_parts_reports_what_it_has_and_adopts_runs_trained_alike(quick, tmp_path, monkeypatch):
+    """--experiments E1 on trained runs (one of them trained elsewhere by an equivalent command) evaluates
+    only E1 and marks the rest `not run`; E3,E4 then adds theirs, and E1 stays as it was."""
+    import shlex
+    import shutil
+
+    from adalas.study import same_training
+
+    _, runs, _ = quick
+    monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))
+    plan = load_plan("quick", out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    for name in ("base", "skip-6", "exit-6", "skip-5", "exit-5", "dropout"):  # as if trained here
+        shutil.copytree(runs / name, tmp_path / "runs" / name)
+        argv = plan.by_name[name].argv(plan.overrides, plan.runs_dir)
+        made_path = tmp_path / "runs" / name / "adalas_training.json"
+        made = {**json.loads(made_path.read_text()), "command": "adalas train " + shlex.join(argv)}
+        if name == "skip-6":  # ... but by its recipe into another directory, logging to tensorboard
+            made["command"] += " " + shlex.join(["--output_dir", "runs/elsewhere", "--report_to", "tensorboard"])
+        made_path.write_text(json.dumps(made))
+    argv = plan.by_name["skip-6"].argv(plan.overrides, plan.runs_dir)
+    made = json.loads((tmp_path / "runs" / "skip-6" / "adalas_training.json").read_text())
+    assert same_training(made["command"], argv)
+    assert not same_training("adalas train " + shlex.join([*argv, "--learning_rate", "0.5"]), argv)
+    assert not same_training("adalas warmup " + shlex.join(argv), argv)
+
+    base = ["study", "--quick", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--no-progress"]
+    assert main([*base, "--experiments", "E1"]) == 0
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["E1"]["verdict"] in VERDICTS[:3] and doc["E1"]["n"] == 19
+    for name in ("E2", "E3", "E4"):
+        assert doc[name]["verdict"] == "not run" and doc[name]["reason"]
+    assert doc["E2"]["reason"].startswith("runs not trained yet:") and "hidden-a0.05" in doc["E2"]["reason"]
+    assert doc["E3"]["reason"] == doc["E4"]["reason"] == "runs not trained yet: dropout"
+    assert not (tmp_path / "out" / "E3").exists()  # nothing of E3 was evaluated
+    record = json.loads((tmp_path / "out" / "train" / "skip-6.json").read_text())
+    assert record["adopted_from"] == made["command"] and record["wall_s"] == made["wall_s"]
+    stages = json.loads((tmp_path / "out" / "stages.json").read_text())
+    assert not [s for s in stages if s.startswith("train:")]  # nothing trained again
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**not run**" in report and "Not run yet" in report and "which trains alike" in report
+    e1 = doc["E1"]
+
+    assert main([*base, "--experiments", "E3,E4"]) == 0
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["E1"] == e1 and doc["E2"]["verdict"] == "not run"
+    assert doc["E3"]["verdict"] in VERDICTS[:3] and doc["E4"]["verdict"] in VERDICTS[:3]
+    assert main([*base, "--experiments", "E5"]) == 2

@@ -43,7 +43,8 @@ from .oracle import match_depth, oracle_curve
 from .report import _plt, oracle_score_at, read_json, read_scores, read_sweep, save_figure
 from .stats import describe_difference, paired_bootstrap
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+EXPERIMENTS = ("E1", "E2", "E3", "E4")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not run")
 DEPTH_UNIT = ("average layers run per generated token: decode steps pooled over sequences (`avg_layers`; "
               "the prompt runs every layer)")
 FULL_SAMPLE_NOTE = "temperature 0.7, top-p 0.9, seeds 1..K-1"
@@ -333,6 +334,7 @@ class Stages:
         self.totals: dict[str, float] = read_json(self.path) or {}
 
     def add(self, name: str, seconds: float) -> None:
+        self.totals = read_json(self.path) or {}  # another invocation (other experiments) may have added
         self.totals[name] = round(self.totals.get(name, 0.0) + seconds, 1)
         atomic_write_json(self.path, self.totals)
 
@@ -344,12 +346,13 @@ def record_path(plan: Plan, name: str) -> Path:
     return plan.out / "train" / f"{name}.json"
 
 
-def check_training_data(plan: Plan) -> None:
-    """Every run still to train has its local training data (before anything is written)."""
+def check_training_data(plan: Plan, names: Sequence[str] | None = None) -> None:
+    """Every run still to train (of `names`, default all) has its local training data (before anything
+    is written)."""
     from .train import parse_args
 
     for r in plan.runs:
-        if record_path(plan, r.name).is_file():
+        if (names is not None and r.name not in names) or record_path(plan, r.name).is_file():
             continue
         cfg, _ = parse_args(r.argv(plan.overrides, plan.runs_dir))
         data = Path(cfg.data).expanduser()
@@ -358,16 +361,66 @@ def check_training_data(plan: Plan) -> None:
                              f"make the self-written data)")
 
 
-def train_runs(plan: Plan, stages: Stages) -> list[dict]:
-    """Train every run whose record is missing (in plan order); returns the records in plan order.
+def _compared(plan: Plan, experiments: Sequence[str]) -> set[str]:
+    ex, names = plan.experiments, set()
+    if "E1" in experiments:
+        names |= {n for p in ex["E1"]["pairs"] for n in (p["skip"], p["exit"])}
+    if "E2" in experiments:
+        names |= {*ex["E2"]["hidden_states"], *ex["E2"]["fixed"], ex["E2"]["baseline"]}
+    if {"E2", "E3", "E4"} & set(experiments):
+        names.add(ex["E3"]["run"])
+    return names
 
-    A run directory whose `adalas_training.json` already records this command finished (the study was
-    killed before writing its record): it is adopted, not trained again."""
+
+def runs_for(plan: Plan, experiments: Sequence[str]) -> list[str]:
+    """The runs the given experiments need, in plan order: those they compare (E2, E3 and E4 all need
+    E3's dropout run) and every run that no experiment compares (a prerequisite, such as --quick's base)."""
+    names, anywhere = _compared(plan, experiments), _compared(plan, EXPERIMENTS)
+    return [r.name for r in plan.runs if r.name in names or r.name not in anywhere]
+
+
+# TrainingArguments that say where a run was written and logged, not how it was trained
+WHERE_ONLY = {"output_dir", "logging_dir", "report_to", "run_name", "resume_from_checkpoint", "disable_tqdm"}
+
+
+def same_training(command: str, argv: list[str]) -> bool:
+    """Whether a recorded `adalas train` command trains exactly as `argv` does, up to where it wrote and
+    logged (so a run trained by its recipe outside the study, e.g. a shipped adapter's, is adopted
+    rather than trained again). Both are parsed as training parses them, recipes included."""
+    from dataclasses import asdict
+
+    from .train import parse_args
+
+    words = shlex.split(command)
+    if words[:2] != ["adalas", "train"]:
+        return False
+    try:
+        (a, ta), (b, tb) = parse_args(words[2:]), parse_args(argv)
+    except ValueError:
+        return False
+    strip = lambda t: {k: v for k, v in t.to_dict().items() if k not in WHERE_ONLY}  # noqa: E731
+    return asdict(a) == asdict(b) and strip(ta) == strip(tb)
+
+
+def read_records(plan: Plan) -> dict[str, dict]:
+    """The records of every run trained so far (any invocation), by name."""
+    return {r.name: rec for r in plan.runs if (rec := read_json(record_path(plan, r.name))) is not None}
+
+
+def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -> list[dict]:
+    """Train every run (of `names`, default all) whose record is missing, in plan order; returns their
+    records in plan order.
+
+    A run directory whose `adalas_training.json` already records this command, or one that trains
+    exactly alike (`same_training`), finished: it is adopted, not trained again; its record keeps the
+    wall time and the command that made it (`adopted_from`)."""
     from .data import TRAINING_FILE, data_sha256
     from .train import latest_checkpoint, parse_args, run
 
     records = []
     for r in plan.runs:
+        if names is not None and r.name not in names:
+            continue
         argv = r.argv(plan.overrides, plan.runs_dir)
         command = "adalas train " + shlex.join(argv)
         path, run_dir = record_path(plan, r.name), plan.runs_dir / r.name
@@ -378,21 +431,25 @@ def train_runs(plan: Plan, stages: Stages) -> list[dict]:
                                  f"--out, or delete {path} and {run_dir} to retrain it")
             records.append(rec)
             continue
-        cfg, _ = parse_args(argv)
+        cfg, targs = parse_args(argv)
         made = read_json(run_dir / TRAINING_FILE) or {}
-        resumed = None
+        resumed, adopted = None, None
         if made.get("command") != command:
-            resumed = latest_checkpoint(run_dir)
-            _log(f"train {r.name}" + (f" (resuming from {resumed.name})" if resumed else "") + f": {command}")
-            t0 = time.perf_counter()
-            run(argv)
-            stages.add(f"train:{r.name}", time.perf_counter() - t0)
-            made = read_json(run_dir / TRAINING_FILE) or {}
+            if made.get("command") and made.get("steps") == targs.max_steps and same_training(made["command"], argv):
+                adopted = made["command"]
+                _log(f"train {r.name}: adopting {run_dir} (made by `{adopted}`, which trains alike)")
+            else:
+                resumed = latest_checkpoint(run_dir)
+                _log(f"train {r.name}" + (f" (resuming from {resumed.name})" if resumed else "") + f": {command}")
+                t0 = time.perf_counter()
+                run(argv)
+                stages.add(f"train:{r.name}", time.perf_counter() - t0)
+                made = read_json(run_dir / TRAINING_FILE) or {}
         rec = {"name": r.name, "command": command, "recipe": r.recipe, "overrides": r.overrides,
                "output_dir": str(run_dir), "data": cfg.data, "data_sha256": made.get("data_sha256") or data_sha256(cfg.data),
                "steps": made.get("steps"), "wall_s": made.get("wall_s"),
-               "resumed_from": resumed.name if resumed else None, "depth": read_json(run_dir / "adalas_depth.json"),
-               "cost_alpha": cfg.cost_alpha}
+               "resumed_from": resumed.name if resumed else None, "adopted_from": adopted,
+               "depth": read_json(run_dir / "adalas_depth.json"), "cost_alpha": cfg.cost_alpha}
         atomic_write_json(path, rec)
         records.append(rec)
     return records
@@ -460,14 +517,15 @@ class Evaluator:
 
 def adapted_configs(plan: Plan, records: dict[str, dict]) -> list:
     """The base model at full depth and at each E1 run's own depth (off the shelf), then every E1 and
-    E2 checkpoint at its saved depth (config ids `base@<run>`, `learned:<run>`)."""
+    E2 checkpoint at its saved depth (config ids `base@<run>`, `learned:<run>`): those of `records`."""
     from .config import DepthConfig
     from .sweep import SweepConfig
 
     e1, e2 = plan.experiments["E1"], plan.experiments["E2"]
-    names = [n for p in e1["pairs"] for n in (p["skip"], p["exit"])] + list(e2["hidden_states"]) + list(e2["fixed"])
+    e1_names = [n for p in e1["pairs"] for n in (p["skip"], p["exit"]) if n in records]
+    names = e1_names + [n for n in [*e2["hidden_states"], *e2["fixed"]] if n in records]
     configs = [SweepConfig("full", "full", None, DepthConfig())]
-    for n in names[:2 * len(e1["pairs"])]:
+    for n in e1_names:
         depth = DepthConfig.parse(json.dumps(records[n]["depth"]))
         strategy = "early_exit" if depth.mode == "early_exit" else "route"
         configs.append(SweepConfig(f"base@{n}", strategy, None, depth))
@@ -571,44 +629,58 @@ def run_e4(plan: Plan, ev: Evaluator, configs: list, stages: Stages) -> None:
         stages.add("E4:speed", time.perf_counter() - t0)
 
 
-def run_study(plan: Plan, device: str = "cpu", progress: bool = False) -> dict:
-    """Build (quick), train, evaluate, analyse and report; returns the study.json document."""
+def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
+              experiments: Sequence[str] = EXPERIMENTS) -> dict:
+    """Build (quick), train, evaluate, analyse and report; returns the study.json document.
+
+    `experiments` limits the work (training and evaluation) to what those experiments need, so that
+    parts of a long study can run, and land, on their own; the analysis covers every experiment whose
+    files are complete, from this invocation or an earlier one."""
     from .oracle import run_oracle
 
+    unknown = [e for e in experiments if e not in EXPERIMENTS]
+    if unknown or not experiments:
+        raise ValueError(f"--experiments: expected some of {', '.join(EXPERIMENTS)}, got {', '.join(experiments)}")
     t_start = time.perf_counter()
     if plan.tiny:
         build_tiny(plan.tiny_dir, layers=int(plan.tiny.get("layers", 8)))
-    check_training_data(plan)
+    names = runs_for(plan, experiments)
+    check_training_data(plan, names)
     plan.out.mkdir(parents=True, exist_ok=True)
     stages = Stages(plan.out)
-    records = {r["name"]: r for r in train_runs(plan, stages)}
+    train_runs(plan, stages, names)
+    records = read_records(plan)
 
     ev = Evaluator(plan, device, progress)
-    n = len(ev.items)
     L = _num_layers(plan.model)
-    configs = _with_budgets(adapted_configs(plan, records), L)
-    adapted = plan.out / "adapted"
-    if not _sweep_complete(adapted, [c.config_id for c in configs], n):
-        _log(f"sweep {adapted}: {len(configs)} configs x {n} sequences")
-        t0 = time.perf_counter()
-        ev.sweep(plan.model, configs, adapted)
-        stages.add("sweep:adapted", time.perf_counter() - t0)
+    if {"E1", "E2"} & set(experiments):
+        n = len(ev.items)
+        configs = _with_budgets(adapted_configs(plan, {k: v for k, v in records.items() if k in names}), L)
+        adapted = plan.out / "adapted"
+        if not _sweep_complete(adapted, [c.config_id for c in configs], n):
+            _log(f"sweep {adapted}: {len(configs)} configs x {n} sequences")
+            t0 = time.perf_counter()
+            ev.sweep(plan.model, configs, adapted)
+            stages.add("sweep:adapted", time.perf_counter() - t0)
 
-    dropout = str(plan.runs_dir / plan.experiments["E3"]["run"])
-    e3 = e3_configs(plan, L)
-    e3_dir = plan.out / "E3"
-    if not _sweep_complete(e3_dir, [c.config_id for c in e3], n):
-        _log(f"sweep {e3_dir}: {len(e3)} configs x {n} sequences (K = {null_k(plan)})")
-        t0 = time.perf_counter()
-        ev.sweep(dropout, e3, e3_dir)
-        stages.add("sweep:E3", time.perf_counter() - t0)
-    run_oracle(e3_dir, strategies=["uniform_skip", "early_exit"])
-    run_oracle(e3_dir, out=e3_dir / "oracle_all_routes.json",
-               strategies=["uniform_skip", "early_exit", "random_route"])
-    run_e4(plan, ev, e3, stages)
+    if {"E2", "E3", "E4"} & set(experiments):
+        dropout = str(plan.runs_dir / plan.experiments["E3"]["run"])
+        e3 = e3_configs(plan, L)
+        e3_dir = plan.out / "E3"
+        if not _sweep_complete(e3_dir, [c.config_id for c in e3], len(ev.items)):
+            _log(f"sweep {e3_dir}: {len(e3)} configs x {len(ev.items)} sequences (K = {null_k(plan)})")
+            t0 = time.perf_counter()
+            ev.sweep(dropout, e3, e3_dir)
+            stages.add("sweep:E3", time.perf_counter() - t0)
+        run_oracle(e3_dir, strategies=["uniform_skip", "early_exit"])
+        run_oracle(e3_dir, out=e3_dir / "oracle_all_routes.json",
+                   strategies=["uniform_skip", "early_exit", "random_route"])
+        if "E4" in experiments:
+            run_e4(plan, ev, e3, stages)
 
-    doc = analyse(plan, records, stages.totals)
+    doc = analyse(plan, records, Stages(plan.out).totals)
     doc["study"]["wall_s_this_invocation"] = round(time.perf_counter() - t_start, 1)
+    doc["study"]["experiments_this_invocation"] = list(experiments)
     atomic_write_json(plan.out / "study.json", doc)
     write_report(plan.out, doc)
     return doc
@@ -949,19 +1021,55 @@ def analyse_e4(plan: Plan, records: dict, e3_dir: Path) -> dict:
     return out
 
 
+def missing(plan: Plan, records: dict, name: str) -> str | None:
+    """What experiment `name` still lacks (runs, sweep configs, files), or None when it can be analysed."""
+    ex, adapted, e3_dir = plan.experiments, plan.out / "adapted", plan.out / "E3"
+    runs = [n for n in runs_for(plan, [name]) if n not in records]
+    if runs:
+        return f"runs not trained yet: {', '.join(runs)}"
+    done = {r["config_id"] for r in read_sweep(adapted)} if (adapted / "sweep.jsonl").is_file() else set()
+    if name == "E1":
+        e1 = [n for p in ex["E1"]["pairs"] for n in (p["skip"], p["exit"])]
+        want = ["full"] + [f"base@{n}" for n in e1] + [f"learned:{n}" for n in e1]
+    elif name == "E2":
+        want = [f"learned:{n}" for n in [*ex["E2"]["hidden_states"], *ex["E2"]["fixed"]]]
+    else:
+        want = []
+    if [c for c in want if c not in done]:
+        return f"not evaluated yet: {', '.join(c for c in want if c not in done)} (in {adapted})"
+    files = {"E2": e3_dir / "oracle.json", "E3": e3_dir / "oracle.json", "E4": plan.out / "E4" / "router_crossfit.json"}
+    if name in files and not files[name].is_file():
+        return f"not evaluated yet: {files[name]} is missing"
+    return None
+
+
+def not_run(name: str, why: str) -> dict:
+    """An experiment's place in study.json before its runs and evaluations exist."""
+    return {"finding": PAPER[name], "depth_unit": DEPTH_UNIT, "verdict": "not run", "reason": why,
+            "decided_by": [f"not run yet ({why})"], "runs": []}
+
+
 def analyse(plan: Plan, records: dict, stages: dict) -> dict:
-    """study.json: E1-E4 (numbers, 95% intervals, n, the depth unit, the runs, a verdict) and the study's settings."""
+    """study.json: E1-E4 (numbers, 95% intervals, n, the depth unit, the runs, a verdict) and the study's
+    settings. An experiment whose runs or evaluations are not all there is marked `not run`, with what
+    it lacks."""
     from .evaluate import versions
 
     adapted, e3_dir = plan.out / "adapted", plan.out / "E3"
     from .data import data_sha256
 
     eval_sha = data_sha256(plan.eval["data"])
-    doc = {"E1": analyse_e1(plan, records, adapted), "E2": analyse_e2(plan, records, adapted, e3_dir),
-           "E3": analyse_e3(plan, records, e3_dir), "E4": analyse_e4(plan, records, e3_dir)}
+    analysers = {"E1": lambda: analyse_e1(plan, records, adapted), "E2": lambda: analyse_e2(plan, records, adapted, e3_dir),
+                 "E3": lambda: analyse_e3(plan, records, e3_dir), "E4": lambda: analyse_e4(plan, records, e3_dir)}
+    doc = {}
+    for name, analyse_one in analysers.items():
+        why = missing(plan, records, name)
+        doc[name] = not_run(name, why) if why else analyse_one()
     evals = {"E1": [("sweep:adapted", adapted)], "E2": [("sweep:adapted", adapted), ("sweep:E3", e3_dir)],
              "E3": [("sweep:E3", e3_dir)], "E4": [("sweep:E3", e3_dir), ("E4:router", None), ("E4:speed", None)]}
     for name, stage_list in evals.items():
+        if doc[name]["verdict"] == "not run":
+            continue
         for stage, _ in stage_list:
             doc[name]["runs"].append({"name": stage, "command": f"adalas study --plan {plan_ref(plan)} (stage {stage})",
                                       "data": plan.eval["data"], "data_sha256": eval_sha,
@@ -970,7 +1078,7 @@ def analyse(plan: Plan, records: dict, stages: dict) -> dict:
     doc["study"] = {"plan": plan_ref(plan), "plan_sha256": plan.sha256,
                     "description": plan.description, "model": plan.model, "eval": plan.eval,
                     "eval_data_sha256": eval_sha, "k": null_k(plan), "depth_unit": DEPTH_UNIT,
-                    "stages_s": stages, "train_wall_s": round(sum(r["wall_s"] for r in records.values()), 1),
+                    "stages_s": stages, "train_wall_s": round(sum(r["wall_s"] or 0.0 for r in records.values()), 1),
                     "versions": versions()}
     return doc
 
@@ -1080,22 +1188,47 @@ def write_report(out: Path, doc: dict) -> Path:
 
     out = Path(out)
     s = doc["study"]
-    plot_e1(doc, out / "e1.png")
-    plot_e2(doc, out / "e2.png")
-    plot_e4(out, doc, out / "e4.png")
-    sweep_report(out / "E3", meta={"data": {"name": s["eval"]["data"]}, "max_new_tokens": s["eval"]["max_new_tokens"],
-                                   "batch_size": s["eval"]["batch_size"], "null_k": s["k"]})
-    e1, e2, e3, e4 = (doc[k] for k in ("E1", "E2", "E3", "E4"))
+    ran = {k for k in EXPERIMENTS if doc[k]["verdict"] != "not run"}
+    for name, plot in (("E1", plot_e1), ("E2", plot_e2)):
+        if name in ran:
+            plot(doc, out / f"{name.lower()}.png")
+    if "E4" in ran:
+        plot_e4(out, doc, out / "e4.png")
+    if "E3" in ran:
+        sweep_report(out / "E3", meta={"data": {"name": s["eval"]["data"]}, "max_new_tokens": s["eval"]["max_new_tokens"],
+                                       "batch_size": s["eval"]["batch_size"], "null_k": s["k"]})
+    e1, e2, e3, e4 = (doc[k] for k in EXPERIMENTS)
+    n = next((doc[k]["n"] for k in EXPERIMENTS if k in ran), None)
     md = ["# adalas study: the paper's training experiments", "",
           f"Plan `{s['plan']}` ({s['description']}); model `{s['model']}`; evaluation on `{s['eval']['data']}` "
-          f"({e1['n']} sequences, {s['eval']['max_new_tokens']} new tokens, greedy, batch {s['eval']['batch_size']}); "
+          f"({n or 'all its'} sequences, {s['eval']['max_new_tokens']} new tokens, greedy, batch {s['eval']['batch_size']}); "
           f"training wall time {s['train_wall_s'] / 60:.1f} min over {len(doc['runs'])} runs. "
           f"Depth: {s['depth_unit']}. "
           "Every comparison is a paired bootstrap over the same sequences (1,000 resamples); an interval that "
           "covers 0 is no measurable difference.", "",
           "## Findings", "", findings_table(doc), ""]
 
-    md += ["## E1: layer skipping against early exit, after adaptation", "", "![E1](e1.png)", "",
+    md += _e1_section(e1) + _e2_section(e2) + _e3_section(e3) + _e4_section(e4)
+    md += ["## Runs", "", "| run | steps | wall | data sha256 | command |", "|---|---|---|---|---|"]
+    md += [f"| {r['name']} | {r['steps']} | {(r['wall_s'] or 0) / 60:.1f} min | `{(r['data_sha256'] or '–')[:12]}` | "
+           f"`{r['command']}`" + (f" (trained by `{r['adopted_from']}`, which trains alike)" if r.get("adopted_from")
+                                  else "") + " |" for r in doc["runs"]]
+    md += ["", "Stages (wall seconds, summed over invocations): "
+           + ", ".join(f"{k} {v:.0f}" for k, v in s["stages_s"].items()) + ".", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md))
+    return path
+
+
+def _not_run_section(title: str, e: dict) -> list[str] | None:
+    return [title, "", f"Not run yet: {e['reason']}.", ""] if e["verdict"] == "not run" else None
+
+
+def _e1_section(e1: dict) -> list[str]:
+    title = "## E1: layer skipping against early exit, after adaptation"
+    if (md := _not_run_section(title, e1)) is not None:
+        return md
+    md = [title, "", "![E1](e1.png)", "",
            "| depth | skipping, adapted | early exit, adapted | difference | skipping, off the shelf | early exit, off "
            "the shelf | difference |", "|---|---|---|---|---|---|---|"]
     for c in e1["comparisons"]:
@@ -1108,8 +1241,14 @@ def write_report(out: Path, doc: dict) -> Path:
            for c in e1["comparisons"]]
     md += [f"- {c['off_the_shelf']['sentence']}" for c in e1["comparisons"]]
     md += ["", f"Verdict: **{e1['verdict']}**: {e1['reason']}.", ""]
+    return md
 
-    md += ["## E2: does the controller's input matter?", "", "![E2](e2.png)", "",
+
+def _e2_section(e2: dict) -> list[str]:
+    title = "## E2: does the controller's input matter?"
+    if (md := _not_run_section(title, e2)) is not None:
+        return md
+    md = [title, "", "![E2](e2.png)", "",
            "| input | run | cost weight | avg layers | ROUGE-L [95% CI] |", "|---|---|---|---|---|"]
     for k in ("hidden_states", "fixed"):
         md += [f"| {k} | {p['run']} | {p['cost_alpha']} | {p['avg_layers']:.2f} | {_ci_text(p)} |"
@@ -1127,9 +1266,15 @@ def write_report(out: Path, doc: dict) -> Path:
     md += [f"- {b['sentence']}" for b in e2["beside_uniform_skip"]]
     md += ["", f"Verdict: **{e2['verdict']}**: {e2['reason']} (a \"no difference\" finding counts as reproduced when "
            f"the paired interval lies within ±{e2['margin']}).", ""]
+    return md
 
+
+def _e3_section(e3: dict) -> list[str]:
+    title = "## E3: the per-sequence oracle on the layer-dropout model"
+    if (md := _not_run_section(title, e3)) is not None:
+        return md
     o = e3["oracle"]
-    md += ["## E3: the per-sequence oracle on the layer-dropout model", "", "![E3](E3/rouge_vs_layers.png)", "",
+    md = [title, "", "![E3](E3/rouge_vs_layers.png)", "",
            f"The oracle chooses, for each of {e3['n']} sequences, among K = {e3['k']} configs "
            f"({', '.join(e3['configs'])}), after the fact: an in-sample upper bound, not a method "
            "(details: [E3/report.md](E3/report.md)).", "",
@@ -1161,8 +1306,14 @@ def write_report(out: Path, doc: dict) -> Path:
             for r in e3["random_routes"]) + ".", ""]
     md += ["What differs from the paper:", ""] + [f"- {d}" for d in e3["differences"]]
     md += ["", f"- {e3['decided_by'][0]}", "", f"Verdict: **{e3['verdict']}**: {e3['reason']}.", ""]
+    return md
 
-    md += ["## E4: the learned per-sequence router", "", "![E4](e4.png)", "",
+
+def _e4_section(e4: dict) -> list[str]:
+    title = "## E4: the learned per-sequence router"
+    if (md := _not_run_section(title, e4)) is not None:
+        return md
+    md = [title, "", "![E4](e4.png)", "",
            f"Cross-fitted over {e4['folds']} folds (every sequence routed by a router fit on the other folds) among "
            f"{', '.join(e4['candidates'])}.", "",
            "| target | router: avg layers | ROUGE-L [95% CI] | minus uniform skipping | minus best fixed mix "
@@ -1181,12 +1332,4 @@ def write_report(out: Path, doc: dict) -> Path:
                f"decoded together): {sp['router_tokens_per_s']:.1f} tokens/s against {sp['full_tokens_per_s']:.1f} at "
                f"full depth ({sp['speedup_tokens_per_s']:.2f}x; {sp['avg_layers']:.2f} layers per token)."]
     md += ["", f"Verdict: **{e4['verdict']}**: {e4['reason']}.", ""]
-
-    md += ["## Runs", "", "| run | steps | wall | data sha256 | command |", "|---|---|---|---|---|"]
-    md += [f"| {r['name']} | {r['steps']} | {r['wall_s'] / 60:.1f} min | `{(r['data_sha256'] or '–')[:12]}` | "
-           f"`{r['command']}` |" for r in doc["runs"]]
-    md += ["", "Stages (wall seconds, summed over invocations): "
-           + ", ".join(f"{k} {v:.0f}" for k, v in s["stages_s"].items()) + ".", ""]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(md))
-    return path
+    return md

@@ -3,6 +3,7 @@
     adalas study                  # the packaged plan smollm2-135m: hours on 2 CPU cores, resumable
     adalas study --quick          # the same pipeline on a tiny random Llama, about a minute
     adalas study --plan my.yaml --out results/my-study --runs runs/my-study
+    adalas study --experiments E1         # only what E1 needs (another invocation can do E3,E4 beside it)
 
 Trains every run of the plan that has no record yet (into --runs/<name>, resuming from its latest
 checkpoint), sweeps the base model, the adapted checkpoints and the layer-dropout model over the
@@ -24,6 +25,9 @@ def build_parser():
     p.add_argument("--out", help="results directory (default: the plan's `out`, results/study or results/study-quick)")
     p.add_argument("--runs", help="training runs directory (default: the plan's `runs_dir`, runs/study or "
                                   "runs/study-quick)")
+    p.add_argument("--experiments", default="E1,E2,E3,E4",
+                   help="comma-separated: train and evaluate only what these need (default: all); the report covers "
+                        "every experiment whose files are complete")
     p.add_argument("--device", default="cpu", help="evaluation device: cpu, cuda, cuda:N (training: the recipes')")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; with --quick: 1, "
                                                 "several times faster for a tiny model on a shared machine)")
@@ -40,7 +44,8 @@ def main(argv: list[str]) -> int:
         import torch
         torch.set_num_threads(args.threads or 1)
     plan = load_plan(args.plan or ("quick" if args.quick else "smollm2-135m"), out=args.out, runs_dir=args.runs)
-    doc = run_study(plan, device=args.device, progress=not args.no_progress)
+    experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
+    doc = run_study(plan, device=args.device, progress=not args.no_progress, experiments=experiments)
     print()
     for name in ("E1", "E2", "E3", "E4"):
         print(f"{name}: {doc[name]['verdict']} - {doc[name]['decided_by'][0]}")
