@@ -321,6 +321,45 @@ def test_cost_loss_pushes_skip_rates_up_as_alpha_grows(work, tmp_path):
     assert avg[0][0] >= avg[2][0] >= avg[20][0] and avg[20][0] < LAYERS, avg
 
 
+class Optimizer(TrainerCallback):
+    """The optimizer's groups (learning rate, parameter names) at the first step."""
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kw):
+        if state.global_step == 0:
+            names = {id(p): n for n, p in model.named_parameters()}
+            self.groups = [(g["lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
+                           for g in optimizer.param_groups]
+
+
+def test_controllers_can_start_at_full_depth_and_learn_at_their_own_rate(work, tmp_path):
+    """--controller_init_bias: every controller starts at zero weights, so the step-0 route is the full
+    model whatever the input; --controller_learning_rate: the controllers are one group at their rate,
+    LoRA another at --learning_rate (the constant schedule keeps both as given)."""
+    snap, opt = Snapshot(), Optimizer()
+    out = tmp_path / "out"
+    train(base_args(work, out, steps=4) + ["--depth", '{"mode": "learned", "controller_input": "hidden_states"}',
+                                           "--lora_r", "4", "--cost_alpha", "1", "--learning_rate", "1e-4",
+                                           "--lr_scheduler_type", "constant", "--controller_learning_rate", "0.05",
+                                           "--controller_init_bias", "3"], callbacks=[snap, opt])
+    controllers = {n: t for n, t in snap.before.items() if ".controllers." in n}
+    assert controllers and all(t.abs().sum() == 0 for n, t in controllers.items() if n.endswith("weight"))
+    assert all(t.tolist() == [0.0, 3.0] for n, t in controllers.items() if n.endswith("bias"))
+    (rate, decay, names), = [g for g in opt.groups if any(".controllers." in n for n in g[2])]
+    assert rate == 0.05 and decay == 0.0 and all(".controllers." in n for n in names) and len(names) == 2 * LAYERS
+    others = [g for g in opt.groups if not any(".controllers." in n for n in g[2])]
+    assert others and all(g[0] == 1e-4 and all("lora_" in n for n in g[2]) for g in others)
+    moved = max((snap.after[n] - t).abs().max().item() for n, t in controllers.items())
+    lora = max((snap.after[n] - t).abs().max().item() for n, t in snap.before.items() if "lora_" in n)
+    assert moved > 10 * lora  # the controllers' rate, not LoRA's
+
+
+def test_controller_flags_need_a_learned_depth(work, tmp_path, capsys):
+    assert cli_main(["train"] + base_args(work, tmp_path) + ["--controller_init_bias", "3"]) == 2
+    assert "no learned controllers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="controller_learning_rate"):
+        AdalasArguments(controller_learning_rate=0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 

@@ -230,6 +230,15 @@ class Controller(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @torch.no_grad()
+    def start_running(self, run_logit: float) -> None:
+        """Output layer to zero weights and logits (skip 0, run `run_logit`): every input runs the layer
+        with probability sigmoid(run_logit) under Gumbel-softmax at tau 1, whatever it reads, so
+        training starts from (nearly) the full model rather than from a random route."""
+        last = self.net[-1]
+        last.weight.zero_()
+        last.bias.copy_(last.bias.new_tensor([0.0, run_logit]))
+
     def matches(self, in_features: int, hidden_layers: int) -> bool:
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         return linears[0].in_features == in_features and len(linears) == hidden_layers + 1

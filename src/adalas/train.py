@@ -88,6 +88,12 @@ class AdalasArguments:
         "help": "freeze the layers the depth skips (static_skip, route; early_exit: the layers above the exit)"})
     cost_alpha: float = field(default=0.0, metadata={
         "help": "cost-aware loss: lm_loss + alpha * mean executed-layer fraction of label tokens (paper: 2, 4, 6, 10)"})
+    controller_learning_rate: float | None = field(default=None, metadata={
+        "help": "learned: the controllers' own learning rate (default: --learning_rate, which LoRA's may need far "
+                "smaller than controllers that start from a constant)"})
+    controller_init_bias: float | None = field(default=None, metadata={
+        "help": "learned: start every controller at zero weights and this run-minus-skip logit (3: each layer "
+                "runs with probability 0.95), instead of at random; the cost loss then lowers the depth"})
     lora_r: int = field(default=0, metadata={
         "help": "LoRA rank on the attention q/k/v projections (0: full fine-tune)"})
     lora_head_r: int = field(default=0, metadata={"help": "LoRA rank on the LM head (0: head not adapted)"})
@@ -123,6 +129,8 @@ class AdalasArguments:
             ("prompt_format", self.prompt_format in PROMPT_FORMATS, f"must be one of {', '.join(PROMPT_FORMATS)}"),
             ("dtype", self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
             ("cost_alpha", self.cost_alpha >= 0, "must be >= 0"),
+            ("controller_learning_rate", self.controller_learning_rate is None or self.controller_learning_rate > 0,
+             "must be > 0"),
             ("lora_r", self.lora_r >= 0, "must be >= 0"),
             ("lora_head_r", self.lora_head_r >= 0, "must be >= 0"),
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
@@ -516,12 +524,29 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
 class AdalasTrainer(Trainer):
     """The Hugging Face Trainer with the cost-aware loss, skip-rate logging and our checkpoints."""
 
-    def __init__(self, *args, cost_alpha: float = 0.0, distiller: Distiller | None = None, **kwargs):
+    def __init__(self, *args, cost_alpha: float = 0.0, distiller: Distiller | None = None,
+                 controller_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cost_alpha = cost_alpha
         self.distiller = distiller
+        self.controller_learning_rate = controller_learning_rate
         num_layers = unwrap(self.model).num_layers
         self.meters = {"train": GateMeter(num_layers), "eval": GateMeter(num_layers)}
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the controllers in a group of their own at their own learning
+        rate (no weight decay) when one is given; the scheduler then scales each group alike."""
+        optimizer = super().create_optimizer(model)
+        if self.controller_learning_rate is None or getattr(optimizer, "_adalas_controller_group", False):
+            return optimizer
+        controllers = [p for p in unwrap(self.model).controllers.parameters() if p.requires_grad]
+        ids = {id(p) for p in controllers}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        optimizer.add_param_group({"params": controllers, "lr": self.controller_learning_rate, "weight_decay": 0.0})
+        optimizer._adalas_controller_group = True
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
@@ -695,6 +720,13 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     adalas = AdalasForCausalLM.from_pretrained(cfg.model, depth=cfg.depth, dtype=cfg.dtype,
                                                allow_pickle=cfg.allow_pickle,
                                                trust_remote_code=cfg.trust_remote_code)
+    if cfg.controller_init_bias is not None or cfg.controller_learning_rate is not None:
+        if adalas.depth.mode != "learned":
+            raise ValueError(f"--controller_init_bias/--controller_learning_rate: the depth mode is "
+                             f"{adalas.depth.mode!r}, which has no learned controllers")
+    if cfg.controller_init_bias is not None:
+        for controller in adalas.controllers.values():
+            controller.start_running(cfg.controller_init_bias)
     collator = make_collator(tokenizer)
     distiller = None
     if cfg.distill:
@@ -717,7 +749,8 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
 
     trainer = AdalasTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             data_collator=collator, processing_class=tokenizer,
-                            callbacks=[RouteKeyCallback(), *callbacks], cost_alpha=cfg.cost_alpha, distiller=distiller)
+                            callbacks=[RouteKeyCallback(), *callbacks], cost_alpha=cfg.cost_alpha, distiller=distiller,
+                            controller_learning_rate=cfg.controller_learning_rate)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume:
         _print_main(args, f"adalas: resuming from {resume}")
