@@ -213,6 +213,12 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     from adalas.report import adapted_table, read_scores, read_sweep
     table = adapted_table(read_sweep(tmp_path / "sweep2"), read_scores(tmp_path / "sweep2"))
     assert "| `tiny-dropout` | uniform skipping to 3 |" in table and "| `tiny-dropout` | tiny-adapted-2's |" in table
+    # the full-depth alias is set beside the base model at full depth (budget 4 in the sweep's row)
+    line = next(x for x in table.splitlines() if x.startswith("| `tiny-dropout` | full depth |"))
+    from adalas.report import _ci
+    full = next(r for r in read_sweep(tmp_path / "sweep2") if r["config_id"] == "full")
+    assert line.split(" | ")[5] == _ci(full)
+    assert line.split(" | ")[6] != "–"  # the paired gain over it
     from adalas.sweep import adapted_configs
     for bad, says in [("tiny-dropout@9", "out of range"), ("nope@3", "not a shipped adapted model"),
                       ("tiny-dropout@nope", "not a shipped adapted model")]:

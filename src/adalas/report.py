@@ -163,13 +163,18 @@ def _adapted_parts(config_id: str) -> tuple[str, str]:
     return alias, where
 
 
+def _every_layer(row: dict) -> bool:
+    """Whether a row ran the whole model (its static route keeps every layer, or its depth is full)."""
+    route = row.get("route")
+    return bool(route) and set(route) == {"1"} if route else (row.get("depth") or {}).get("mode") == "full"
+
+
 def _off_the_shelf(row: dict, by_id: dict) -> dict | None:
     """The base model on the same route as an adapted row: `route:ALIAS` for its own route,
     `uniform_skip@B` for `ALIAS@B`, `route:OTHER` for `ALIAS@OTHER`, the full model at full depth."""
     alias, where = _adapted_parts(row["config_id"])
     if not where:
-        found = by_id.get(f"route:{alias}")
-        return found if found is not None or row.get("budget") is not None else _full_row(list(by_id.values()))
+        return _full_row(list(by_id.values())) if _every_layer(row) else by_id.get(f"route:{alias}")
     return by_id.get(f"uniform_skip@{where}" if where.isdigit() else f"route:{where}")
 
 
@@ -188,7 +193,7 @@ def adapted_table(rows: Sequence[dict], scores: dict | None = None, metric: str 
              "gain [paired 95% CI] | gap closed |", "|---|---|---|---|---|---|---|---|"]
     for r in adapted:
         alias, where = _adapted_parts(r["config_id"])
-        route = ("its own" if r.get("budget") is not None else "full depth") if not where else (
+        route = ("full depth" if _every_layer(r) else "its own") if not where else (
             f"uniform skipping to {where}" if where.isdigit() else f"{where}'s")
         base = _off_the_shelf(r, by_id)
         share = r[metric] / full[metric] if full[metric] else float("nan")
