@@ -411,9 +411,9 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
     """Train every run (of `names`, default all) whose record is missing, in plan order; returns their
     records in plan order.
 
-    A run directory whose `adalas_training.json` already records this command, or one that trains
-    exactly alike (`same_training`), finished: it is adopted, not trained again; its record keeps the
-    wall time and the command that made it (`adopted_from`)."""
+    A run directory whose `adalas_training.json` already records this command, or one that trained
+    exactly alike (`same_training`) to the same steps on the same data (hash), finished: it is adopted,
+    not trained again; its record keeps the wall time and the command that made it (`adopted_from`)."""
     from .data import TRAINING_FILE, data_sha256
     from .train import latest_checkpoint, parse_args, run
 
@@ -435,7 +435,8 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
         made = read_json(run_dir / TRAINING_FILE) or {}
         resumed, adopted = None, None
         if made.get("command") != command:
-            if made.get("command") and made.get("steps") == targs.max_steps and same_training(made["command"], argv):
+            if (made.get("command") and made.get("steps") == targs.max_steps and same_training(made["command"], argv)
+                    and made.get("data_sha256") == data_sha256(cfg.data)):
                 adopted = made["command"]
                 _log(f"train {r.name}: adopting {run_dir} (made by `{adopted}`, which trains alike)")
             else:
