@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adalas.cli import main
-from adalas.study import VERDICTS, _curve_scores, load_plan, plan_names, tiny_rows
+from adalas.study import VERDICTS, _curve_scores, load_plan, plan_names, readme_study, tiny_rows
 
 EXPERIMENTS = ("E1", "E2", "E3", "E4")
 
@@ -219,9 +219,13 @@ def test_a_study_run_in_parts_reports_what_it_has_and_adopts_runs_trained_alike(
     report = (tmp_path / "out" / "report.md").read_text()
     assert "**not run**" in report and "Not run yet" in report and "which trains alike" in report
     e1 = doc["E1"]
+    readme = readme_study(doc)
+    assert "| E2 |" in readme and "**not run**" in readme and "| 6 | " in readme and "| 5 | " in readme
+    assert "- E3:" not in readme
 
     assert main([*base, "--experiments", "E3,E4"]) == 0
     doc = json.loads((tmp_path / "out" / "study.json").read_text())
     assert doc["E1"] == e1 and doc["E2"]["verdict"] == "not run"
     assert doc["E3"]["verdict"] in VERDICTS[:3] and doc["E4"]["verdict"] in VERDICTS[:3]
+    assert "- E3: " in readme_study(doc) and "- E4: " in readme_study(doc)
     assert main([*base, "--experiments", "E5"]) == 2

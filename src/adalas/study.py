@@ -1107,6 +1107,27 @@ def findings_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_study(doc: dict) -> str:
+    """The README's "Training study" results from study.json: the findings with the intervals that
+    decide them, E1's table, and each other experiment's deciding sentence (report.md has the rest)."""
+    s = doc["study"]
+    md = [f"From `adalas study` (plan `{s['plan']}`, `results/study/report.md`; ROUGE-L on `{s['eval']['data']}`, "
+          f"{s['eval']['max_new_tokens']} new tokens, greedy; paired 95% intervals over the same sequences):", "",
+          findings_table(doc), ""]
+    e1 = doc["E1"]
+    if e1["verdict"] != "not run":
+        md += ["| layers | skipping, adapted | early exit, adapted | skip - exit | skipping, off the shelf | "
+               "early exit, off the shelf | skip - exit |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {c['depth']} | {_ci_text(c['skip'])} | {_ci_text(c['exit'])} | {_diff_text(c['skip_minus_exit'])} | "
+               f"{_ci_text(c['off_the_shelf']['skip'])} | {_ci_text(c['off_the_shelf']['exit'])} | "
+               f"{_diff_text(c['off_the_shelf']['skip_minus_exit'])} |" for c in e1["comparisons"]]
+        md += ["", f"Base model at full depth: {_ci_text(e1['base_full'])} ({e1['n']} sequences).", ""]
+    for name in ("E2", "E3", "E4"):
+        if doc[name]["verdict"] != "not run":
+            md += [f"- {name}: " + " ".join(doc[name]["decided_by"])]
+    return "\n".join(md).rstrip() + "\n"
+
+
 def _yerr(points: Sequence[dict], ys: Sequence[float]) -> np.ndarray:
     """(2, n) error bars from each point's ci95 (clipped at 0: a bootstrap bound can differ from the mean
     in the last float digit)."""

@@ -36,7 +36,7 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
-    from ..study import load_plan, run_study
+    from ..study import load_plan, readme_study, run_study
 
     args = build_parser().parse_args(argv)
     check_counts(("--threads", args.threads, 1))
@@ -49,5 +49,6 @@ def main(argv: list[str]) -> int:
     print()
     for name in ("E1", "E2", "E3", "E4"):
         print(f"{name}: {doc[name]['verdict']} - {doc[name]['decided_by'][0]}")
-    print(f"\n[study] done: {plan.out / 'study.json'}, {plan.out / 'report.md'}")
+    print(f"\n[study] done: {plan.out / 'study.json'}, {plan.out / 'report.md'}\n\nFor the README:\n")
+    print(readme_study(doc))
     return 0
