@@ -679,7 +679,7 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
         if "E4" in experiments:
             run_e4(plan, ev, e3, stages)
 
-    doc = analyse(plan, records, Stages(plan.out).totals)
+    doc = analyse(plan, read_records(plan), Stages(plan.out).totals)  # and those another invocation has adopted since
     doc["study"]["wall_s_this_invocation"] = round(time.perf_counter() - t_start, 1)
     doc["study"]["experiments_this_invocation"] = list(experiments)
     atomic_write_json(plan.out / "study.json", doc)
@@ -1047,7 +1047,7 @@ def missing(plan: Plan, records: dict, name: str) -> str | None:
 def not_run(name: str, why: str) -> dict:
     """An experiment's place in study.json before its runs and evaluations exist."""
     return {"finding": PAPER[name], "depth_unit": DEPTH_UNIT, "verdict": "not run", "reason": why,
-            "decided_by": [f"not run yet ({why})"], "runs": []}
+            "decided_by": ["–"], "runs": []}
 
 
 def analyse(plan: Plan, records: dict, stages: dict) -> dict:

@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
     doc = run_study(plan, device=args.device, progress=not args.no_progress, experiments=experiments)
     print()
     for name in ("E1", "E2", "E3", "E4"):
-        print(f"{name}: {doc[name]['verdict']} - {doc[name]['decided_by'][0]}")
+        e = doc[name]
+        print(f"{name}: {e['verdict']} - {e['reason'] if e['verdict'] == 'not run' else e['decided_by'][0]}")
     print(f"\n[study] done: {plan.out / 'study.json'}, {plan.out / 'report.md'}\n\nFor the README:\n")
     print(readme_study(doc))
     return 0
