@@ -166,7 +166,7 @@ def _adapted_parts(config_id: str) -> tuple[str, str]:
 def _every_layer(row: dict) -> bool:
     """Whether a row ran the whole model (its static route keeps every layer, or its depth is full)."""
     route = row.get("route")
-    return bool(route) and set(route) == {"1"} if route else (row.get("depth") or {}).get("mode") == "full"
+    return set(route) == {"1"} if route else (row.get("depth") or {}).get("mode") == "full"
 
 
 def _off_the_shelf(row: dict, by_id: dict) -> dict | None:

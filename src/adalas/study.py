@@ -1116,12 +1116,7 @@ def readme_study(doc: dict) -> str:
           findings_table(doc), ""]
     e1 = doc["E1"]
     if e1["verdict"] != "not run":
-        md += ["| layers | skipping, adapted | early exit, adapted | skip - exit | skipping, off the shelf | "
-               "early exit, off the shelf | skip - exit |", "|---|---|---|---|---|---|---|"]
-        md += [f"| {c['depth']} | {_ci_text(c['skip'])} | {_ci_text(c['exit'])} | {_diff_text(c['skip_minus_exit'])} | "
-               f"{_ci_text(c['off_the_shelf']['skip'])} | {_ci_text(c['off_the_shelf']['exit'])} | "
-               f"{_diff_text(c['off_the_shelf']['skip_minus_exit'])} |" for c in e1["comparisons"]]
-        md += ["", f"Base model at full depth: {_ci_text(e1['base_full'])} ({e1['n']} sequences).", ""]
+        md += _e1_table(e1) + ["", f"Base model at full depth: {_ci_text(e1['base_full'])} ({e1['n']} sequences).", ""]
     for name in ("E2", "E3", "E4"):
         if doc[name]["verdict"] != "not run":
             md += [f"- {name}: " + " ".join(doc[name]["decided_by"])]
@@ -1219,7 +1214,6 @@ def write_report(out: Path, doc: dict) -> Path:
     if "E3" in ran:
         sweep_report(out / "E3", meta={"data": {"name": s["eval"]["data"]}, "max_new_tokens": s["eval"]["max_new_tokens"],
                                        "batch_size": s["eval"]["batch_size"], "null_k": s["k"]})
-    e1, e2, e3, e4 = (doc[k] for k in EXPERIMENTS)
     n = next((doc[k]["n"] for k in EXPERIMENTS if k in ran), None)
     md = ["# adalas study: the paper's training experiments", "",
           f"Plan `{s['plan']}` ({s['description']}); model `{s['model']}`; evaluation on `{s['eval']['data']}` "
@@ -1230,7 +1224,9 @@ def write_report(out: Path, doc: dict) -> Path:
           "covers 0 is no measurable difference.", "",
           "## Findings", "", findings_table(doc), ""]
 
-    md += _e1_section(e1) + _e2_section(e2) + _e3_section(e3) + _e4_section(e4)
+    for name, (title, section) in SECTIONS.items():
+        e = doc[name]
+        md += [title, ""] + ([f"Not run yet: {e['reason']}.", ""] if e["verdict"] == "not run" else section(e))
     md += ["## Runs", "", "| run | steps | wall | data sha256 | command |", "|---|---|---|---|---|"]
     md += [f"| {r['name']} | {r['steps']} | {(r['wall_s'] or 0) / 60:.1f} min | `{(r['data_sha256'] or '–')[:12]}` | "
            f"`{r['command']}`" + (f" (trained by `{r['adopted_from']}`, which trains alike)" if r.get("adopted_from")
@@ -1242,22 +1238,20 @@ def write_report(out: Path, doc: dict) -> Path:
     return path
 
 
-def _not_run_section(title: str, e: dict) -> list[str] | None:
-    return [title, "", f"Not run yet: {e['reason']}.", ""] if e["verdict"] == "not run" else None
-
-
-def _e1_section(e1: dict) -> list[str]:
-    title = "## E1: layer skipping against early exit, after adaptation"
-    if (md := _not_run_section(title, e1)) is not None:
-        return md
-    md = [title, "", "![E1](e1.png)", "",
-           "| depth | skipping, adapted | early exit, adapted | difference | skipping, off the shelf | early exit, off "
-           "the shelf | difference |", "|---|---|---|---|---|---|---|"]
+def _e1_table(e1: dict) -> list[str]:
+    """E1's comparisons, adapted and off the shelf, one row per depth (report.md and the README)."""
+    md = ["| depth | skipping, adapted | early exit, adapted | difference | skipping, off the shelf | early exit, off "
+          "the shelf | difference |", "|---|---|---|---|---|---|---|"]
     for c in e1["comparisons"]:
         o = c["off_the_shelf"]
         md.append(f"| {c['depth']} | {_ci_text(c['skip'])} | {_ci_text(c['exit'])} | "
                   f"{_diff_text(c['skip_minus_exit'])} | {_ci_text(o['skip'])} | {_ci_text(o['exit'])} | "
                   f"{_diff_text(o['skip_minus_exit'])} |")
+    return md
+
+
+def _e1_section(e1: dict) -> list[str]:
+    md = ["![E1](e1.png)", ""] + _e1_table(e1)
     md += ["", f"Base model at full depth: {_ci_text(e1['base_full'])}.", ""]
     md += [f"- {c['sentence']} ({c['skip_run']} against {c['exit_run']}, same data, steps and LoRA.)"
            for c in e1["comparisons"]]
@@ -1267,10 +1261,7 @@ def _e1_section(e1: dict) -> list[str]:
 
 
 def _e2_section(e2: dict) -> list[str]:
-    title = "## E2: does the controller's input matter?"
-    if (md := _not_run_section(title, e2)) is not None:
-        return md
-    md = [title, "", "![E2](e2.png)", "",
+    md = ["![E2](e2.png)", "",
            "| input | run | cost weight | avg layers | ROUGE-L [95% CI] |", "|---|---|---|---|---|"]
     for k in ("hidden_states", "fixed"):
         md += [f"| {k} | {p['run']} | {p['cost_alpha']} | {p['avg_layers']:.2f} | {_ci_text(p)} |"
@@ -1292,11 +1283,8 @@ def _e2_section(e2: dict) -> list[str]:
 
 
 def _e3_section(e3: dict) -> list[str]:
-    title = "## E3: the per-sequence oracle on the layer-dropout model"
-    if (md := _not_run_section(title, e3)) is not None:
-        return md
     o = e3["oracle"]
-    md = [title, "", "![E3](E3/rouge_vs_layers.png)", "",
+    md = ["![E3](E3/rouge_vs_layers.png)", "",
            f"The oracle chooses, for each of {e3['n']} sequences, among K = {e3['k']} configs "
            f"({', '.join(e3['configs'])}), after the fact: an in-sample upper bound, not a method "
            "(details: [E3/report.md](E3/report.md)).", "",
@@ -1332,10 +1320,7 @@ def _e3_section(e3: dict) -> list[str]:
 
 
 def _e4_section(e4: dict) -> list[str]:
-    title = "## E4: the learned per-sequence router"
-    if (md := _not_run_section(title, e4)) is not None:
-        return md
-    md = [title, "", "![E4](e4.png)", "",
+    md = ["![E4](e4.png)", "",
            f"Cross-fitted over {e4['folds']} folds (every sequence routed by a router fit on the other folds) among "
            f"{', '.join(e4['candidates'])}.", "",
            "| target | router: avg layers | ROUGE-L [95% CI] | minus uniform skipping | minus best fixed mix "
@@ -1355,3 +1340,10 @@ def _e4_section(e4: dict) -> list[str]:
                f"full depth ({sp['speedup_tokens_per_s']:.2f}x; {sp['avg_layers']:.2f} layers per token)."]
     md += ["", f"Verdict: **{e4['verdict']}**: {e4['reason']}.", ""]
     return md
+
+
+# report.md's sections: title, and the body of an experiment that ran
+SECTIONS = {"E1": ("## E1: layer skipping against early exit, after adaptation", _e1_section),
+            "E2": ("## E2: does the controller's input matter?", _e2_section),
+            "E3": ("## E3: the per-sequence oracle on the layer-dropout model", _e3_section),
+            "E4": ("## E4: the learned per-sequence router", _e4_section)}

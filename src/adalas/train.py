@@ -720,10 +720,10 @@ def run(argv: list[str], warmup: bool = False, callbacks: Iterable[TrainerCallba
     adalas = AdalasForCausalLM.from_pretrained(cfg.model, depth=cfg.depth, dtype=cfg.dtype,
                                                allow_pickle=cfg.allow_pickle,
                                                trust_remote_code=cfg.trust_remote_code)
-    if cfg.controller_init_bias is not None or cfg.controller_learning_rate is not None:
-        if adalas.depth.mode != "learned":
-            raise ValueError(f"--controller_init_bias/--controller_learning_rate: the depth mode is "
-                             f"{adalas.depth.mode!r}, which has no learned controllers")
+    if (cfg.controller_init_bias is not None or cfg.controller_learning_rate is not None) \
+            and adalas.depth.mode != "learned":
+        raise ValueError(f"--controller_init_bias/--controller_learning_rate: the depth mode is "
+                         f"{adalas.depth.mode!r}, which has no learned controllers")
     if cfg.controller_init_bias is not None:
         for controller in adalas.controllers.values():
             controller.start_running(cfg.controller_init_bias)
