@@ -228,4 +228,16 @@ def test_a_study_run_in_parts_reports_what_it_has_and_adopts_runs_trained_alike(
     assert doc["E1"] == e1 and doc["E2"]["verdict"] == "not run"
     assert doc["E3"]["verdict"] in VERDICTS[:3] and doc["E4"]["verdict"] in VERDICTS[:3]
     assert "- E3: " in readme_study(doc) and "- E4: " in readme_study(doc)
+    e3 = doc["E3"]
+
+    for name in [*plan.experiments["E2"]["hidden_states"], *plan.experiments["E2"]["fixed"]]:
+        shutil.copytree(runs / name, tmp_path / "runs" / name)  # trained with the plan's own command
+    assert main([*base, "--experiments", "E2"]) == 0  # evaluated into the sweep that holds E1's rows
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["E3"] == e3 and doc["E2"]["verdict"] in VERDICTS[:3]
+    # E1 as it was, but for the shared sweep's wall time, which now includes E2's configs
+    assert {k: v for k, v in doc["E1"].items() if k != "runs"} == {k: v for k, v in e1.items() if k != "runs"}
+    assert doc["E1"]["runs"][:4] == e1["runs"][:4] and doc["E1"]["runs"][4]["wall_s"] > e1["runs"][4]["wall_s"]
+    summarized = {json.loads(line)["config_id"] for line in (tmp_path / "out" / "adapted" / "sweep.jsonl").open()}
+    assert {"learned:skip-6", "base@exit-5", "learned:hidden-a0.05"} <= summarized
     assert main([*base, "--experiments", "E5"]) == 2

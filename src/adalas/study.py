@@ -459,6 +459,17 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
 # ---------------------------------------------------------------------------------------------
 # Evaluation: sweeps over the same sequences
 
+def _rows_complete(sweep_dir: Path, n: int) -> set[str]:
+    """The configs with all n rows in the sweep's per_sequence.jsonl."""
+    from .io import read_jsonl
+
+    ids: dict[str, set] = {}
+    if (sweep_dir / "per_sequence.jsonl").is_file():
+        for r in read_jsonl(sweep_dir / "per_sequence.jsonl"):
+            ids.setdefault(r["config_id"], set()).add(r["id"])
+    return {c for c, seen in ids.items() if len(seen) == n}
+
+
 def _sweep_complete(sweep_dir: Path, config_ids: Sequence[str], n: int) -> bool:
     """Whether every config has its n rows in per_sequence.jsonl and its line in sweep.jsonl (then no
     model needs loading)."""
@@ -467,10 +478,7 @@ def _sweep_complete(sweep_dir: Path, config_ids: Sequence[str], n: int) -> bool:
     if not (sweep_dir / "sweep.jsonl").is_file():
         return False
     summarized = {r["config_id"] for r in read_jsonl(sweep_dir / "sweep.jsonl")}
-    ids: dict[str, set] = {}
-    for r in read_jsonl(sweep_dir / "per_sequence.jsonl"):
-        ids.setdefault(r["config_id"], set()).add(r["id"])
-    return all(c in summarized and len(ids.get(c, ())) == n for c in config_ids)
+    return set(config_ids) <= summarized & _rows_complete(sweep_dir, n)
 
 
 class Evaluator:
@@ -656,8 +664,12 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
     L = _num_layers(plan.model)
     if {"E1", "E2"} & set(experiments):
         n = len(ev.items)
-        configs = _with_budgets(adapted_configs(plan, {k: v for k, v in records.items() if k in names}), L)
         adapted = plan.out / "adapted"
+        # the runs asked for, and those an earlier invocation evaluated here: the sweep's summary is
+        # rewritten from the configs it is given, so leaving those out would drop their lines
+        kept = _rows_complete(adapted, n)
+        runs = {k: v for k, v in records.items() if k in names or f"learned:{k}" in kept}
+        configs = _with_budgets(adapted_configs(plan, runs), L)
         if not _sweep_complete(adapted, [c.config_id for c in configs], n):
             _log(f"sweep {adapted}: {len(configs)} configs x {n} sequences")
             t0 = time.perf_counter()
