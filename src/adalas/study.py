@@ -836,14 +836,14 @@ def analyse_e2(plan: Plan, records: dict, adapted: Path, e3_dir: Path) -> dict:
         overall = paired_bootstrap(np.mean(hs, axis=0), np.mean(fs, axis=0))
         where = (f"averaged over {len(grid)} common depth{'s' if len(grid) != 1 else ''} from {lo:.2f} to {hi:.2f} "
                  f"layers (each curve interpolated per sequence)")
-        sentence = describe_difference("hidden-state controllers", "fixed-input controllers", overall, where)
+        sentence = describe_difference("the hidden-state curve", "the fixed-input curve", overall, where)
         olo, ohi = overall["ci95"]
         if -margin <= olo and ohi <= margin:
             verdict, why = "reproduced", f"the paired interval lies within +-{margin}: no difference that matters"
         elif olo > 0:
             verdict, why = "not reproduced", "the hidden state helps: the paired interval lies above 0"
         elif ohi < 0:
-            verdict, why = "reproduced", "the hidden state does no better (it scores lower: the interval lies below 0)"
+            verdict, why = "reproduced", "the hidden state does no better; the interval lies below 0, so it scores lower"
         else:
             verdict, why = "inconclusive", f"the paired interval covers 0 but reaches beyond +-{margin}"
         out.update(at_common_depths=at, overall={**overall, "over": [lo, hi], "depths": grid}, verdict=verdict,
