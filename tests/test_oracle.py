@@ -21,8 +21,10 @@ from adalas.oracle import (
     route_to_str,
     run_oracle,
     solve_knapsack,
+    sweep_identity,
     uniform_skip_route,
 )
+from adalas.io import read_jsonl_numbered
 
 
 def brute_force(values, costs, budget):
@@ -368,6 +370,12 @@ def test_run_oracle_errors(tmp_path):
         f.write(json.dumps({"config_id": "x", "strategy": "learned", "model": "other"}) + "\n")
     with pytest.raises(ValueError, match="different models"):
         run_oracle(d)
+
+    d = write_sweep(tmp_path / "adapted")  # a shipped adapter of the sweep's model names itself: not another model
+    with open(d / "sweep.jsonl", "a") as f:
+        f.write(json.dumps({"config_id": "adapted:m-adapted", "strategy": "adapted", "model": "m-adapted"}) + "\n")
+    model, _ = sweep_identity(d, read_jsonl_numbered(d / "sweep.jsonl"))
+    assert model == "tiny-opt"
 
     d = write_sweep(tmp_path / "nofull", configs=CONFIGS[1:])
     with pytest.raises(ValueError, match="no config with strategy 'full'"):

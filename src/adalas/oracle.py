@@ -535,8 +535,8 @@ def sweep_identity(sweep_dir: Path, *row_lists: list[tuple[int, dict]]) -> tuple
     for name, rows in zip(("sweep.jsonl", "per_sequence.jsonl"), row_lists):
         for lineno, row in rows:
             for key in ("model", "num_layers"):
-                if row.get(key) is None:
-                    continue
+                if row.get(key) is None or (key == "model" and row.get("strategy") == "adapted"):
+                    continue  # an adapted row names the shipped adapter of this model that it ran
                 value = json.dumps(row[key], sort_keys=True)
                 if key not in seen:
                     seen[key] = (value, f"{name}:{lineno}")
