@@ -176,3 +176,30 @@ def test_in_training_the_step_joins_the_key(tiny_files, tmp_path):
     seen = Seen()
     assert run(argv, callbacks=[RouteKeyCallback(), seen]) == 0
     assert len(seen.routes) == 6 and len(set(seen.routes)) > 1
+
+
+@torch.no_grad()
+def test_a_full_depth_share_of_sequences_skips_nothing_and_the_rest_still_draw():
+    """Layer dropout with `full_depth_share`: whole rows run every layer (about that share of them,
+    drawn from each row's key, so the same alone and batched); the other rows' skips are unchanged."""
+    probs = [0.0] + [0.5] * (L8 - 1)
+    m = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, full_depth_share=0.4))
+    plain = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1))
+    prompts = _prompts(64, seed=4)
+    seqs = [p + [11, 12, 13, 14] for p in prompts]
+    ids, mask = _pad(seqs, side="right")
+    labels = ids.masked_fill(mask == 0, -100)
+    for r, p in enumerate(prompts):
+        labels[r, :len(p)] = -100
+    gates = m(input_ids=ids, attention_mask=mask, labels=labels).layer_gates  # (B, T, L)
+    plain_gates = plain(input_ids=ids, attention_mask=mask, labels=labels).layer_gates
+    full_rows = [r for r, s in enumerate(seqs) if bool(gates[r, :len(s)].all())]
+    assert 0.2 * 64 <= len(full_rows) <= 0.6 * 64  # about 40% of the rows
+    for r, s in enumerate(seqs):
+        if r not in full_rows:
+            assert torch.equal(gates[r, :len(s)], plain_gates[r, :len(s)]), r
+    r = full_rows[0]
+    one, lab = torch.tensor([seqs[r]]), labels[r:r + 1, :len(seqs[r])]
+    assert bool(m(input_ids=one, labels=lab).layer_gates.all())  # alone too
+    everyone = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, full_depth_share=1.0))
+    assert bool(everyone(input_ids=ids, attention_mask=mask, labels=labels).layer_gates.all())

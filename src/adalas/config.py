@@ -34,6 +34,9 @@ class DepthConfig:
     skip_layers: list[int] | None = field(default=None, metadata={"help": "static_skip: layers to skip"})
     skip_probs: list[float] | None = field(
         default=None, metadata={"help": "stochastic: per layer, the probability that a token skips it"})
+    full_depth_share: float = field(
+        default=0.0, metadata={"help": "stochastic: the share of sequences that skip nothing (drawn per sequence "
+                                       "from its key), so layer-dropout training keeps seeing the full model"})
     exit_after: int | None = field(default=None, metadata={"help": "early_exit: run layers 0..exit_after-1"})
     budget: int | None = field(default=None, metadata={"help": "random_budget: layers per sequence"})
     keep_first: bool = field(default=False, metadata={"help": "random_budget: always run layer 0"})
@@ -97,6 +100,11 @@ class DepthConfig:
                     raise ValueError(f"skip_probs[{i}]: {p!r} is not a probability in [0, 1]")
             if self.skip_probs and all(p == 1.0 for p in self.skip_probs):
                 raise ValueError(f"skip_probs: every layer is skipped with probability 1, so {_RUNS_NO_LAYER}")
+        if (isinstance(self.full_depth_share, bool) or not isinstance(self.full_depth_share, (int, float))
+                or not 0.0 <= self.full_depth_share <= 1.0):
+            raise ValueError(f"full_depth_share: must be a share in [0, 1], got {self.full_depth_share!r}")
+        if self.full_depth_share and self.mode != "stochastic":
+            raise ValueError(f"full_depth_share: only mode 'stochastic' draws skips; got mode {self.mode!r}")
         if self.route is not None:
             _check_route("route", self.route)
         if self.exit_after is not None and (not _is_int(self.exit_after) or self.exit_after < 1):

@@ -104,25 +104,33 @@ class _KeyedRouter(Router):
 
 
 class StochasticRouter(_KeyedRouter):
-    """Each token skips layer i with probability p_i.
+    """Each token skips layer i with probability p_i; a share of whole sequences skips nothing.
 
     The draw is a hash of (row key, position, layer), not a stream of a generator, so a token gets
     the same decision whether it is processed in a cached decode step or in one uncached forward,
-    and whatever else shares its batch.
+    and whatever else shares its batch. `full_depth_share` keeps layer-dropout training anchored to
+    the full model (a LoRA that only ever sees skipped layers learns to compensate for them, and the
+    full-depth model it leaves behind is worse); which rows run at full depth is drawn from the key.
     """
 
-    def __init__(self, skip_probs: list[float], seed: int):
+    def __init__(self, skip_probs: list[float], seed: int, full_depth_share: float = 0.0):
         self.skip_probs = list(skip_probs)
         self.seed = seed
+        self.full_depth_share = float(full_depth_share)
 
     def decide(self, layer_idx, h, ctx):
         p = self.skip_probs[layer_idx]
         if p <= 0.0:
             return True
-        if p >= 1.0:
+        if p >= 1.0 and not self.full_depth_share:
             return False
-        keys = self._state(ctx).keys[ctx.row_ids]  # (B,)
-        return hash_uniform(keys[:, None], ctx.position_ids, layer_idx) >= p  # (B, T)
+        keys = self._state(ctx).keys[ctx.row_ids][:, None]  # (B, 1)
+        run = hash_uniform(keys, ctx.position_ids, layer_idx) >= p  # (B, T)
+        if self.full_depth_share:
+            # position -1 and layer -1 are never drawn for a token: this is the row's own draw
+            full_row = hash_uniform(keys, torch.full_like(keys, -1), -1) < self.full_depth_share  # (B, 1)
+            run = run | full_row
+        return run
 
 
 class PerSequenceRouter(_KeyedRouter):
@@ -511,7 +519,7 @@ def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict |
     if static is not None:
         return StaticRouter(static)
     if cfg.mode == "stochastic":
-        return StochasticRouter(cfg.skip_probs, cfg.seed)
+        return StochasticRouter(cfg.skip_probs, cfg.seed, cfg.full_depth_share)
     if cfg.mode == "random_budget":
         return PerSequenceRouter(num_layers, cfg.budget, cfg.keep_first, cfg.seed)
     if cfg.mode == "learned":
