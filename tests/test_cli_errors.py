@@ -526,8 +526,12 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_a_rerun_gives_the_same_bytes(world, tm
     out = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "ADALAS_CACHE": world["cache"],
            "TOKENIZERS_PARALLELISM": "false"}
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler; a suite run that way (`make test &`) would see the sweep finish with exit 0. Ctrl-C
+    # reaches a foreground command, so the child gets the default disposition back.
     proc = subprocess.Popen([sys.executable, "-m", "adalas", *argv(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rows = out / "per_sequence.jsonl"
     deadline = time.monotonic() + 240
     try:
