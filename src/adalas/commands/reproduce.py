@@ -1,6 +1,6 @@
 """`adalas reproduce` (what `make run` runs): the paper's curves on the embedded model, in one command.
 
-    adalas reproduce            # ~15 min on 2 idle CPU cores: 48 sequences x 24 new tokens x 31 configs
+    adalas reproduce            # ~16 min on 2 idle CPU cores: 48 sequences x 24 new tokens x 33 configs
     adalas reproduce --quick    # ~1-2 min idle: 8 sequences x 16 new tokens x 21 configs
 
 On the built-in evaluation set, into results/reproduce/ (or results/reproduce-quick/):
@@ -21,13 +21,14 @@ import time
 
 from ..cli import add_model_args, check_counts, make_parser
 
-# Sized for 2 idle CPU cores (about 35 s per config at 48 sequences x 32 new tokens; 24 tokens take
-# about 3/4 of that, say 28 s with the prefill): 1 + 3 x (2 + 5) + 6 = 28 generated configs (~13 min),
-# the router's 3 rows by lookup (seconds), loading and the analysis (~1-2 min): about 15 minutes,
-# under the 18 DESIGN allows (an estimate from the 13-config run; this preset was not yet timed on
-# idle cores). DESIGN: sweeps on this model are informative between about 20 and 30 layers.
+# Sized for 2 idle CPU cores: 1 + 3 x (2 + 5) + 6 = 28 generated configs of the base model and 5 of
+# the shipped adapters (two routes off the shelf and adapted, the dropout model at full depth), the
+# router's 3 rows by lookup (seconds), loading and the analysis (under a minute). Measured at batch 8:
+# about 32 s a config, 17 min 33 s for the sweep, over DESIGN's 18 minutes with everything else. Batch
+# 16 generated in 0.71x of batch 8's time (full and uniform_skip@24 over the same 48 rows, two
+# interleaved repeats each on idle cores: 96 s against 135 s), so the preset uses 16. DESIGN: sweeps on this model are informative between 20 and 30 layers.
 PRESETS = {
-    "full": {"limit": 48, "max_new_tokens": 24, "batch_size": 8, "budgets": "24,27,29",
+    "full": {"limit": 48, "max_new_tokens": 24, "batch_size": 16, "budgets": "24,27,29",
              "routes_per_budget": 5, "folds": 5, "analysis_limit": 8, "out": "results/reproduce"},
     "quick": {"limit": 8, "max_new_tokens": 16, "batch_size": 8, "budgets": "24,27",
               "routes_per_budget": 5, "folds": 2, "analysis_limit": 4, "out": "results/reproduce-quick"},
@@ -43,7 +44,7 @@ def build_parser():
     p.add_argument("--data", default="builtin")
     p.add_argument("--limit", type=int, help="sequences (default 48; quick 8)")
     p.add_argument("--max-new-tokens", type=int, help="default 24; quick 16")
-    p.add_argument("--batch-size", type=int, help="default 8")
+    p.add_argument("--batch-size", type=int, help="default 16; quick 8")
     p.add_argument("--budgets", help="layers kept (default 24,27,29; quick 24,27)")
     p.add_argument("--routes-per-budget", type=int, help="random routes per budget (default 5)")
     p.add_argument("--folds", type=int, help="cross-fitting folds of the per-sequence router (default 5; quick 2; "
