@@ -46,6 +46,17 @@ def _pad(prompts, side: str = "left"):
     return ids, mask
 
 
+def _training_batch(prompts):
+    """Each prompt followed by 4 response tokens, right-padded as training pads, with labels on the
+    response only: (sequences, input_ids, attention_mask, labels)."""
+    seqs = [p + [11, 12, 13, 14] for p in prompts]
+    ids, mask = _pad(seqs, side="right")
+    labels = ids.masked_fill(mask == 0, -100)
+    for r, p in enumerate(prompts):
+        labels[r, :len(p)] = -100
+    return seqs, ids, mask, labels
+
+
 def _generated_routes(m, prompts) -> list[tuple[bool, ...]]:
     ids, mask = _pad(prompts)
     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3)
@@ -80,12 +91,7 @@ def test_stochastic_skips_are_the_same_alone_and_batched():
     sequence the same per-token skips as it gets alone."""
     m = _model(DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.5] * (L8 - 1), seed=1))
     prompts = _prompts(4, seed=2)
-    # forward with labels, right padding: the prompt is the first 3 tokens of each row
-    seqs = [p + [11, 12, 13, 14] for p in prompts]
-    ids, mask = _pad(seqs, side="right")
-    labels = ids.masked_fill(mask == 0, -100)
-    for r, p in enumerate(prompts):
-        labels[r, :len(p)] = -100
+    seqs, ids, mask, labels = _training_batch(prompts)
     gates = m(input_ids=ids, attention_mask=mask, labels=labels).layer_gates  # (B, T, L)
     for r, (p, s) in enumerate(zip(prompts, seqs)):
         one = torch.tensor([s])
@@ -185,12 +191,7 @@ def test_a_full_depth_share_of_sequences_skips_nothing_and_the_rest_still_draw()
     probs = [0.0] + [0.5] * (L8 - 1)
     m = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, full_depth_share=0.4))
     plain = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1))
-    prompts = _prompts(64, seed=4)
-    seqs = [p + [11, 12, 13, 14] for p in prompts]
-    ids, mask = _pad(seqs, side="right")
-    labels = ids.masked_fill(mask == 0, -100)
-    for r, p in enumerate(prompts):
-        labels[r, :len(p)] = -100
+    seqs, ids, mask, labels = _training_batch(_prompts(64, seed=4))
     gates = m(input_ids=ids, attention_mask=mask, labels=labels).layer_gates  # (B, T, L)
     plain_gates = plain(input_ids=ids, attention_mask=mask, labels=labels).layer_gates
     full_rows = [r for r, s in enumerate(seqs) if bool(gates[r, :len(s)].all())]
