@@ -11,6 +11,7 @@ from conftest import tiny_llama
 from test_train import Snapshot, base_args, history, train, work  # noqa: F401  (work is a fixture)
 
 from adalas import AdalasForCausalLM, DepthConfig
+from adalas.data import file_sha256
 from adalas.distill import (Distiller, TeacherCache, kl_full, kl_topk, mix, response_positions, teacher_topk)
 
 
@@ -133,7 +134,7 @@ def test_distill_steps_lower_the_kd_loss(strong, tmp_path, top_k):
     assert record["steps"] == 8 and record["data_sha256"] and "--distill" in record["command"]
 
 
-def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, tmp_path, monkeypatch):
+def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, tmp_path, monkeypatch, capsys):
     """The adapter alone (fp16) plus its depth: loading the alias gives the trained model's logits (up to
     fp16 rounding of the adapter), at the trained depth, and `resolve` gives the base's tokenizer."""
     import shutil
@@ -209,6 +210,19 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     preds = {(r["config_id"], r["id"]): r["prediction"] for r in per_seq}
     ids = {r["id"] for r in per_seq}
     assert all(preds["adapted:tiny-dropout@tiny-adapted-2", i] == preds["adapted:tiny-adapted-2", i] for i in ids)
+
+    # a replaced adapter is another model: the directory refuses to resume over the old adapter's rows
+    from safetensors.torch import load_file, save_file
+    weights = root / "tiny-dropout" / "adapter_model.safetensors"
+    settings = json.loads((tmp_path / "sweep2" / "settings.json").read_text())
+    assert {settings["configs"][f"adapted:{a}"]["weights"] for a in more} == {file_sha256(weights)}
+    save_file({k: v * 2 for k, v in load_file(str(weights)).items()}, str(weights))
+    before = (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes()
+    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
+                     "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
+                     "tiny-adapted-2", *more, "--no-progress", "--out", str(tmp_path / "sweep2")]) == 2
+    assert "made with other adapter weights" in capsys.readouterr().err
+    assert (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes() == before
 
     from adalas.report import adapted_table, read_scores, read_sweep
     table = adapted_table(read_sweep(tmp_path / "sweep2"), read_scores(tmp_path / "sweep2"))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import DepthConfig, route_from_str, route_to_str
+from .data import file_sha256
 from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, check_settings, missing_items, plan_batches,
                        plan_fingerprint, run_depth, shard, summarize, versions)
 from .io import RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards
@@ -44,12 +45,15 @@ class SweepConfig:
     depth: DepthConfig  # for a checkpoint: its own saved depth
     checkpoint: str | None = None  # a model directory to load for this config
     sampling: Sampling | None = None  # full_sample: sampled, not greedy
+    weights: str | None = None  # adapted: sha256 of the alias's adapter weights (a replaced adapter is another model)
 
     def definition(self) -> dict:
         """What the config id stands for (a rerun must agree)."""
         out = {"strategy": self.strategy, "depth": self.depth.to_dict(), "checkpoint": self.checkpoint}
         if self.sampling is not None:
             out["sampling"] = dataclasses.asdict(self.sampling)
+        if self.weights is not None:
+            out["weights"] = self.weights
         return out
 
 
@@ -165,7 +169,9 @@ def adapted_configs(spec: str, num_layers: int) -> list[SweepConfig]:
     """`ALIAS`: a shipped adapted model on its own depth, `adapted:ALIAS`, and (for a static route)
     that route off the shelf, `route:ALIAS`. `ALIAS@B`: the alias with uniform skipping to B layers;
     `ALIAS@OTHER`: the alias on another shipped alias's route (the layer-dropout model on each
-    route-specific adapter's route), `adapted:ALIAS@...`."""
+    route-specific adapter's route), `adapted:ALIAS@...`. Each `adapted:` config is defined with the
+    sha256 of the alias's adapter weights, so a sweep directory refuses to resume over rows of an
+    adapter that has since been replaced (the alias alone names no particular weights)."""
     from .hub import adapter_aliases, adapter_dir
 
     alias, _, where = spec.partition("@")
@@ -178,6 +184,7 @@ def adapted_configs(spec: str, num_layers: int) -> list[SweepConfig]:
         return found
 
     directory = directory_of(alias)
+    weights = file_sha256(directory / "adapter_model.safetensors")
     if where:
         if where.isdigit():
             b = int(where)
@@ -189,13 +196,14 @@ def adapted_configs(spec: str, num_layers: int) -> list[SweepConfig]:
             if route is None:
                 raise ValueError(f"adapted: {spec!r}: {where!r} has no static route to borrow")
         depth = DepthConfig(mode="route", route=route)
-        return [SweepConfig(f"adapted:{spec}", "adapted", sum(route), depth, checkpoint=alias)]
+        return [SweepConfig(f"adapted:{spec}", "adapted", sum(route), depth, checkpoint=alias, weights=weights)]
     depth = DepthConfig.from_dir(directory) or DepthConfig()
     route = depth.static_route(num_layers)
     out = []
     if route is not None and not all(route):
         out.append(SweepConfig(f"route:{alias}", "route", sum(route), DepthConfig(mode="route", route=route)))
-    out.append(SweepConfig(f"adapted:{alias}", "adapted", sum(route) if route else None, depth, checkpoint=alias))
+    out.append(SweepConfig(f"adapted:{alias}", "adapted", sum(route) if route else None, depth, checkpoint=alias,
+                           weights=weights))
     return out
 
 
