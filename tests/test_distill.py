@@ -223,6 +223,17 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
                      "tiny-adapted-2", *more, "--no-progress", "--out", str(tmp_path / "sweep2")]) == 2
     assert "made with other adapter weights" in capsys.readouterr().err
     assert (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes() == before
+    # --redo drops just that adapter's rows, which run again under the new weights; the rest are kept as they were
+    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
+                     "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
+                     "tiny-adapted-2", *more, "--no-progress", "--redo", "adapted:tiny-dropout*",
+                     "--out", str(tmp_path / "sweep2")]) == 0
+    settings = json.loads((tmp_path / "sweep2" / "settings.json").read_text())
+    assert {settings["configs"][f"adapted:{a}"]["weights"] for a in more} == {file_sha256(weights)}
+    after = [json.loads(line) for line in (tmp_path / "sweep2" / "per_sequence.jsonl").read_text().splitlines()]
+    assert sorted((r["config_id"], r["id"]) for r in after) == sorted((r["config_id"], r["id"]) for r in per_seq)
+    assert [r for r in after if "tiny-dropout" not in r["config_id"]] == \
+        [r for r in per_seq if "tiny-dropout" not in r["config_id"]]
 
     from adalas.report import adapted_table, read_scores, read_sweep
     table = adapted_table(read_sweep(tmp_path / "sweep2"), read_scores(tmp_path / "sweep2"))

@@ -227,3 +227,24 @@ def test_null_control_rows_are_sampled_full_depth_runs(tiny, tmp_path):
     before = (tmp_path / "per_sequence.jsonl").read_bytes()
     _sweep(tiny, tmp_path / "again", configs, max_new_tokens=6)  # sampling is seeded: the same bytes
     assert (tmp_path / "again/per_sequence.jsonl").read_bytes() == before
+
+
+def test_redo_drops_only_the_chosen_configs_and_a_rerun_makes_them_again(tiny, tmp_path):
+    configs = S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=0)
+    fresh, out = tmp_path / "fresh", tmp_path / "out"
+    _sweep(tiny, fresh, configs)
+    _sweep(tiny, out, configs)
+    assert S.forget_configs(out, ["uniform_skip@*", "early_exit@3"], configs) == \
+        ["uniform_skip@3", "uniform_skip@2", "early_exit@3"]
+    left = {r["config_id"] for r in _lines(out / "per_sequence.jsonl")}
+    assert left == {c.config_id for c in configs} - {"uniform_skip@3", "uniform_skip@2", "early_exit@3"}
+    assert {r["config_id"] for r in _lines(out / "sweep.jsonl")} == left
+    assert "uniform_skip@2" not in json.loads((out / "settings.json").read_text())["configs"]
+    _sweep(tiny, out, configs)
+    assert (out / "sweep.jsonl").read_bytes() == (fresh / "sweep.jsonl").read_bytes()
+    key = lambda r: (r["config_id"], r["id"])  # noqa: E731  (the redone rows come last in the file)
+    assert sorted(_lines(out / "per_sequence.jsonl"), key=key) == sorted(_lines(fresh / "per_sequence.jsonl"), key=key)
+    for patterns, says in [(["nope*"], "matches none of this sweep's configs"), (["full"], "not 'full'")]:
+        with pytest.raises(ValueError, match=says):
+            S.forget_configs(out, patterns, configs)
+    assert (out / "sweep.jsonl").read_bytes() == (fresh / "sweep.jsonl").read_bytes()

@@ -365,10 +365,11 @@ def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None
     merged = dict((old or {}).get("configs", {}))
     for cid, definition in (configs or {}).items():
         if cid in merged and merged[cid] != definition:
-            if merged[cid].get("weights") != definition.get("weights"):  # `adapted:` configs (sweep.adapted_configs)
+            was, now = merged[cid].get("weights"), definition.get("weights")  # `adapted:` configs' adapters
+            if was != now:
                 raise ValueError(f"{out_dir}: the rows of config {cid!r} were made with other adapter weights "
-                                 f"(sha256 {merged[cid].get('weights')}, now {definition.get('weights')}); "
-                                 "use another --out or delete that directory")
+                                 f"(sha256 {str(was)[:12]}, now {str(now)[:12]}); "
+                                 f"make them again with `adalas sweep ... --redo {cid!r}`, or use another --out")
             raise ValueError(f"{out_dir}: config {cid!r} was defined as {merged[cid]} in an earlier run, now as "
                              f"{definition}; use another --out or the same --seed/--keep-first")
         merged[cid] = definition

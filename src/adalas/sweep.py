@@ -30,7 +30,8 @@ from .config import DepthConfig, route_from_str, route_to_str
 from .data import file_sha256
 from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, check_settings, missing_items, plan_batches,
                        plan_fingerprint, run_depth, shard, summarize, versions)
-from .io import RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards
+from .io import (RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards,
+                 read_jsonl)
 from .oracle import random_routes, route_to_skip_layers, uniform_skip_route
 
 STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route", "full_sample")
@@ -310,6 +311,39 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     _write_meta(out_dir, rank, world_size, configs, items, timing, time.perf_counter() - t_start,
                 max_new_tokens, batch_size, model_id, data_id, reference)
     return result if merged else None
+
+
+def forget_configs(out_dir: str | Path, patterns: Sequence[str], configs: Sequence[SweepConfig]) -> list[str]:
+    """Drop the rows and the recorded definitions of the configs (of `configs`) whose ids match a
+    shell pattern (`adapted:smollm2-135m-dropout*`), so that the next run makes them again: after an
+    adapter is retrained, without giving up the directory's other configs. Returns the ids dropped.
+    One process only: the files are rewritten (atomically) before any row is made."""
+    import fnmatch
+
+    ids = [c.config_id for c in configs]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [i for i in ids if fnmatch.fnmatchcase(i, pattern)]
+        if not hits:
+            raise ValueError(f"redo: {pattern!r} matches none of this sweep's configs ({', '.join(ids)})")
+        chosen += [i for i in hits if i not in chosen]
+    if "full" in chosen:
+        raise ValueError("redo: not 'full', which every other row is scored against; use another --out instead")
+    out_dir = Path(out_dir)
+    if (out_dir / "parts").is_dir() and any((out_dir / "parts").iterdir()):
+        raise ValueError(f"redo: {out_dir} has unmerged rank files (parts/); finish that run first")
+    for name in ("per_sequence.jsonl", "sweep.jsonl"):
+        rows = read_jsonl(out_dir / name, repair=True)
+        kept = [r for r in rows if r.get("config_id") not in chosen]
+        if len(kept) != len(rows):
+            atomic_write_text(out_dir / name, "".join(dumps_row(r) + "\n" for r in kept))
+    settings = out_dir / "settings.json"
+    if settings.is_file():
+        doc = json.loads(settings.read_text())
+        if any(i in doc.get("configs", {}) for i in chosen):
+            doc["configs"] = {k: v for k, v in doc["configs"].items() if k not in chosen}
+            atomic_write_json(settings, doc)
+    return chosen
 
 
 def add_configs(out_dir: str | Path, items: Sequence[EvalItem], configs: Sequence[SweepConfig],

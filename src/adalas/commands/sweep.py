@@ -9,6 +9,8 @@ and DIR/per_sequence.jsonl (with a config_id column), then DIR/report.md with it
 comparisons, the adapted models' table); a killed sweep resumes where it stopped.
 `--adapted` adds shipped adapted models: `ALIAS` on its own depth (beside its route off the shelf),
 `ALIAS@24` with uniform skipping to 24 layers, `ALIAS@OTHER` on another alias's route.
+`--redo ID ...` first drops the rows of the configs whose ids match (shell patterns, such as
+`'adapted:smollm2-135m-dropout*'` after that adapter is retrained), so they run again.
 `--null-k K` adds the oracle's null control: the full model sampled K - 1 times (full_sample#1..K-1).
 Under torchrun / accelerate (RANK, WORLD_SIZE) each rank takes its share of the batches.
 """
@@ -39,6 +41,9 @@ def build_parser():
                    help="the oracle's null control: also run the full model K - 1 times sampled (temperature 0.7, "
                         "top-p 0.9, seeds 1..K-1; config ids full_sample#s); K = the number of configs the oracle "
                         "chooses among (default 0: none)")
+    p.add_argument("--redo", nargs="+", default=[], metavar="ID",
+                   help="drop the rows of these configs from --out before running, so they are made again "
+                        "(config ids or shell patterns, e.g. 'adapted:smollm2-135m-dropout*'); one process only")
     p.add_argument("--out", required=True, help="output directory")
     return p
 
@@ -48,7 +53,7 @@ def main(argv: list[str]) -> int:
     from ..data import load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device
     from ..metrics import parse_metrics
-    from ..sweep import build_configs, parse_budgets, parse_strategies, run_sweep
+    from ..sweep import build_configs, forget_configs, parse_budgets, parse_strategies, run_sweep
 
     args = build_parser().parse_args(argv)
     fill_defaults(args)
@@ -58,6 +63,8 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--null-k: must be 0 (no null control) or >= 2 (the greedy full model and K - 1 sampled "
                          f"runs), got {args.null_k}")
     rank, world = dist_info()
+    if args.redo and world > 1:
+        raise ValueError("--redo: run it in one process (it rewrites --out before any rank starts), then the ranks")
     args.device = rank_device(args.device, rank, world)
     examples = load_examples(args.data, split=args.split, limit=args.limit)  # bad data fails before the model loads
     for model_dir in [args.model, *args.checkpoints]:
@@ -67,6 +74,8 @@ def main(argv: list[str]) -> int:
     configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
                             args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
                             args.checkpoints, null_k=args.null_k, adapted=args.adapted)
+    if args.redo:
+        print(f"redo: dropped the rows of {', '.join(forget_configs(args.out, args.redo, configs))}", flush=True)
     items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
                        context=context_length(model), max_new_tokens=args.max_new_tokens,
                        long_prompts=args.long_prompts, source=f"data {args.data!r}")
