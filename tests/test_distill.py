@@ -198,9 +198,10 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     shutil.copytree(root / "tiny-adapted-2", root / "tiny-dropout")
     (root / "tiny-dropout" / "adalas_depth.json").write_text(json.dumps({"mode": "full"}))
     more = ["tiny-dropout", "tiny-dropout@3", "tiny-dropout@tiny-adapted-2"]
-    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
-                     "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
-                     "tiny-adapted-2", *more, "--no-progress", "--out", str(tmp_path / "sweep2")]) == 0
+    sweep2 = ["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
+              "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
+              "tiny-adapted-2", *more, "--no-progress", "--out", str(tmp_path / "sweep2")]
+    assert cli_main(sweep2) == 0
     rows = {r["config_id"]: r for r in map(json.loads, (tmp_path / "sweep2" / "sweep.jsonl").read_text().splitlines())}
     assert rows["adapted:tiny-dropout"]["avg_layers"] == 4 and rows["adapted:tiny-dropout"]["model"] == "tiny-dropout"
     assert rows["adapted:tiny-dropout@3"]["route"] == rows["uniform_skip@3"]["route"]
@@ -218,16 +219,11 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     assert {settings["configs"][f"adapted:{a}"]["weights"] for a in more} == {file_sha256(weights)}
     save_file({k: v * 2 for k, v in load_file(str(weights)).items()}, str(weights))
     before = (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes()
-    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
-                     "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
-                     "tiny-adapted-2", *more, "--no-progress", "--out", str(tmp_path / "sweep2")]) == 2
+    assert cli_main(sweep2) == 2
     assert "made with other adapter weights" in capsys.readouterr().err
     assert (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes() == before
     # --redo drops just that adapter's rows, which run again under the new weights; the rest are kept as they were
-    assert cli_main(["sweep", "--model", str(strong / "strong"), "--data", str(strong / "data.jsonl"), "--limit", "4",
-                     "--max-new-tokens", "3", "--strategies", "uniform_skip", "--budgets", "3", "--adapted",
-                     "tiny-adapted-2", *more, "--no-progress", "--redo", "adapted:tiny-dropout*",
-                     "--out", str(tmp_path / "sweep2")]) == 0
+    assert cli_main([*sweep2, "--redo", "adapted:tiny-dropout*"]) == 0
     settings = json.loads((tmp_path / "sweep2" / "settings.json").read_text())
     assert {settings["configs"][f"adapted:{a}"]["weights"] for a in more} == {file_sha256(weights)}
     after = [json.loads(line) for line in (tmp_path / "sweep2" / "per_sequence.jsonl").read_text().splitlines()]
