@@ -204,3 +204,42 @@ def test_a_full_depth_share_of_sequences_skips_nothing_and_the_rest_still_draw()
     assert bool(m(input_ids=one, labels=lab).layer_gates.all())  # alone too
     everyone = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, full_depth_share=1.0))
     assert bool(everyone(input_ids=ids, attention_mask=mask, labels=labels).layer_gates.all())
+
+
+@torch.no_grad()
+def test_a_route_pool_share_of_sequences_runs_exactly_one_pooled_route():
+    """`route_pool_share`: after the full-depth share, whole rows run one route from the pool (drawn
+    from the row's key: the same alone and batched); the full-depth rows stay as they were and the
+    rest still drop layers token by token, exactly as without a pool."""
+    probs = [0.0] + [0.5] * (L8 - 1)
+    pool = [[2, 3], [5, 6, 7]]
+    m = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, full_depth_share=0.3,
+                           route_pool=pool, route_pool_share=0.4))
+    shared = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, full_depth_share=0.3))
+    seqs, ids, mask, labels = _training_batch(_prompts(96, seed=5))
+    gates = m(input_ids=ids, attention_mask=mask, labels=labels).layer_gates  # (B, T, L)
+    shared_gates = shared(input_ids=ids, attention_mask=mask, labels=labels).layer_gates
+    routes = [tuple(i not in skips for i in range(L8)) for skips in pool]
+    kinds = {"full": 0, "pool": set(), "drop": 0}
+    for r, s in enumerate(seqs):
+        response = gates[r, len(s) - 4:len(s)]  # the 4 response tokens (the prompt runs every layer)
+        assert bool(gates[r, :len(s) - 4].all())
+        if bool(shared_gates[r, :len(s)].all()):  # a full-depth row without the pool stays one
+            assert bool(gates[r, :len(s)].all()), r
+            kinds["full"] += 1
+            continue
+        token_routes = {tuple(t.tolist()) for t in response}
+        if len(token_routes) == 1 and token_routes <= set(routes):
+            kinds["pool"] |= token_routes
+            one, lab = torch.tensor([s]), labels[r:r + 1, :len(s)]
+            assert torch.equal(m(input_ids=one, labels=lab).layer_gates[0], gates[r, :len(s)])  # alone too
+        else:
+            assert torch.equal(gates[r, :len(s)], shared_gates[r, :len(s)]), r
+            kinds["drop"] += 1
+    assert kinds["pool"] == set(routes)  # both routes drawn
+    assert 0.1 * 96 <= kinds["full"] <= 0.5 * 96 and 0.1 * 96 <= kinds["drop"] <= 0.5 * 96, kinds
+    everyone = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, route_pool=[[3]],
+                                  route_pool_share=1.0))
+    g = everyone(input_ids=ids, attention_mask=mask, labels=labels).layer_gates
+    for r, s in enumerate(seqs):
+        assert not bool(g[r, len(s) - 4:len(s), 3].any()) and bool(g[r, len(s) - 4:len(s), [0, 1, 2, 4, 5, 6, 7]].all())

@@ -37,6 +37,12 @@ class DepthConfig:
     full_depth_share: float = field(
         default=0.0, metadata={"help": "stochastic: the share of sequences that skip nothing (drawn per sequence "
                                        "from its key), so layer-dropout training keeps seeing the full model"})
+    route_pool: list[list[int]] | None = field(
+        default=None, metadata={"help": "stochastic: fixed routes, each a list of layers to skip; a share of the "
+                                        "sequences (route_pool_share) runs one of them, drawn per sequence"})
+    route_pool_share: float = field(
+        default=0.0, metadata={"help": "stochastic: the share of sequences that run a route from route_pool (after "
+                                       "full_depth_share's), so one set of weights also trains the routes it serves"})
     exit_after: int | None = field(default=None, metadata={"help": "early_exit: run layers 0..exit_after-1"})
     budget: int | None = field(default=None, metadata={"help": "random_budget: layers per sequence"})
     keep_first: bool = field(default=False, metadata={"help": "random_budget: always run layer 0"})
@@ -105,6 +111,22 @@ class DepthConfig:
             raise ValueError(f"full_depth_share: must be a share in [0, 1], got {self.full_depth_share!r}")
         if self.full_depth_share and self.mode != "stochastic":
             raise ValueError(f"full_depth_share: only mode 'stochastic' draws skips; got mode {self.mode!r}")
+        if (isinstance(self.route_pool_share, bool) or not isinstance(self.route_pool_share, (int, float))
+                or not 0.0 <= self.route_pool_share <= 1.0):
+            raise ValueError(f"route_pool_share: must be a share in [0, 1], got {self.route_pool_share!r}")
+        if self.route_pool is not None:
+            if self.mode != "stochastic":
+                raise ValueError(f"route_pool: only mode 'stochastic' draws routes per sequence; got mode {self.mode!r}")
+            if not isinstance(self.route_pool, (list, tuple)) or not self.route_pool:
+                raise ValueError(f"route_pool: must be a non-empty list of skip lists, got {self.route_pool!r}")
+            for k, skips in enumerate(self.route_pool):
+                _check_indices(f"route_pool[{k}]", skips)
+        if bool(self.route_pool_share) != (self.route_pool is not None):
+            raise ValueError("route_pool_share: set it and route_pool together (the share of sequences that run "
+                             "a pooled route, and the routes)")
+        if self.full_depth_share + self.route_pool_share > 1.0 + 1e-9:
+            raise ValueError(f"route_pool_share: full_depth_share + route_pool_share is "
+                             f"{self.full_depth_share + self.route_pool_share:g}, more than every sequence")
         if self.route is not None:
             _check_route("route", self.route)
         if self.exit_after is not None and (not _is_int(self.exit_after) or self.exit_after < 1):
@@ -144,6 +166,13 @@ class DepthConfig:
                     raise ValueError(f"{name}: layer {i} is out of range for a model with {L} layers (0..{L - 1})")
         if self.mode == "static_skip" and len(set(self.skip_layers)) >= L:
             raise ValueError(f"skip_layers: skips all {L} layers of the model, so {_RUNS_NO_LAYER}")
+        for k, skips in enumerate(self.route_pool or []):
+            for i in skips:
+                if i >= L:
+                    raise ValueError(f"route_pool[{k}]: layer {i} is out of range for a model with {L} layers "
+                                     f"(0..{L - 1})")
+            if len(set(skips)) >= L:
+                raise ValueError(f"route_pool[{k}]: skips all {L} layers of the model, so {_RUNS_NO_LAYER}")
         if self.skip_probs is not None and len(self.skip_probs) != L:
             raise ValueError(f"skip_probs: has {len(self.skip_probs)} entries; the model has {L} layers")
         if self.route is not None and len(self.route) != L:

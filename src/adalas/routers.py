@@ -104,32 +104,49 @@ class _KeyedRouter(Router):
 
 
 class StochasticRouter(_KeyedRouter):
-    """Each token skips layer i with probability p_i; a share of whole sequences skips nothing.
+    """Each token skips layer i with probability p_i; a share of whole sequences skips nothing, and
+    another share runs one of a pool of fixed routes.
 
     The draw is a hash of (row key, position, layer), not a stream of a generator, so a token gets
     the same decision whether it is processed in a cached decode step or in one uncached forward,
     and whatever else shares its batch. `full_depth_share` keeps layer-dropout training anchored to
     the full model (a LoRA that only ever sees skipped layers learns to compensate for them, and the
-    full-depth model it leaves behind is worse); which rows run at full depth is drawn from the key.
+    full-depth model it leaves behind is worse). `route_pool_share` trains the fixed routes the
+    weights will serve: random per-token skips rarely hit a route's particular set of layers. Which
+    rows run at full depth or on a pooled route (and which route) is drawn from the row's key.
     """
 
-    def __init__(self, skip_probs: list[float], seed: int, full_depth_share: float = 0.0):
+    def __init__(self, skip_probs: list[float], seed: int, full_depth_share: float = 0.0,
+                 route_pool: list[list[int]] | None = None, route_pool_share: float = 0.0):
         self.skip_probs = list(skip_probs)
         self.seed = seed
         self.full_depth_share = float(full_depth_share)
+        self.route_pool_share = float(route_pool_share) if route_pool else 0.0
+        L = len(self.skip_probs)
+        self.pool_runs = None  # (R, L) bool: route r runs layer i
+        if self.route_pool_share:
+            self.pool_runs = torch.ones(len(route_pool), L, dtype=torch.bool)
+            for r, skips in enumerate(route_pool):
+                self.pool_runs[r, list(skips)] = False
 
     def decide(self, layer_idx, h, ctx):
         p = self.skip_probs[layer_idx]
-        if p <= 0.0:
+        pool = self.pool_runs
+        if p <= 0.0 and (pool is None or bool(pool[:, layer_idx].all())):
             return True
-        if p >= 1.0 and not self.full_depth_share:
+        if p >= 1.0 and not self.full_depth_share and pool is None:
             return False
         keys = self._state(ctx).keys[ctx.row_ids][:, None]  # (B, 1)
         run = hash_uniform(keys, ctx.position_ids, layer_idx) >= p  # (B, T)
-        if self.full_depth_share:
-            # position -1 and layer -1 are never drawn for a token: this is the row's own draw
-            full_row = hash_uniform(keys, torch.full_like(keys, -1), -1) < self.full_depth_share  # (B, 1)
-            run = run | full_row
+        if self.full_depth_share or pool is not None:
+            # positions and layers below 0 are never drawn for a token: these are the row's own draws
+            row_draw = hash_uniform(keys, torch.full_like(keys, -1), -1)  # (B, 1)
+            run = run | (row_draw < self.full_depth_share)
+        if pool is not None:
+            on_pool = (row_draw >= self.full_depth_share) & (row_draw < self.full_depth_share + self.route_pool_share)
+            which = (hash_uniform(keys, torch.full_like(keys, -2), -2) * len(pool)).long().clamp(max=len(pool) - 1)
+            route_runs = pool[:, layer_idx].to(keys.device)[which]  # (B, 1)
+            run = torch.where(on_pool, route_runs, run)
         return run
 
 
@@ -519,7 +536,7 @@ def build_router(cfg: DepthConfig, num_layers: int, controllers: nn.ModuleDict |
     if static is not None:
         return StaticRouter(static)
     if cfg.mode == "stochastic":
-        return StochasticRouter(cfg.skip_probs, cfg.seed, cfg.full_depth_share)
+        return StochasticRouter(cfg.skip_probs, cfg.seed, cfg.full_depth_share, cfg.route_pool, cfg.route_pool_share)
     if cfg.mode == "random_budget":
         return PerSequenceRouter(num_layers, cfg.budget, cfg.keep_first, cfg.seed)
     if cfg.mode == "learned":
