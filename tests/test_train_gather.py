@@ -1,10 +1,10 @@
 """A teacher-forced pass that runs each layer only on the rows of the tokens that run it (gathered)
 equals the pass that runs every token and keeps the runners' outputs (today's masked computation):
 logits at every real position, the loss and every parameter's gradient, in fp32, on tiny random OPT
-(both layouts), Llama and GPT-2 models; for static routes with the prompt at full depth, `stochastic`,
-`early_exit` with labels, both kv_fill values, left and right padding, and LoRA. `learned` controllers
-under the straight-through estimator keep the masked computation (their gate gradient needs the
-layer's output on skipped rows)."""
+(both layouts), Llama and GPT-2 models; for static routes with the prompt at full depth, `stochastic`
+(with a route pool too), `early_exit` with labels, both kv_fill values, left and right padding, and
+LoRA. `learned` controllers under the straight-through estimator keep the masked computation (their
+gate gradient needs the layer's output on skipped rows)."""
 from __future__ import annotations
 
 import pytest
@@ -20,6 +20,8 @@ DEPTHS = {
     "early_exit": dict(mode="early_exit", exit_after=2),
     "route": dict(mode="route", route=[True, False, True, False]),
     "stochastic": dict(mode="stochastic", skip_probs=[0.0] + [0.5] * (LAYERS - 1), seed=3),
+    "stochastic_pool": dict(mode="stochastic", skip_probs=[0.0] + [0.5] * (LAYERS - 1), seed=3, full_depth_share=0.3,
+                            route_pool=[[1], [2, 3]], route_pool_share=0.4),
     "confidence_exit": dict(mode="confidence_exit", exit_layers=[1, 2], threshold=0.02),
     "random_budget": dict(mode="random_budget", budget=2, seed=1),
 }
