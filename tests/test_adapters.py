@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 import torch
 
-from adalas import AdalasForCausalLM
+from adalas import AdalasForCausalLM, DepthConfig
 from adalas.hub import adapter_aliases, adapter_dir, load_tokenizer
+from adalas.recipes import load_recipe
 
 ALIASES = adapter_aliases()
 
@@ -21,6 +23,24 @@ def test_a_shipped_adapter_is_small_and_says_how_it_was_made(alias):
     provenance = json.loads((d / "provenance.json").read_text())
     assert {"command", "recipe", "data_sha256", "steps", "wall_s", "base_model"} <= set(provenance)
     assert provenance["data"] != "builtin"
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_a_shipped_adapter_was_trained_at_its_recipes_depth(alias):
+    """`adalas train --recipe <recipe>` remakes what ships: the depth the adapter was trained at (the
+    recipe's, or a --depth on its command line) is the recipe's depth today."""
+    provenance = json.loads((adapter_dir(alias) / "provenance.json").read_text())
+    argv = shlex.split(provenance["command"])
+    recipe = load_recipe(provenance["recipe"])
+    trained = argv[argv.index("--depth") + 1] if "--depth" in argv else recipe["depth"]
+    assert DepthConfig.parse(trained) == DepthConfig.parse(recipe["depth"])
+
+
+def test_the_dropout_models_route_pool_is_the_shipped_route_adapters_routes():
+    pool = DepthConfig.parse(load_recipe("smollm2-135m-dropout")["depth"]).route_pool
+    routes = [DepthConfig.from_dir(adapter_dir(a)).skip_layers
+              for a in ("smollm2-135m-adapted-20", "smollm2-135m-adapted-24")]
+    assert pool == routes
 
 
 @pytest.mark.slow

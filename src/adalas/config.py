@@ -116,7 +116,8 @@ class DepthConfig:
             raise ValueError(f"route_pool_share: must be a share in [0, 1], got {self.route_pool_share!r}")
         if self.route_pool is not None:
             if self.mode != "stochastic":
-                raise ValueError(f"route_pool: only mode 'stochastic' draws routes per sequence; got mode {self.mode!r}")
+                raise ValueError(f"route_pool: only mode 'stochastic' draws routes per sequence; "
+                                 f"got mode {self.mode!r}")
             if not isinstance(self.route_pool, (list, tuple)) or not self.route_pool:
                 raise ValueError(f"route_pool: must be a non-empty list of skip lists, got {self.route_pool!r}")
             for k, skips in enumerate(self.route_pool):
