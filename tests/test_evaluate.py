@@ -125,7 +125,10 @@ def tiny8(tmp_path_factory):
 
 
 @pytest.mark.parametrize("depth", [DepthConfig(mode="random_budget", budget=4, seed=3),
-                                   DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.4] * 7, seed=3)])
+                                   DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.4] * 7, seed=3),
+                                   DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.4] * 7, seed=3,
+                                               full_depth_share=0.2, route_pool=[[1, 2], [5, 6, 7]],
+                                               route_pool_share=0.4)])
 def test_random_draws_belong_to_the_sequence(tiny8, tmp_path, depth):
     """The same sequence draws the same route (random_budget: the `route` column) or the same per-token
     skips (stochastic: `layer_runs`) at batch sizes 1, 3 and 7 and in reverse order, and generates the

@@ -220,7 +220,7 @@ def test_a_route_pool_share_of_sequences_runs_exactly_one_pooled_route():
     gates = m(input_ids=ids, attention_mask=mask, labels=labels).layer_gates  # (B, T, L)
     shared_gates = shared(input_ids=ids, attention_mask=mask, labels=labels).layer_gates
     routes = [tuple(i not in skips for i in range(L8)) for skips in pool]
-    kinds = {"full": 0, "pool": set(), "drop": 0}
+    kinds, drawn_routes = {"full": 0, "pool": 0, "drop": 0}, set()
     for r, s in enumerate(seqs):
         response = gates[r, len(s) - 4:len(s)]  # the 4 response tokens (the prompt runs every layer)
         assert bool(gates[r, :len(s) - 4].all())
@@ -230,14 +230,16 @@ def test_a_route_pool_share_of_sequences_runs_exactly_one_pooled_route():
             continue
         token_routes = {tuple(t.tolist()) for t in response}
         if len(token_routes) == 1 and token_routes <= set(routes):
-            kinds["pool"] |= token_routes
+            drawn_routes |= token_routes
+            kinds["pool"] += 1
             one, lab = torch.tensor([s]), labels[r:r + 1, :len(s)]
             assert torch.equal(m(input_ids=one, labels=lab).layer_gates[0], gates[r, :len(s)])  # alone too
         else:
             assert torch.equal(gates[r, :len(s)], shared_gates[r, :len(s)]), r
             kinds["drop"] += 1
-    assert kinds["pool"] == set(routes)  # both routes drawn
-    assert 0.1 * 96 <= kinds["full"] <= 0.5 * 96 and 0.1 * 96 <= kinds["drop"] <= 0.5 * 96, kinds
+    assert drawn_routes == set(routes)  # both routes drawn
+    shares = {k: v / len(seqs) for k, v in kinds.items()}  # about 0.3, 0.4 and 0.3
+    assert 0.15 <= shares["full"] <= 0.45 and 0.25 <= shares["pool"] <= 0.55 and 0.15 <= shares["drop"] <= 0.45, kinds
     everyone = _model(DepthConfig(mode="stochastic", skip_probs=probs, seed=1, route_pool=[[3]],
                                   route_pool_share=1.0))
     g = everyone(input_ids=ids, attention_mask=mask, labels=labels).layer_gates
