@@ -248,3 +248,19 @@ def test_redo_drops_only_the_chosen_configs_and_a_rerun_makes_them_again(tiny, t
         with pytest.raises(ValueError, match=says):
             S.forget_configs(out, patterns, configs)
     assert (out / "sweep.jsonl").read_bytes() == (fresh / "sweep.jsonl").read_bytes()
+
+
+def test_a_redo_under_other_settings_is_refused_before_any_row_is_dropped(tiny, tmp_path):
+    configs = S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=0)
+    _sweep(tiny, tmp_path, configs)
+    files = {n: (tmp_path / n).read_bytes() for n in ("per_sequence.jsonl", "sweep.jsonl", "settings.json")}
+    other_length = S.sweep_settings("tiny", None, 6, "data")  # the directory was made with 5 new tokens
+    with pytest.raises(ValueError, match=r"holds results made with max_new_tokens=5, not 6"):
+        S.forget_configs(tmp_path, ["uniform_skip@2"], configs, settings=other_length)
+    reseeded = S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=1)  # other random routes
+    same = S.sweep_settings("tiny", None, 5, "data")
+    with pytest.raises(ValueError, match=r"config 'random_route@3#0' was defined as"):
+        S.forget_configs(tmp_path, ["uniform_skip@2"], reseeded, settings=same)
+    assert {n: (tmp_path / n).read_bytes() for n in files} == files  # nothing dropped, nothing recorded
+    assert S.forget_configs(tmp_path, ["random_route@*"], reseeded, settings=same) == \
+        ["random_route@3#0", "random_route@2#0"]  # the redone configs may change

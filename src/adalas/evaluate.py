@@ -350,9 +350,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None = None) -> None:
+def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None = None, record: bool = True) -> None:
     """Record `settings` (and config ids -> definitions) in out_dir/settings.json, refusing a
-    directory whose rows were made with other settings or another definition of a config id."""
+    directory whose rows were made with other settings or another definition of a config id.
+    `record=False` only checks (before rows are dropped for a redo)."""
     path = Path(out_dir) / "settings.json"
     old = json.loads(path.read_text()) if path.is_file() else None
     if old is not None:
@@ -374,7 +375,7 @@ def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None
                              f"{definition}; use another --out or the same --seed/--keep-first")
         merged[cid] = definition
     doc = {"settings": settings, "configs": merged}
-    if doc != old:
+    if record and doc != old:
         atomic_write_json(path, doc)
 
 

@@ -261,8 +261,7 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     mine = shard(plan, rank, world_size)
     t_start = time.perf_counter()
     L = model.num_layers
-    check_settings(out_dir, {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens,
-                             "reference": reference, **(settings or {})},
+    check_settings(out_dir, sweep_settings(model_id, data_id, max_new_tokens, reference, settings),
                    {c.config_id: c.definition() for c in configs})
     store = RowStore(out_dir, "per_sequence.jsonl", ("config_id", "id"), rank, world_size)
     done = set(store.rows())
@@ -313,10 +312,20 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     return result if merged else None
 
 
-def forget_configs(out_dir: str | Path, patterns: Sequence[str], configs: Sequence[SweepConfig]) -> list[str]:
+def sweep_settings(model_id: Any, data_id: Any, max_new_tokens: int, reference: str,
+                   settings: dict | None = None) -> dict:
+    """What every row of a sweep directory shares (settings.json's `settings`; a rerun must agree)."""
+    return {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens, "reference": reference,
+            **(settings or {})}
+
+
+def forget_configs(out_dir: str | Path, patterns: Sequence[str], configs: Sequence[SweepConfig],
+                   settings: dict | None = None) -> list[str]:
     """Drop the rows and the recorded definitions of the configs (of `configs`) whose ids match a
     shell pattern (`adapted:smollm2-135m-dropout*`), so that the next run makes them again: after an
     adapter is retrained, without giving up the directory's other configs. Returns the ids dropped.
+    `settings` (`sweep_settings` of the run that follows): a directory made with other settings, or
+    with other definitions of the configs kept, is refused before anything is dropped.
     One process only: the files are rewritten (atomically) before any row is made."""
     import fnmatch
 
@@ -332,6 +341,9 @@ def forget_configs(out_dir: str | Path, patterns: Sequence[str], configs: Sequen
     out_dir = Path(out_dir)
     if (out_dir / "parts").is_dir() and any((out_dir / "parts").iterdir()):
         raise ValueError(f"redo: {out_dir} has unmerged rank files (parts/); finish that run first")
+    if settings is not None and out_dir.is_dir():
+        check_settings(out_dir, settings, {c.config_id: c.definition() for c in configs if c.config_id not in chosen},
+                       record=False)
     for name in ("per_sequence.jsonl", "sweep.jsonl"):
         rows = read_jsonl(out_dir / name, repair=True)
         kept = [r for r in rows if r.get("config_id") not in chosen]

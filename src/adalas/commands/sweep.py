@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     from ..data import load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device
     from ..metrics import parse_metrics
-    from ..sweep import build_configs, forget_configs, parse_budgets, parse_strategies, run_sweep
+    from ..sweep import build_configs, forget_configs, parse_budgets, parse_strategies, run_sweep, sweep_settings
 
     args = build_parser().parse_args(argv)
     fill_defaults(args)
@@ -74,8 +74,13 @@ def main(argv: list[str]) -> int:
     configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
                             args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
                             args.checkpoints, null_k=args.null_k, adapted=args.adapted)
+    data_id = {"name": args.data, "split": args.split}
+    settings = {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
+                "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {})}
     if args.redo:
-        print(f"redo: dropped the rows of {', '.join(forget_configs(args.out, args.redo, configs))}", flush=True)
+        full_settings = sweep_settings(args.model, data_id, args.max_new_tokens, args.reference, settings)
+        dropped = forget_configs(args.out, args.redo, configs, settings=full_settings)
+        print(f"redo: dropped the rows of {', '.join(dropped)}", flush=True)
     items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
                        context=context_length(model), max_new_tokens=args.max_new_tokens,
                        long_prompts=args.long_prompts, source=f"data {args.data!r}")
@@ -83,9 +88,7 @@ def main(argv: list[str]) -> int:
           + (f" (rank {rank} of {world})" if world > 1 else ""), flush=True)
     rows = run_sweep(model, tok, items, configs, args.out, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, reference=args.reference, rank=rank, world_size=world,
-                     model_id=args.model, data_id={"name": args.data, "split": args.split},
-                     settings={"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
-                               "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {})},
+                     model_id=args.model, data_id=data_id, settings=settings,
                      progress=not args.no_progress, teacher_forced=teacher_forced)
     if rows is None:
         print(f"rank {rank}: done; the last rank to finish merges into {args.out}")
