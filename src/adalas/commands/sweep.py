@@ -10,7 +10,8 @@ comparisons, the adapted models' table); a killed sweep resumes where it stopped
 `--adapted` adds shipped adapted models: `ALIAS` on its own depth (beside its route off the shelf),
 `ALIAS@24` with uniform skipping to 24 layers, `ALIAS@OTHER` on another alias's route.
 `--redo ID ...` first drops the rows of the configs whose ids match (shell patterns, such as
-`'adapted:smollm2-135m-dropout*'` after that adapter is retrained), so they run again.
+`'adapted:smollm2-135m-dropout*'` after that adapter is retrained), so they run again; a directory
+made with other settings is refused first, with nothing dropped.
 `--null-k K` adds the oracle's null control: the full model sampled K - 1 times (full_sample#1..K-1).
 Under torchrun / accelerate (RANK, WORLD_SIZE) each rank takes its share of the batches.
 """
