@@ -161,19 +161,15 @@ class DepthConfig:
     def check_layers(self, num_layers: int) -> None:
         """Checks against the model's layer count L."""
         L = num_layers
-        for name in ("skip_layers", "controller_layers"):
-            for i in getattr(self, name) or []:
+        pooled = [(f"route_pool[{k}]", skips) for k, skips in enumerate(self.route_pool or [])]
+        for name, layers in [("skip_layers", self.skip_layers), ("controller_layers", self.controller_layers), *pooled]:
+            for i in layers or []:
                 if i >= L:
                     raise ValueError(f"{name}: layer {i} is out of range for a model with {L} layers (0..{L - 1})")
-        if self.mode == "static_skip" and len(set(self.skip_layers)) >= L:
-            raise ValueError(f"skip_layers: skips all {L} layers of the model, so {_RUNS_NO_LAYER}")
-        for k, skips in enumerate(self.route_pool or []):
-            for i in skips:
-                if i >= L:
-                    raise ValueError(f"route_pool[{k}]: layer {i} is out of range for a model with {L} layers "
-                                     f"(0..{L - 1})")
+        skip_lists = [("skip_layers", self.skip_layers)] if self.mode == "static_skip" else []
+        for name, skips in skip_lists + pooled:
             if len(set(skips)) >= L:
-                raise ValueError(f"route_pool[{k}]: skips all {L} layers of the model, so {_RUNS_NO_LAYER}")
+                raise ValueError(f"{name}: skips all {L} layers of the model, so {_RUNS_NO_LAYER}")
         if self.skip_probs is not None and len(self.skip_probs) != L:
             raise ValueError(f"skip_probs: has {len(self.skip_probs)} entries; the model has {L} layers")
         if self.route is not None and len(self.route) != L:

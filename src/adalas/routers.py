@@ -122,21 +122,24 @@ class StochasticRouter(_KeyedRouter):
         self.seed = seed
         self.full_depth_share = float(full_depth_share)
         self.route_pool_share = float(route_pool_share) if route_pool else 0.0
-        L = len(self.skip_probs)
-        self.pool_runs = None  # (R, L) bool: route r runs layer i
+        self.pool_runs = None  # (R, L) bool: route r runs layer i; moved to the rows' device on first use
+        self.pool_skips: set[int] = set()  # layers some pooled route skips (a Python set: no device sync)
         if self.route_pool_share:
-            self.pool_runs = torch.ones(len(route_pool), L, dtype=torch.bool)
+            self.pool_runs = torch.ones(len(route_pool), len(self.skip_probs), dtype=torch.bool)
             for r, skips in enumerate(route_pool):
                 self.pool_runs[r, list(skips)] = False
+                self.pool_skips.update(skips)
 
     def decide(self, layer_idx, h, ctx):
         p = self.skip_probs[layer_idx]
         pool = self.pool_runs
-        if p <= 0.0 and (pool is None or bool(pool[:, layer_idx].all())):
+        if p <= 0.0 and layer_idx not in self.pool_skips:
             return True
         if p >= 1.0 and not self.full_depth_share and pool is None:
             return False
         keys = self._state(ctx).keys[ctx.row_ids][:, None]  # (B, 1)
+        if pool is not None and pool.device != keys.device:
+            self.pool_runs = pool = pool.to(keys.device)  # once, not a copy per layer and step
         run = hash_uniform(keys, ctx.position_ids, layer_idx) >= p  # (B, T)
         if self.full_depth_share or pool is not None:
             # positions and layers below 0 are never drawn for a token: these are the row's own draws
@@ -145,7 +148,7 @@ class StochasticRouter(_KeyedRouter):
         if pool is not None:
             on_pool = (row_draw >= self.full_depth_share) & (row_draw < self.full_depth_share + self.route_pool_share)
             which = (hash_uniform(keys, torch.full_like(keys, -2), -2) * len(pool)).long().clamp(max=len(pool) - 1)
-            route_runs = pool[:, layer_idx].to(keys.device)[which]  # (B, 1)
+            route_runs = pool[:, layer_idx][which]  # (B, 1)
             run = torch.where(on_pool, route_runs, run)
         return run
 
