@@ -147,6 +147,27 @@ def test_cached_generation_equals_recomputation(hf_model, name, kv_fill):
         torch.testing.assert_close(logits, ref[:, 5 + s], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["stochastic", "random_budget"])
+@torch.no_grad()
+def test_cached_generation_equals_recomputation_with_skip_prompt(hf_model, name):
+    """skip_prompt=True makes the prompt follow the route, but the random key still reads the prompt
+    alone (labels -100), so the uncached forward draws what generation drew."""
+    ids, mask = batch(B=3, T=6)
+    m = AdalasForCausalLM.from_hf(hf_model, DepthConfig(skip_prompt=True, **CACHED_CONFIGS[name])).eval()
+    steps = []
+    orig = m.logits_from_state
+    m.logits_from_state = lambda h: steps.append(orig(h)) or steps[-1]
+    n_new = 5
+    out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+    m.logits_from_state = orig
+    full_mask = torch.cat([mask, torch.ones(3, n_new, dtype=mask.dtype)], dim=1)
+    labels = out.clone()
+    labels[:, :6] = -100
+    ref = m(input_ids=out, attention_mask=full_mask, labels=labels).logits
+    for s, logits in enumerate(steps):
+        torch.testing.assert_close(logits, ref[:, 5 + s], atol=ATOL, rtol=0)
+
+
 @torch.no_grad()
 def test_layer_usage_exact_for_static_routes(hf_model):
     ids, mask = batch(B=2, T=5)

@@ -58,7 +58,9 @@ class StepContext:
     row_ids: torch.Tensor  # (B,) row of each sequence in the call (seeds per-sequence randomness)
     rotary: Any
     mask: torch.Tensor | None  # (B, 1, T, T_kv) bool, or None = causal over all keys
-    prompt: torch.Tensor | bool  # (B, T) bool, or one bool for every token
+    prompt: torch.Tensor | bool  # (B, T) bool, or one bool for every token: what random keys read
+    full: torch.Tensor | bool = False  # (B, T) bool or one bool: tokens that run every layer (the prompt,
+    # unless skip_prompt); a separate fact from `prompt`, so skip_prompt leaves the keys as they are
     cache: KVCache | None = None
     cache_rows: torch.Tensor | None = None  # rows of the cache this context covers (None = all)
     sequence_state: Any = None
@@ -79,6 +81,7 @@ class StepContext:
             self, position_ids=self.position_ids[idx], input_ids=self.input_ids[idx], row_ids=self.row_ids[idx],
             rotary=rot, mask=None if self.mask is None else self.mask[idx],
             prompt=self.prompt if isinstance(self.prompt, bool) else self.prompt[idx],
+            full=self.full if isinstance(self.full, bool) else self.full[idx],
             cache_rows=idx if parent is None else parent[idx], real=None if self.real is None else self.real[idx],
             initial=None if self.initial is None else self.initial[idx], _signals={}, scratch={})
 
@@ -131,19 +134,18 @@ def routed_pass(model, input_ids, position_ids, attention_mask, prompt, cache, s
     ctx = StepContext(
         family=fam, position_ids=position_ids, input_ids=input_ids,
         row_ids=torch.arange(B, device=input_ids.device), rotary=fam.rotary(h, position_ids),
-        mask=build_attention_mask(model, attention_mask, cache, T), prompt=prompt, cache=cache,
+        mask=build_attention_mask(model, attention_mask, cache, T), prompt=prompt,
+        full=False if model.depth.skip_prompt else prompt, cache=cache,
         sequence_state=sequence_state, initial=h, windows=fam.windows,
         real=None if cache is not None or attention_mask is None else attention_mask.bool())
-    if model.depth.skip_prompt:
-        ctx.prompt = False
     gates: list[torch.Tensor] = []
     hidden = [h] if output_hidden_states else None
     for i, layer in enumerate(fam.layers()):
-        if ctx.prompt is True:  # prompt-only step: every layer runs; per-sequence routers read the prompt
+        if ctx.full is True:  # prompt-only step: every layer runs; per-sequence routers read the prompt
             model.router.observe(i, h, ctx)
             run = True
         else:
-            run = _with_prompt(model.router.decide(i, h, ctx), ctx.prompt)
+            run = _with_prompt(model.router.decide(i, h, ctx), ctx.full)
         if count_active is not None:
             model.usage.count_layer(i, run, *count_active)
         h = _apply_layer(model, i, layer, h, ctx, run)
@@ -169,7 +171,7 @@ def routed_step(model, input_ids: torch.Tensor, position_ids: torch.Tensor, cach
 
 
 def _with_prompt(run, prompt):
-    """Prompt tokens run every layer (unless skip_prompt, which clears ctx.prompt)."""
+    """Tokens in `prompt` (`ctx.full`: the prompt, none under skip_prompt) run every layer."""
     if prompt is False or run is True:
         return run
     if prompt is True:

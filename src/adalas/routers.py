@@ -220,7 +220,7 @@ def real_tokens(ctx: "StepContext") -> torch.Tensor:
 
 def prompt_tokens(ctx: "StepContext") -> torch.Tensor:
     """(B, T) bool: the non-pad prompt tokens of a step (every real token of a prefill or of a forward
-    without labels; label -100 in a forward with labels, unless `skip_prompt` hides which those are)."""
+    without labels; label -100 in a forward with labels), with or without `skip_prompt`."""
     real = real_tokens(ctx)
     return real if isinstance(ctx.prompt, bool) else real & ctx.prompt
 
@@ -325,7 +325,7 @@ class ConfidenceExitRouter(Router):
             s["head_evals"] = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)  # (B, T)
         exited = s["exited"]
         if layer_idx in self.exit_layers:
-            running = ~exited if isinstance(ctx.prompt, bool) else ~exited & ~ctx.prompt
+            running = ~exited if isinstance(ctx.full, bool) else ~exited & ~ctx.full
             idx = running.nonzero(as_tuple=True)
             if idx[0].numel():
                 with torch.no_grad():
