@@ -55,7 +55,8 @@ def test_rouge_matches_rouge_score_called_directly(tiny, tmp_path):
     for pred, ref in pairs:
         direct = scorer.score(ref, pred)
         ours = E.rouge(pred, ref)
-        assert ours == {k: direct[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")}
+        assert ours == {**{k: direct[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")},
+                        "rougeL_precision": direct["rougeL"].precision, "rougeL_recall": direct["rougeL"].recall}
     assert E.rouge("running", "run")["rouge1"] == 0.0  # no stemmer
 
     metrics = _eval(tiny, tmp_path)
@@ -71,7 +72,26 @@ def test_rouge_matches_rouge_score_called_directly(tiny, tmp_path):
                 "versions"):
         assert key in saved
     assert set(rows[0]) >= {"id", "prompt", "reference", "prediction", "rougeL", "layers_used", "prompt_tokens",
-                            "output_tokens"}
+                            "output_tokens", "stopped", "rougeL_precision", "rougeL_recall"}
+
+
+def test_precision_recall_length_and_stop_share_separate_content_from_length(tiny, tmp_path):
+    metrics = _eval(tiny, tmp_path)
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    for r in rows:
+        direct = E.rouge(r["prediction"], r["reference"])
+        assert (r["rougeL_precision"], r["rougeL_recall"]) == (direct["rougeL_precision"], direct["rougeL_recall"])
+        if r["output_tokens"] < 6:  # below the cap (6 new tokens): it ended on EOS
+            assert r["stopped"]
+    stops = [r["stopped"] for r in rows]
+    assert 0 < sum(stops) < len(stops)  # the tiny model stops on some rows and runs to the cap on others
+    assert metrics["stop_share"] == pytest.approx(sum(stops) / len(stops))
+    for key in ("rougeL_precision", "rougeL_recall"):
+        assert metrics[key] == pytest.approx(sum(r[key] for r in rows) / len(rows))
+    # rows written before these columns existed: P/R come from the text, the stop share is unknown
+    old = [{k: v for k, v in r.items() if k not in ("stopped", "rougeL_precision", "rougeL_recall")} for r in rows]
+    again = E.summarize(old, tiny["model"].num_layers, [True] * tiny["model"].num_layers)
+    assert again["rougeL_recall"] == pytest.approx(metrics["rougeL_recall"]) and again["stop_share"] is None
 
 
 @pytest.mark.parametrize("depth,expected", [

@@ -66,13 +66,17 @@ _SCORER = None
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
-    """F1 of rouge1, rouge2 and rougeL (not Lsum) for one sequence; rouge-score, no stemmer."""
+    """F1 of rouge1, rouge2 and rougeL (not Lsum) for one sequence, and rougeL's precision and
+    recall (F against a short reference mixes content with length: recall says how much of the
+    reference the output covers, precision how much of the output is in it); rouge-score, no stemmer."""
     global _SCORER
     if _SCORER is None:
         from rouge_score import rouge_scorer
         _SCORER = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
     scores = _SCORER.score(reference, prediction)  # rouge-score takes (target, prediction)
-    return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+    out = {name: scores[name].fmeasure for name in ROUGE_TYPES}
+    out.update(rougeL_precision=scores["rougeL"].precision, rougeL_recall=scores["rougeL"].recall)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +211,7 @@ class Generation:
     steps: int  # decode steps counted for this row: output_tokens - 1
     layer_runs: list[int]  # per layer, how many of those steps ran it
     route: str | None = None  # "1101...": the one route this row followed (None: decided per token)
+    stopped: bool = False  # the row produced EOS within the cap (False: it ran to max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -244,22 +249,23 @@ def generate_batch(model, tokenizer, items: Sequence[EvalItem], max_new_tokens: 
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **options)
     new = out[:, ids.shape[1]:].cpu()  # (B, n_new)
     eos = _eos_ids(model)
-    lengths = []
+    lengths, stopped = [], []
     for row in new.tolist():
-        n = len(row)
+        n, stop = len(row), False
         for j, t in enumerate(row):
             if t in eos:
-                n = j + 1
+                n, stop = j + 1, True
                 break
         lengths.append(n)
+        stopped.append(stop)
     steps = torch.tensor([max(n - 1, 0) for n in lengths])  # (B,)
     routes = row_routes(model, len(items))  # (B, L) or None
     runs = row_layer_runs(model, ids, mask, new, steps, routes)  # (B, L)
     _check_against_counters(model, runs, steps)
     texts = [tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new.tolist(), lengths)]
     route_strs = [None] * len(items) if routes is None else ["".join("1" if x else "0" for x in r) for r in routes.tolist()]
-    return [Generation(t, len(it.input_ids), n, int(s), r, rt) for t, it, n, s, r, rt in
-            zip(texts, items, lengths, steps.tolist(), runs.tolist(), route_strs)]
+    return [Generation(t, len(it.input_ids), n, int(s), r, rt, stop) for t, it, n, s, r, rt, stop in
+            zip(texts, items, lengths, steps.tolist(), runs.tolist(), route_strs, stopped)]
 
 
 def row_routes(model, batch_size: int) -> torch.Tensor | None:
@@ -389,7 +395,7 @@ def make_row(item: EvalItem, gen: Generation, reference: str, static: bool, fall
     layers_used = sum(gen.layer_runs) / gen.steps if gen.steps else fallback_layers
     row = {"id": item.id, "prompt": item.prompt, "reference": reference, "prediction": gen.prediction,
            **scores, "layers_used": layers_used, "prompt_tokens": gen.prompt_tokens,
-           "output_tokens": gen.output_tokens, **(extra or {})}
+           "output_tokens": gen.output_tokens, "stopped": gen.stopped, **(extra or {})}
     if gen.route is not None:
         row["route"] = gen.route
     if not static:
@@ -475,8 +481,11 @@ def _fallback_layers(model) -> float:
 
 
 def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | None = None) -> dict:
-    """Mean ROUGE F1 over rows, with the bootstrap interval of rougeL's (`rougeL_ci95`); layer usage
-    pooled over every counted token (as `layer_usage()`)."""
+    """Mean ROUGE F1 over rows, with the bootstrap interval of rougeL's (`rougeL_ci95`), rougeL's
+    precision and recall, the mean generated tokens and the share of rows that stopped before the
+    cap (`stop_share`); layer usage pooled over every counted token (as `layer_usage()`).
+    Rows written before precision, recall and `stopped` were recorded get P/R from their prediction
+    and reference; their `stop_share` is None (a row at the cap may or may not have ended on EOS)."""
     if not rows:
         raise ValueError("summarize: no rows")
     n = len(rows)
@@ -494,8 +503,13 @@ def summarize(rows: Sequence[dict], num_layers: int, route: Sequence[bool] | Non
     usage = [r / steps for r in runs] if steps else [0.0] * num_layers
     out = {name: sum(float(r[name]) for r in rows) / n for name in ROUGE_TYPES}
     out["rougeL_ci95"] = bootstrap_ci([float(r["rougeL"]) for r in rows])
+    for name in ("rougeL_precision", "rougeL_recall"):
+        out[name] = sum(float(r[name]) if name in r else rouge(r["prediction"], r["reference"])[name]
+                        for r in rows) / n
+    stops = [r.get("stopped") for r in rows]
     out.update(avg_layers=sum(usage), layer_usage=usage, n=n,
-               output_tokens=sum(int(r["output_tokens"]) for r in rows) / n)
+               output_tokens=sum(int(r["output_tokens"]) for r in rows) / n,
+               stop_share=None if None in stops else sum(map(bool, stops)) / n)
     out.update(summarize_columns(rows))  # flops_per_token, nll, top1_agreement (adalas.metrics)
     return out
 
@@ -525,7 +539,8 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
     settings = {"model": identity.get("model"), "data": identity.get("data"), "depth": depth.to_dict(),
                 "max_new_tokens": max_new_tokens, "reference": reference,
                 **{k: v for k, v in generation.items() if k in ("prompt_format", "max_prompt_tokens")},
-                **({"metrics": list(teacher_forced)} if teacher_forced else {})}
+                **({"metrics": list(teacher_forced)} if teacher_forced else {}),
+                **({"data_sha256": identity["data_sha256"]} if identity.get("data_sha256") else {})}
     check_settings(out_dir, settings)
     store = RowStore(out_dir, "per_sequence.jsonl", ("id",), rank, world_size)
     ref_store = RowStore(out_dir, "full_reference.jsonl", ("id",), rank, world_size) if reference == "full" else None

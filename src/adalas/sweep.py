@@ -218,11 +218,14 @@ def checkpoint_num_layers(directory: Path) -> int | None:
         return None
 
 
-def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, data_id: Any, reference: str) -> dict:
+def sweep_row(cfg: SweepConfig, metrics: dict, num_layers: int, model_id: Any, data_id: Any, reference: str,
+              data_sha256: str | None = None) -> dict:
     route = cfg.depth.static_route(num_layers)
     row = {"config_id": cfg.config_id, "strategy": cfg.strategy, "budget": cfg.budget,
            "route": route_to_str(route) if route else None, "depth": cfg.depth.to_dict(),
            "model": model_id, "data": data_id, "num_layers": num_layers, "reference": reference, **metrics}
+    if data_sha256 is not None:  # a local file's bytes: the row names exactly what it was scored on
+        row["data_sha256"] = data_sha256
     if cfg.checkpoint is not None:
         row["checkpoint"] = cfg.checkpoint
     if cfg.strategy == "adapted":
@@ -292,7 +295,8 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
                 rows = store.rows()
                 references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}
             if world_size == 1:
-                _write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference, complete_only=True)
+                _write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference, complete_only=True,
+                             data_sha256=(settings or {}).get("data_sha256"))
     finally:
         bar.close()
         model.set_depth(base_depth)
@@ -303,7 +307,7 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     def merge() -> None:
         store.merge(order)
         result.extend(_write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference,
-                                   complete_only=False))
+                                   complete_only=False, data_sha256=(settings or {}).get("data_sha256")))
 
     fingerprint = plan_fingerprint("sweep", [[it.id for it in b.items] for b in plan], ids, world_size)
     merged = finish_shards(out_dir, rank, world_size, fingerprint, merge)
@@ -375,11 +379,12 @@ def add_configs(out_dir: str | Path, items: Sequence[EvalItem], configs: Sequenc
             raise ValueError(f"rows: config {cfg.config_id!r} was given rows of another config")
         store.append([r for r in rows if store.key(r) not in done])
     return _write_sweep(out_dir, store, items, [*configs, *(c for c, _ in added)], num_layers, model_id, data_id,
-                        reference, complete_only=False)
+                        reference, complete_only=False, data_sha256=old["settings"].get("data_sha256"))
 
 
 def _write_sweep(out_dir: Path, store: RowStore, items: Sequence[EvalItem], configs: Sequence[SweepConfig],
-                 num_layers: int, model_id: Any, data_id: Any, reference: str, complete_only: bool) -> list[dict]:
+                 num_layers: int, model_id: Any, data_id: Any, reference: str, complete_only: bool,
+                 data_sha256: str | None = None) -> list[dict]:
     """sweep.jsonl from the per-sequence rows: one row per config that has every sequence."""
     rows = store.rows()
     out = []
@@ -391,7 +396,7 @@ def _write_sweep(out_dir: Path, store: RowStore, items: Sequence[EvalItem], conf
             raise ValueError(f"config {cfg.config_id!r}: {sum(r is None for r in picked)} sequence(s) missing "
                              f"after the merge")
         metrics = summarize(picked, num_layers, cfg.depth.static_route(num_layers))
-        out.append(sweep_row(cfg, metrics, num_layers, model_id, data_id, reference))
+        out.append(sweep_row(cfg, metrics, num_layers, model_id, data_id, reference, data_sha256))
     atomic_write_text(out_dir / "sweep.jsonl", "".join(dumps_row(r) + "\n" for r in out))
     return out
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from ..cli import load_model_from_args
     from ..config import DepthConfig
-    from ..data import load_examples
+    from ..data import data_sha256, load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device, run_eval, write_stdout_summary
     from ..metrics import COLUMNS, parse_metrics
     from ..recipes import load_recipe, split_recipe_flag, to_argv
@@ -105,6 +105,7 @@ def main(argv: list[str]) -> int:
                        context=context_length(model), max_new_tokens=args.max_new_tokens,
                        long_prompts=args.long_prompts, source=f"data {args.data!r}")
     identity = {"model": args.model, "data": {"name": args.data, "split": args.split}, "limit": args.limit,
+                **({"data_sha256": sha} if (sha := data_sha256(args.data)) else {}),
                 "generation": {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
                                "long_prompts": args.long_prompts},
                 **({"recipe": args.recipe} if args.recipe else {})}

@@ -51,7 +51,7 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     from ..cli import load_model_from_args
-    from ..data import load_examples
+    from ..data import data_sha256, load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device
     from ..metrics import parse_metrics
     from ..sweep import build_configs, forget_configs, parse_budgets, parse_strategies, run_sweep, sweep_settings
@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
                             args.checkpoints, null_k=args.null_k, adapted=args.adapted)
     data_id = {"name": args.data, "split": args.split}
     settings = {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
-                "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {})}
+                "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {}),
+                **({"data_sha256": sha} if (sha := data_sha256(args.data)) else {})}
     if args.redo:
         full_settings = sweep_settings(args.model, data_id, args.max_new_tokens, args.reference, settings)
         dropped = forget_configs(args.out, args.redo, configs, settings=full_settings)
