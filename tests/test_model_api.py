@@ -147,6 +147,25 @@ def test_peft_lora_wraps_and_trains():
     assert gen.shape == (2, 10)
 
 
+@pytest.mark.parametrize("keyword", ["past_key_values", "inputs_embeds", "token_type_ids", "cache_position",
+                                     "output_attentions", "no_such_option"])
+def test_forward_refuses_inputs_it_would_drop(keyword):
+    """A keyword forward would ignore (a cache, embeddings instead of ids, token types) is refused,
+    naming it; what peft and the Trainer pass (None placeholders, return_dict, use_cache,
+    num_items_in_batch) is accepted."""
+    m = AdalasForCausalLM.from_hf(tiny_llama())
+    ids, _ = batch(pad=False)
+    value = True if keyword == "output_attentions" else torch.zeros(2, 7, dtype=torch.long)
+    with pytest.raises(ValueError, match=keyword):
+        m(input_ids=ids, **{keyword: value})
+    ref = m(input_ids=ids).logits
+    out = m(input_ids=ids, inputs_embeds=None, past_key_values=None, token_type_ids=None, output_attentions=False,
+            return_dict=True, use_cache=False, num_items_in_batch=None)
+    torch.testing.assert_close(out.logits, ref)
+    with pytest.raises(ValueError, match="return_dict"):
+        m(input_ids=ids, return_dict=False)
+
+
 @pytest.mark.slow
 def test_embedded_model_loads_and_matches_transformers():
     from adalas.hub import load_hf_model, load_tokenizer

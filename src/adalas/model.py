@@ -34,6 +34,9 @@ CONTROLLERS_FILE = "adalas_controllers.safetensors"
 # what torch.utils.checkpoint.checkpoint takes besides the function and its inputs
 CHECKPOINT_OPTIONS = frozenset({"use_reentrant", "context_fn", "determinism_check", "debug", "early_stop",
                                 "preserve_rng_state"})
+# forward keywords that change nothing at these values (peft passes None placeholders; `use_cache`:
+# an uncached forward whatever it says); any other keyword or value is refused, not dropped
+FORWARD_NO_OPS = {"return_dict": (None, True), "output_attentions": (None, False)}
 
 
 @dataclass
@@ -225,9 +228,16 @@ class AdalasForCausalLM(nn.Module):
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                output_hidden_states: bool = False, num_items_in_batch: Any = None,
-                **unused: Any) -> AdalasCausalLMOutput:
-        """An uncached forward. Prompt tokens: label -100, or every token when there are no labels."""
+                output_hidden_states: bool = False, num_items_in_batch: Any = None, use_cache: Any = None,
+                **kwargs: Any) -> AdalasCausalLMOutput:
+        """An uncached forward. Prompt tokens: label -100, or every token when there are no labels.
+        `**kwargs` (kept so the Trainer passes `num_items_in_batch`): None placeholders and the no-ops
+        of FORWARD_NO_OPS; anything else (a cache, `inputs_embeds`, `token_type_ids`) is refused, since
+        the result would silently not reflect it."""
+        for name, value in kwargs.items():
+            if value is not None and not any(value is ok for ok in FORWARD_NO_OPS.get(name, ())):
+                raise ValueError(f"forward: {name}={_short(value)} is not supported by adalas (an uncached forward "
+                                 f"from input_ids; it would be ignored)")
         B, T = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -250,6 +260,10 @@ class AdalasForCausalLM(nn.Module):
         if input_ids is None:
             raise ValueError("generate: input_ids is required")
         return generate(self, input_ids, attention_mask, **kwargs)
+
+
+def _short(value: Any) -> str:
+    return f"<tensor {tuple(value.shape)}>" if torch.is_tensor(value) else repr(value)[:40]
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
