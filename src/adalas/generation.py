@@ -22,7 +22,8 @@ the end); a skipped layer costs one branch and nothing else: with one route per 
 token reads the keys/values it would store, so `kv_fill` "propagate" and "mask" compute the same
 thing (`DepthConfig.stores_skipped_kv`). That is the engine's planned pass (`adalas.engine`): the
 same layer body as its routed pass, with the family's fused projection weights
-(`Family.fused_weights`). Per-token modes (stochastic, learned, confidence_exit) use the routed pass. `draft_depth=` switches to self-speculative
+(`Family.fused_weights`: built for the call and freed when it returns, unless a `Family.hold_fused`
+block keeps them across calls). Per-token modes (stochastic, learned, confidence_exit) use the routed pass. `draft_depth=` switches to self-speculative
 decoding (`adalas.speculative`).
 """
 from __future__ import annotations

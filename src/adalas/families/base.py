@@ -28,7 +28,8 @@ class Family:
     def __init__(self, hf: nn.Module):
         self.hf = hf
         self.config = hf.config
-        self._fused = weakref.WeakKeyDictionary()  # layer -> (source key, fused tensors), reused across calls
+        self._fused = weakref.WeakKeyDictionary()  # layer -> (source key, fused tensors), while a block holds them
+        self._holds = 0  # open `hold_fused()` blocks (`fused_weights()` is one): the copies live until the last ends
         self.active: dict[nn.Module, dict] = {}  # inside `fused_weights()`: layer -> fused tensors
         self.dims: tuple[int, int, int] = (0, 0, 0)  # inside `fused_weights()`: (H, H_kv, Dh), read once
         self._windows: tuple[int | None, ...] | None = None  # `windows`, read from the config on first use
@@ -144,26 +145,42 @@ class Family:
         return hit[1]
 
     @contextmanager
-    def fused_weights(self, enabled: bool = True) -> Iterator[None]:
-        """Within this block, `qkv`/`kv`/`mlp` use fused weights where a layer allows it. Only for
-        eval-mode, no-grad decoding: a training step must reach the original parameters."""
-        if not enabled or torch.is_grad_enabled() or self.hf.training:
-            yield
-            return
-        self.dims = (self.num_heads, self.num_kv_heads, self.head_dim)  # config reads are slow per layer
-        active = {}
-        for layer in self.layers():
-            fused = self._fused_for(layer)
-            if fused is not None:
-                active[layer] = fused
-        self.active = active
+    def hold_fused(self) -> Iterator[None]:
+        """Keep the fused copies across the `fused_weights()` blocks (generate calls) inside this one,
+        and free them when it ends. The copies are about 70% of a Llama layer again (an out-of-memory
+        error for a large model on a GPU if kept), and rebuilding them costs about 0.3 s per call for
+        the embedded model on a CPU: loops of many calls (evaluation, benchmarks) hold them."""
+        self._holds += 1
         try:
             yield
         finally:
-            self.active = {}
+            self._holds -= 1
+            if not self._holds:
+                self.release_fused()
+
+    @contextmanager
+    def fused_weights(self, enabled: bool = True) -> Iterator[None]:
+        """Within this block, `qkv`/`kv`/`mlp` use fused weights where a layer allows it. Only for
+        eval-mode, no-grad decoding: a training step must reach the original parameters. The copies
+        are freed when the block ends, unless a `hold_fused()` block around it keeps them."""
+        if not enabled or torch.is_grad_enabled() or self.hf.training:
+            yield
+            return
+        with self.hold_fused():
+            self.dims = (self.num_heads, self.num_kv_heads, self.head_dim)  # config reads are slow per layer
+            active = {}
+            for layer in self.layers():
+                fused = self._fused_for(layer)
+                if fused is not None:
+                    active[layer] = fused
+            self.active = active
+            try:
+                yield
+            finally:
+                self.active = {}
 
     def fused_bytes(self) -> int:
-        """Memory held by fused weight copies (kept between generate calls; `release_fused()` frees it)."""
+        """Memory held by fused weight copies (0 outside `fused_weights()` / `hold_fused()` blocks)."""
         return sum(t.numel() * t.element_size() for _, f in self._fused.values() for w, b in f.values()
                    for t in (w, b) if t is not None)
 
