@@ -298,7 +298,8 @@ def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progr
     filt = PromptFilter(settings, state, [r["instruction"] for r in rows] + state.get("unanswered_prompts", []))
     bar = tqdm(total=settings.n, initial=state["rows"], desc="synth", unit="row", disable=not progress)
     start = time.monotonic()
-    with open(out, "a", encoding="utf-8") as f:
+    # the fused weight copies are built once for every round's generate() calls (Family.hold_fused)
+    with open(out, "a", encoding="utf-8") as f, model.family.hold_fused():
         while state["rows"] < settings.n:
             r = state["rounds_done"]
             if given is None and r >= max_rounds(settings):

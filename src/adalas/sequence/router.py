@@ -113,17 +113,18 @@ def generate_grouped(model, prompts, batch_size: int = 8, **generate_kwargs) -> 
     t1 = time.perf_counter()
     routes = router.controller.routes  # (K, L)
     sequences: list[list[int] | None] = [None] * len(prompts)
-    for idx in plan_groups(choices, [len(p) for p in prompts], batch_size):
-        ids, mask = left_pad([prompts[i] for i in idx])
-        kinds = sorted({choices[i] for i in idx})
-        if len(kinds) == 1:
-            depth = DepthConfig(mode="route", route=routes[kinds[0]].tolist(), kv_fill=model.depth.kv_fill)
-            run = temporary_depth(model, depth)
-        else:
-            run = _fixed_routes(model, routes[[choices[i] for i in idx]])
-        with run:
-            out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)
-        for r, i in enumerate(idx):
-            sequences[i] = out[r, ids.shape[1]:].tolist()
+    with model.family.hold_fused():  # fused weight copies built once for every group's call
+        for idx in plan_groups(choices, [len(p) for p in prompts], batch_size):
+            ids, mask = left_pad([prompts[i] for i in idx])
+            kinds = sorted({choices[i] for i in idx})
+            if len(kinds) == 1:
+                depth = DepthConfig(mode="route", route=routes[kinds[0]].tolist(), kv_fill=model.depth.kv_fill)
+                run = temporary_depth(model, depth)
+            else:
+                run = _fixed_routes(model, routes[[choices[i] for i in idx]])
+            with run:
+                out = model.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)
+            for r, i in enumerate(idx):
+                sequences[i] = out[r, ids.shape[1]:].tolist()
     t2 = time.perf_counter()
     return GroupedGeneration(sequences, choices, [route_to_str(r) for r in routes.tolist()], t1 - t0, t2 - t1)
