@@ -1,0 +1,153 @@
+"""The real-task protocol's machinery: logged looks, rows committed without the data's text, the
+report that joins references back by id (refusing another file), and its statistics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adalas import stats, task_report, tasks
+from adalas.cli import main
+from adalas.data import file_sha256
+from adalas.evaluate import rouge
+
+REFS = ["the cat sat on the mat", "a dog ran in the park today", "rain is expected all week",
+        "she bought bread and milk", "the meeting moved to friday"]
+
+
+def _data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "shared"
+    d.mkdir()
+    for name, t in tasks.REAL_TASKS.items():
+        rows = [{"id": f"{name}-{i}", "instruction": "Summarize.", "input": "text " * 5, "output": r}
+                for i, r in enumerate(REFS)]
+        (d / t.file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def _row(cid: str, task: str, i: int, prediction: str, layers: float, tokens: int, stopped: bool) -> dict:
+    return {"config_id": cid, "id": f"{task}-{i}", "prompt": "secret prompt", "reference": REFS[i],
+            "prediction": prediction, **rouge(prediction, REFS[i]), "layers_used": layers, "prompt_tokens": 9,
+            "output_tokens": tokens, "stopped": stopped}
+
+
+def _results(tmp_path: Path, data_dir: Path, drop_words: int = 2) -> Path:
+    """A committed-looking results folder: full depth, and a 20-layer config that loses words."""
+    out = tmp_path / "results"
+    for name, t in tasks.REAL_TASKS.items():
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        rows = []
+        for i, ref in enumerate(REFS):
+            rows.append(_row("full", name, i, ref, 30.0, 8, True))
+            rows.append(_row("adapted:smollm2-135m-adapted-20", name, i, " ".join(ref.split()[:-drop_words]), 20.0, 7,
+                             True))
+            rows.append(_row("route:smollm2-135m-adapted-20", name, i, ref.split()[0], 20.0, 8, i % 2 == 0))
+        (run / "per_sequence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sha = file_sha256(data_dir / t.file)
+        (run / "settings.json").write_text(json.dumps({"settings": {"data_sha256": sha}, "configs": {}}))
+        (run / "sweep.jsonl").write_text("")
+        tasks.publish(run, out / name)
+    return out
+
+
+def test_a_look_is_logged_once_per_config_and_weights(tmp_path):
+    looks = tmp_path / "LOOKS.jsonl"
+    first = tasks.log_looks(looks, "samsum", "abc", [("full", "w0"), ("adapted:x", "w1")], "first look", "c1")
+    assert [c["config_id"] for c in first["configs"]] == ["full", "adapted:x"]
+    assert tasks.log_looks(looks, "samsum", "abc", [("full", "w0"), ("adapted:x", "w1")], "resumed", "c2") is None
+    again = tasks.log_looks(looks, "samsum", "abc", [("full", "w0"), ("adapted:x", "w2")], "retrained", "c3")
+    assert again["configs"] == [{"config_id": "adapted:x", "model_sha256": "w2"}]  # new weights: a new look
+    other = tasks.log_looks(looks, "cnn_dailymail", "def", [("full", "w0")], "another task", "c3")
+    assert other is not None
+    lines = [json.loads(x) for x in looks.read_text().splitlines()]
+    assert len(lines) == 3 and all({"date", "commit", "task", "data_sha256", "configs", "why"} <= set(x) for x in lines)
+    with pytest.raises(ValueError, match="why"):
+        tasks.log_looks(looks, "samsum", "abc", [("new", "w9")], "  ", "c4")
+
+
+def test_committed_rows_keep_no_data_text_and_references_come_back_by_id(tmp_path):
+    data_dir = _data_dir(tmp_path)
+    out = _results(tmp_path, data_dir)
+    rows = [json.loads(x) for x in (out / "samsum" / "per_sequence.jsonl").read_text().splitlines()]
+    assert rows and not any(k in r for r in rows for k in ("prompt", "reference"))
+    assert "secret prompt" not in (out / "samsum" / "per_sequence.jsonl").read_text()
+    joined = tasks.join_references(rows, data_dir / "samsum.test.jsonl", file_sha256(data_dir / "samsum.test.jsonl"))
+    assert [r["reference"] for r in joined if r["config_id"] == "full"] == REFS
+    with pytest.raises(ValueError, match="sha256"):
+        tasks.join_references(rows, data_dir / "samsum.test.jsonl", "0" * 64)
+
+
+def test_report_states_ratios_targets_and_refuses_rows_of_another_file(tmp_path):
+    data_dir = _data_dir(tmp_path)
+    out = _results(tmp_path, data_dir)
+    path = task_report.write_task_report(out, data_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    pooled = summary["pooled"]["configs"]
+    assert summary["pooled"]["n"] == 3 * len(REFS)
+    assert pooled["full"]["f_ratio"]["ratio"] == 1.0 and pooled["full"]["f_ratio"]["ci95"] == [1.0, 1.0]
+    full_f = np.mean([rouge(r, r)["rougeL"] for r in REFS])
+    ad = [rouge(" ".join(r.split()[:-2]), r) for r in REFS]
+    assert pooled["adapted:smollm2-135m-adapted-20"]["f_ratio"]["ratio"] == pytest.approx(
+        np.mean([s["rougeL"] for s in ad]) / full_f)
+    assert pooled["adapted:smollm2-135m-adapted-20"]["precision"] == pytest.approx(1.0)  # content kept, length lost
+    assert pooled["adapted:smollm2-135m-adapted-20"]["recall"] < 0.8
+    assert pooled["route:smollm2-135m-adapted-20"]["stop_share"] == pytest.approx(3 / 5)
+    names = {t["target"]: t for t in summary["targets"]}
+    assert not names["adapted:smollm2-135m-adapted-20 pooled recall_ratio >= 0.900"]["met"]
+    gap = summary["gaps"]["adapted:smollm2-135m-adapted-20"]
+    assert 0 < gap["share"] < 1 and gap["ci95"][0] <= gap["share"] <= gap["ci95"][1]
+    text = path.read_text()
+    assert "## Pooled" in text and "## samsum" in text and "**no**" in text
+    assert (out / "rouge_vs_layers.png").stat().st_size > 0
+    # a data file that changed since the rows were made is refused
+    f = data_dir / "samsum.test.jsonl"
+    f.write_text(f.read_text().replace("cat", "bat"))
+    with pytest.raises(ValueError, match="sha256"):
+        task_report.build_summary(out, data_dir)
+
+
+def test_stratified_resamples_keep_each_stratum_and_its_size():
+    strata = ["a"] * 3 + ["b"] * 5
+    idx = stats.resample_indices(8, strata, resamples=50, seed=1)
+    assert idx.shape == (50, 8)
+    assert ((idx[:, :3] < 3).all() and (idx[:, 3:] >= 3).all())
+
+
+def test_equivalence_and_the_detectable_difference():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.3, 0.1, 400)
+    same = stats.equivalence(a, a + rng.normal(0, 0.01, 400), margin=0.015)
+    assert same["equivalent"] and same["detectable"] < 0.015
+    far = stats.equivalence(a, a - 0.05, margin=0.015)
+    assert not far["equivalent"] and far["ci95"][0] > 0.015
+    noisy = stats.equivalence(a[:10], rng.normal(0.3, 0.1, 10), margin=0.015)  # 10 rows cannot show it
+    assert not noisy["equivalent"] and noisy["detectable"] > 0.015
+    with pytest.raises(ValueError, match="margin"):
+        stats.equivalence(a, a, margin=0)
+
+
+def test_ratio_and_gap_closed_are_paired_point_estimates_with_intervals():
+    full = np.array([0.4, 0.5, 0.3, 0.6])
+    r = stats.paired_ratio(full * 0.9, full)
+    assert r["ratio"] == pytest.approx(0.9) and r["ci95"] == pytest.approx([0.9, 0.9])
+    g = stats.gap_closed(full * 0.8, full * 0.5, full)
+    assert g["share"] == pytest.approx(0.6) and g["ci95"] == pytest.approx([0.6, 0.6])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["tasks", "run", "--data-dir", "{d}"], "--why"),
+    (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--tasks", "alpaca"], "unknown 'alpaca'"),
+    (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--phases", "9"], "--phases"),
+    (["tasks", "report", "--data-dir", "{missing}"], "is not a file"),
+])
+def test_tasks_command_refuses_bad_input_in_one_line(tmp_path, capsys, argv, needle):
+    data_dir = _data_dir(tmp_path)
+    argv = [a.format(d=data_dir, missing=tmp_path / "nowhere") for a in argv]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
