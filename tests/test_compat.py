@@ -367,3 +367,23 @@ def test_embedding_accessors_for_peft():
     hf = tiny_llama()
     m = AdalasForCausalLM.from_hf(hf)
     assert m.get_input_embeddings() is hf.model.embed_tokens and m.get_output_embeddings() is hf.lm_head
+
+
+# -- the declared torch floor -------------------------------------------------------------------------
+# (what the code calls, the first torch release that has it): pyproject.toml's torch floor must cover each
+TORCH_NEEDS = {"enable_gqa=": (2, 5),  # F.scaled_dot_product_attention's grouped key/value heads
+               "F.rms_norm(": (2, 4)}
+
+
+def test_the_declared_torch_floor_covers_what_the_code_calls():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = re.search(r'"torch>=(\d+)\.(\d+)', (root / "pyproject.toml").read_text())
+    assert declared, "pyproject.toml: no torch>=X.Y floor"
+    floor = (int(declared.group(1)), int(declared.group(2)))
+    source = "".join(p.read_text() for p in (root / "src" / "adalas").rglob("*.py"))
+    for needle, since in TORCH_NEEDS.items():
+        if needle in source:
+            assert floor >= since, f"{needle} needs torch>={since[0]}.{since[1]}; pyproject.toml says {floor}"
