@@ -2,6 +2,7 @@
 the same bytes, the filters (built-in rows above all) counted in the meta file, and bad input refused."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -116,6 +117,23 @@ def test_builtin_rows_and_duplicates_are_dropped_and_counted(chat_model, tmp_pat
     assert kept == fresh
     assert (meta["dropped_builtin"], meta["dropped_duplicate"], meta["dropped_short"]) == (2, 1, 1)
     assert meta["sampled"] == len(prompts)
+
+
+def test_rows_sharing_an_8_gram_with_an_excluded_test_set_are_dropped_and_counted(chat_model, tmp_path):
+    dialogue = "Amanda: I baked cookies. Do you want some? Jerry: Sure! Amanda: I'll bring you tomorrow :-)"
+    test = tmp_path / "samsum.test.jsonl"  # a test set's own columns, read as the loader reads it
+    test.write_text(json.dumps({"id": "t1", "dialogue": dialogue, "summary": "Amanda baked cookies and will "
+                                "bring Jerry some tomorrow."}) + "\n")
+    fresh = ["Name a color please", "List three fruits for me"]
+    prompts = [{"instruction": "Summarize: " + dialogue},  # the dialogue itself
+               {"instruction": "Why amanda baked cookies and will bring jerry some tomorrow"},  # the reference
+               {"instruction": fresh[0]}, {"instruction": fresh[1]}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    meta = synth(chat_model, tmp_path / "out.jsonl", "--prompts", str(tmp_path / "prompts.jsonl"), "--n", "10",
+                 "--exclude", str(test))
+    kept = [json.loads(line)["instruction"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert kept == fresh and meta["dropped_test"] == 2
+    assert meta["settings"]["exclude_sha256"] == [hashlib.sha256(test.read_bytes()).hexdigest()]
 
 
 def test_near_duplicates_share_an_8_gram():

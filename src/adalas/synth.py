@@ -13,8 +13,9 @@ Notable:
 - Filters, in this order, each drop counted in the meta file: unfinished (no end-of-turn within
   `max_prompt_tokens`); built-in (the same normalized text as a built-in instruction, with or without
   its input, or a shared word 8-gram with a built-in row's instruction, input or output: the built-in
-  set is evaluation data and must not leak into training); short; long; duplicate among the kept
-  prompts (same normalized text, or a shared word 8-gram).
+  set is evaluation data and must not leak into training); test (a shared word 8-gram with any text
+  of a row of the `exclude` files, e.g. the real test sets: checked on the prompt and on the answer);
+  short; long; duplicate among the kept prompts (same normalized text, or a shared word 8-gram).
 - `--prompts FILE` replaces sampling with a user's prompts (JSONL/JSON with `instruction` and an
   optional `input`, or plain text, one prompt a line); the same filters apply.
 """
@@ -34,7 +35,7 @@ from .io import atomic_write_json, atomic_write_text
 
 NGRAM = 8
 DROP_COUNTERS = ("dropped_short", "dropped_long", "dropped_unfinished", "dropped_duplicate", "dropped_builtin",
-                 "dropped_unanswered")
+                 "dropped_test", "dropped_unanswered")
 _SLOT = "\ue000adalas-user-turn\ue000"
 
 
@@ -54,6 +55,8 @@ class SynthSettings:
     top_p: float = 0.95
     prompts: str | None = None      # a user's prompt file instead of sampling
     prompts_sha256: str | None = None
+    exclude: tuple[str, ...] = ()   # evaluation files (e.g. the real test sets) whose text must not leak
+    exclude_sha256: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("n", "batch_size", "max_new_tokens", "max_prompt_tokens", "min_prompt_words",
@@ -101,6 +104,18 @@ class NearDuplicates:
     def seen(self, text: str) -> bool:
         w = words(text)
         return " ".join(w) in self.texts or not ngrams(w, self.n).isdisjoint(self.grams)
+
+
+def test_filter(files: Sequence[str]) -> NearDuplicates:
+    """Every text of every row of evaluation files (instruction, input or dialogue or article, and
+    reference): a word 8-gram shared with any of them means their text would leak into training."""
+    seen = NearDuplicates()
+    for f in files:
+        for ex in load_examples(str(f)):
+            for text in (ex.instruction, ex.context, ex.response):
+                if text:
+                    seen.add(text)
+    return seen
 
 
 def builtin_filter() -> NearDuplicates:
@@ -217,8 +232,10 @@ def _load_state(out: Path, settings: SynthSettings) -> tuple[dict, list[dict]]:
             raise ValueError(f"--out: {str(out)!r} exists without {meta.name}; pass a new path")
         return _new_state(settings), []
     state = json.loads(meta.read_text(encoding="utf-8"))
-    if state.get("settings") != asdict(settings):
-        diff = sorted(k for k, v in asdict(settings).items() if state.get("settings", {}).get(k) != v)
+    now, was, default = _jsonable(asdict(settings)), state.get("settings", {}), _jsonable(asdict(SynthSettings()))
+    # a setting added since the file was made counts as its default (earlier files keep resuming)
+    diff = sorted(k for k, v in now.items() if was.get(k, default[k]) != v)
+    if diff:
         raise ValueError(f"--out: {str(out)!r} was made with other settings ({', '.join(diff)}); "
                          f"pass a new path or the same settings")
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line.strip()] \
@@ -235,7 +252,11 @@ def max_rounds(settings: SynthSettings) -> int:
 
 
 def drops(state: dict) -> str:
-    return ", ".join(f"{k.removeprefix('dropped_')} {state[k]}" for k in DROP_COUNTERS if state[k])
+    return ", ".join(f"{k.removeprefix('dropped_')} {state[k]}" for k in DROP_COUNTERS if state.get(k))
+
+
+def _jsonable(obj: dict) -> dict:
+    return json.loads(json.dumps(obj))  # tuples as lists, as the meta file holds them
 
 
 def _dumps(row: dict) -> str:
@@ -248,6 +269,7 @@ class PromptFilter:
     def __init__(self, settings: SynthSettings, state: dict, kept: Iterable[str]):
         self.settings, self.state = settings, state
         self.builtin = builtin_filter()
+        self.test = test_filter(settings.exclude)
         self.kept = NearDuplicates()
         for text in kept:
             self.kept.add(text)
@@ -257,6 +279,8 @@ class PromptFilter:
             return "dropped_unfinished"
         if self.builtin.seen(prompt):  # first, so that every leak of the evaluation set is counted
             return "dropped_builtin"
+        if self.test.seen(prompt):
+            return "dropped_test"
         n = len(words(prompt))
         if n < self.settings.min_prompt_words:
             return "dropped_short"
@@ -275,7 +299,7 @@ class PromptFilter:
                 self.kept.add(p)
                 kept.append(p)
             else:
-                self.state[why] += 1
+                self.state[why] = self.state.get(why, 0) + 1
         return kept
 
 
@@ -317,8 +341,9 @@ def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progr
             answers = answer(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
             new = []
             for j, (p, a) in enumerate(zip(prompts, answers)):
-                if not a:
-                    state["dropped_unanswered"] += 1
+                if not a or filt.test.seen(a):
+                    state["dropped_unanswered" if not a else "dropped_test"] = \
+                        state.get("dropped_unanswered" if not a else "dropped_test", 0) + 1
                     state.setdefault("unanswered_prompts", []).append(p)
                     continue
                 new.append({"id": f"synth-{settings.seed}-{r:05d}-{j:02d}", "instruction": p, "input": "",

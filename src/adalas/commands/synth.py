@@ -28,6 +28,9 @@ def build_parser():
     p.add_argument("--temperature", type=float, default=1.0, help="for sampling prompts (default 1.0)")
     p.add_argument("--top-p", type=float, default=0.95, help="for sampling prompts (default 0.95)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                   help="evaluation files whose text must not leak: a prompt or answer sharing a word 8-gram with "
+                        "any of their rows is dropped and counted (dropped_test), e.g. the real test sets")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -35,7 +38,7 @@ def build_parser():
 def main(argv: list[str]) -> int:
     from pathlib import Path
 
-    from ..data import file_sha256
+    from ..data import file_sha256, load_examples
     from ..synth import SynthSettings, meta_path, read_prompt_file, synthesize
 
     args = build_parser().parse_args(argv)
@@ -45,11 +48,14 @@ def main(argv: list[str]) -> int:
     out = check_output_file(args.out, example="synth.jsonl")
     if args.prompts:
         read_prompt_file(Path(args.prompts))  # refuse a bad file before the model loads
+    for f in args.exclude:
+        load_examples(f)  # an unreadable evaluation file fails before the model loads
     settings = SynthSettings(model=args.model, n=args.n, seed=args.seed, batch_size=args.batch_size,
                              max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                              min_prompt_words=args.min_prompt_words, max_prompt_words=args.max_prompt_words,
                              temperature=args.temperature, top_p=args.top_p, prompts=args.prompts,
-                             prompts_sha256=file_sha256(args.prompts) if args.prompts else None)
+                             prompts_sha256=file_sha256(args.prompts) if args.prompts else None,
+                             exclude=tuple(args.exclude), exclude_sha256=tuple(file_sha256(f) for f in args.exclude))
     model, tokenizer = load_model_from_args(args)
     state = synthesize(model, tokenizer, settings, out, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in state.items() if k != "settings"} | {"out": str(out),
