@@ -122,3 +122,97 @@ def test_unknown_field_and_malformed_json():
         DepthConfig.from_json('{"mode": ')
     with pytest.raises(ValueError, match="neither inline JSON nor an existing JSON file"):
         DepthConfig.parse("no/such/file.json")
+
+
+# -- what each mode takes ------------------------------------------------------------------------
+ONE_PER_MODE = {  # a valid config of each mode, and a non-default value for each mode-owned field
+    "full": {}, "static_skip": dict(skip_layers=[1, 3]), "stochastic": dict(skip_probs=[0.0, 0.5, 0.5, 0.25]),
+    "early_exit": dict(exit_after=2), "random_budget": dict(budget=2), "route": dict(route=[True, False, True, True]),
+    "learned": {}, "confidence_exit": dict(threshold=0.5, exit_layers=[1, 2]), "sequence": {},
+}
+OTHER_VALUE = dict(skip_layers=[1], skip_probs=[0.5] * 4, full_depth_share=0.5, route_pool=[[1]], route_pool_share=0.5,
+                   exit_after=2, budget=2, keep_first=True, route=[True, False, True, True], controller_layers=[1],
+                   controller_input="fixed", tau=0.5, hidden_layers=1, exit_layers=[1], threshold=0.5,
+                   measure="margin", router_path="router", target_avg_layers=2.0)
+
+
+def test_every_mode_field_is_owned_by_one_mode():
+    import dataclasses
+
+    from adalas.config import COMMON_FIELDS, MODE_FIELDS, MODES
+    owned = [name for names in MODE_FIELDS.values() for name in names]
+    assert set(MODE_FIELDS) == set(MODES) and len(owned) == len(set(owned))
+    assert sorted(owned + list(COMMON_FIELDS)) == sorted(f.name for f in dataclasses.fields(DepthConfig))
+    assert sorted(OTHER_VALUE) == sorted(owned)
+
+
+@pytest.mark.parametrize("mode", sorted(ONE_PER_MODE))
+def test_a_field_of_another_mode_is_refused_naming_the_field_and_the_mode(mode):
+    import dataclasses
+
+    from adalas.config import MODE_FIELDS
+    defaults = {f.name: f.default for f in dataclasses.fields(DepthConfig)}
+    for owner, names in MODE_FIELDS.items():
+        for name in names:
+            kw = {"mode": mode, **ONE_PER_MODE[mode], name: OTHER_VALUE[name]}
+            if owner == mode:
+                if name.startswith("route_pool"):  # the pool and its share go together
+                    kw.update(route_pool=OTHER_VALUE["route_pool"], route_pool_share=OTHER_VALUE["route_pool_share"])
+                DepthConfig(**kw)
+                continue
+            with pytest.raises(ValueError, match=rf"^{name}: only mode '{owner}' takes it; got mode '{mode}'") as e:
+                DepthConfig(**kw)
+            assert "\n" not in str(e.value)
+            DepthConfig(**{**kw, name: defaults[name]})  # at its default (as an old saved config may hold it): fine
+    with pytest.raises(ValueError, match="^exit_after: only mode 'early_exit'"):  # the example of issue 27
+        DepthConfig.from_json('{"mode": "static_skip", "skip_layers": [1], "exit_after": 15}')
+
+
+def _depth_entries(x, where):
+    """(where, value) of every `depth` / `draft_depth` entry of a parsed document that holds a config
+    (an object; a number under `depth` is a layer count, as in the study's E1 pairs)."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k in ("depth", "draft_depth") and isinstance(v, dict):
+                yield where, v
+            else:
+                yield from _depth_entries(v, where)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _depth_entries(v, where)
+
+
+def test_every_depth_config_in_the_repository_loads():
+    """Shipped adapters, recipes, study plans, and the depth of every committed result (sweep rows and
+    settings, metrics, study records) and of the self-written data's route choices."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from adalas.config import DEPTH_FILE
+    from adalas.recipes import load_recipe, recipe_names
+    root = Path(__file__).resolve().parents[1]
+    pkg = root / "src" / "adalas"
+    found = [(str(d), DepthConfig.from_dir(d)) for d in sorted((pkg / "adapters").glob("*")) if (d / DEPTH_FILE).is_file()]
+    assert len(found) >= 3
+    entries = [(f"recipe {name}", load_recipe(name).get("depth")) for name in recipe_names()]
+    for f in sorted((pkg / "studies").glob("*.yaml")):
+        entries += _depth_entries(yaml.safe_load(f.read_text()), str(f))
+    for pattern in ("results/**/*.json", "results/**/*.jsonl", "data/**/*.json", "data/**/*.jsonl"):
+        for f in sorted(root.glob(pattern)):
+            lines = f.read_text().splitlines() if f.suffix == ".jsonl" else [f.read_text()]
+            for k, line in enumerate(lines, 1):
+                if '"depth"' in line:
+                    entries += _depth_entries(json.loads(line), f"{f}:{k}" if f.suffix == ".jsonl" else str(f))
+    for where, value in entries:
+        if value is None:  # a recipe without a depth: full
+            continue
+        try:
+            found.append((where, DepthConfig.parse(json.dumps(value) if isinstance(value, dict) else value)))
+        except ValueError as e:
+            raise AssertionError(f"{where}: {e}") from None
+    assert sum(1 for w, _ in found if w.startswith("recipe")) >= 8
+    assert any("studies" in w for w, _ in found) and any("results" in w for w, _ in found)
+    assert {cfg.mode for _, cfg in found} >= {"full", "static_skip", "stochastic", "early_exit", "route", "learned",
+                                              "sequence"}

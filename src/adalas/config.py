@@ -3,6 +3,17 @@
 One dataclass holds every depth mode; `validate()` checks what needs no model (at construction),
 `check_layers(L)` what needs the layer count (in `from_hf`, `from_pretrained`, `set_depth`).
 Both raise ValueError naming the field. JSON round trip: `to_json()` / `from_json()`.
+
+Notable:
+- Each mode takes its own fields (`MODE_FIELDS`) beside the common ones (`COMMON_FIELDS`); a field of
+  another mode set to anything but its default is refused, naming the field and the mode, so
+  `mode="static_skip", exit_after=15` fails instead of silently meaning something else. Saved
+  configs hold only non-default fields (`to_dict`), so they load as they are.
+- Encodings (docs/design.md, "Depth config fields and their encodings"): a list of layers names
+  0-based layer indices (`skip_layers`, each skip list of `route_pool`: skipped; `controller_layers`:
+  with a controller); a route is one bool per layer, True = run (`route`); a depth is a count of
+  layers run from the bottom (`exit_after`, each of `exit_layers`: "exit after k layers", 1..L).
+  A new field follows one of these.
 """
 from __future__ import annotations
 
@@ -80,6 +91,11 @@ class DepthConfig:
         """Checks that need no model."""
         if self.mode not in MODES:
             raise ValueError(f"mode: unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        for f in dataclasses.fields(self):
+            owner = _MODE_OF_FIELD.get(f.name)
+            if owner is not None and owner != self.mode and getattr(self, f.name) != f.default:
+                raise ValueError(f"{f.name}: only mode {owner!r} takes it; got mode {self.mode!r} (leave it out or "
+                                 f"at its default, {f.default!r})")
         if self.kv_fill not in KV_FILLS:
             raise ValueError(f"kv_fill: unknown value {self.kv_fill!r}; allowed: {', '.join(KV_FILLS)}")
         if self.controller_input not in CONTROLLER_INPUTS:
@@ -109,15 +125,10 @@ class DepthConfig:
         if (isinstance(self.full_depth_share, bool) or not isinstance(self.full_depth_share, (int, float))
                 or not 0.0 <= self.full_depth_share <= 1.0):
             raise ValueError(f"full_depth_share: must be a share in [0, 1], got {self.full_depth_share!r}")
-        if self.full_depth_share and self.mode != "stochastic":
-            raise ValueError(f"full_depth_share: only mode 'stochastic' draws skips; got mode {self.mode!r}")
         if (isinstance(self.route_pool_share, bool) or not isinstance(self.route_pool_share, (int, float))
                 or not 0.0 <= self.route_pool_share <= 1.0):
             raise ValueError(f"route_pool_share: must be a share in [0, 1], got {self.route_pool_share!r}")
         if self.route_pool is not None:
-            if self.mode != "stochastic":
-                raise ValueError(f"route_pool: only mode 'stochastic' draws routes per sequence; "
-                                 f"got mode {self.mode!r}")
             if not isinstance(self.route_pool, (list, tuple)) or not self.route_pool:
                 raise ValueError(f"route_pool: must be a non-empty list of skip lists, got {self.route_pool!r}")
             for k, skips in enumerate(self.route_pool):
@@ -281,6 +292,21 @@ class DepthConfig:
         `kv_fill="propagate"` in modes that decide per token, where a later token may run that layer."""
         return self.kv_fill == "propagate" and not self.one_route_per_sequence
 
+
+# What each mode takes (DESIGN's table). Any other field must keep its default in that mode.
+COMMON_FIELDS: tuple[str, ...] = ("mode", "skip_prompt", "kv_fill", "seed")
+MODE_FIELDS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "static_skip": ("skip_layers",),
+    "stochastic": ("skip_probs", "full_depth_share", "route_pool", "route_pool_share"),
+    "early_exit": ("exit_after",),
+    "random_budget": ("budget", "keep_first"),
+    "route": ("route",),
+    "learned": ("controller_layers", "controller_input", "tau", "hidden_layers"),
+    "confidence_exit": ("exit_layers", "threshold", "measure"),
+    "sequence": ("router_path", "target_avg_layers"),
+}
+_MODE_OF_FIELD = {name: mode for mode, names in MODE_FIELDS.items() for name in names}
 
 _ONE_ROUTE_PER_SEQUENCE = frozenset({"full", "static_skip", "early_exit", "route", "random_budget", "sequence"})
 _RUNS_NO_LAYER = "generated tokens would run no layer; a depth config must keep at least one"
