@@ -98,6 +98,23 @@ def test_teacher_cache_rows_follow_the_batch_order():
     assert d.loss(model, batch, logits, torch.tensor(0.0), torch.tensor([0, 1]), None).item() < 1e-3
 
 
+def test_teacher_cache_key_reads_every_weight_the_dtype_k_and_temperature():
+    """The cached teacher's key changes with any weight (here one value deep in the last layer), the
+    dtype, k and T, and not with anything else (a copy of the same weights gets the same key)."""
+    from adalas.distill import cache_key, model_identity
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}]
+    model = AdalasForCausalLM.from_hf(tiny_llama())
+    key = cache_key(model_identity(model), rows, 8, 2.0)
+    assert cache_key(model_identity(AdalasForCausalLM.from_hf(tiny_llama())), rows, 8, 2.0) == key
+    assert cache_key(model_identity(model), rows, 4, 2.0) != key != cache_key(model_identity(model), rows, 8, 1.0)
+    with torch.no_grad():
+        model.model.model.layers[-1].mlp.down_proj.weight[20, 40] += 1e-3
+    changed = cache_key(model_identity(model), rows, 8, 2.0)
+    assert changed != key
+    assert cache_key(model_identity(model.to(torch.bfloat16)), rows, 8, 2.0) != changed
+
+
 @pytest.fixture(scope="module")
 def strong(work):  # noqa: F811
     """A tiny Llama whose layers matter (large random weights): skipping two of them moves the logits a lot."""

@@ -5,9 +5,10 @@ loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE, the mean ove
 The teacher is the same weights at full depth with no adapters. Two ways to get it:
 - **cached top-k** (`top_k > 0`, the default): one no-grad full-depth pass over the training set
   before training stores, per response token, the teacher's k most likely tokens and their
-  log-probabilities at temperature T, in a safetensors file under the cache directory, keyed by the
-  model, the tokenized data, T and k. Every later run on the same data (other routes, other seeds,
-  resumed runs) reuses it, and no step pays a teacher forward. The KL is taken over k + 1 buckets:
+  log-probabilities at temperature T, in a safetensors file under the cache directory, keyed by a
+  hash of every weight (and the dtype), the tokenized data, T, k and a format version. Every later
+  run on the same data (other routes, other seeds, resumed runs) reuses it, and no step pays a
+  teacher forward. The KL is taken over k + 1 buckets:
   the k tokens and "everything else" (the teacher's tail mass, and the student's mass outside the
   k). It is 0 exactly when the two agree on those buckets, and never exceeds the full KL.
 - **online** (`top_k = 0`): the full-vocabulary KL against a teacher forward each step (adapters
@@ -29,6 +30,7 @@ from .io import atomic_save_tensors
 from .paths import cache_dir
 
 INDEX_COLUMN = "example_index"  # the dataset row, so a batch finds its cached teacher rows
+TEACHER_FORMAT = 2  # the cached teacher's file layout and key recipe: bump when either changes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,21 +124,27 @@ class TeacherCache:
 
 
 def cache_key(model_identity: str, dataset, k: int, temperature: float) -> str:
-    """A hash of what decides the teacher's rows: the model, every tokenized example, k and T."""
-    h = hashlib.sha256(json.dumps({"model": model_identity, "k": k, "T": temperature}).encode())
+    """A hash of what decides the teacher's rows: the model, every tokenized example, k, T and the
+    cache's format version."""
+    h = hashlib.sha256(json.dumps({"model": model_identity, "k": k, "T": temperature,
+                                   "format": TEACHER_FORMAT}).encode())
     for row in dataset:
         h.update(json.dumps([row["input_ids"], row["labels"]]).encode())
     return h.hexdigest()[:24]
 
 
 def model_identity(model) -> str:
-    """What the teacher is: the weights' name_or_path plus a fingerprint of a few tensors' values."""
+    """What the teacher is: a hash of every weight and buffer of the wrapped model (name, dtype,
+    shape and bytes) and of its config less its path. A model retrained into the same directory, or
+    one weight changed anywhere, or another dtype, gets another key; the same weights loaded from
+    elsewhere get the same one. (About a second per 500 MB, once per training run.)"""
     hf = model.model
-    h = hashlib.sha256(str(getattr(hf.config, "_name_or_path", "")).encode())
-    named = list(hf.named_parameters())
-    for name, p in named[:: max(1, len(named) // 8)]:
-        h.update(name.encode())
-        h.update(p.detach().float().flatten()[:4096].numpy().tobytes())
+    config = {k: v for k, v in hf.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, t in [*hf.named_parameters(), *hf.named_buffers()]:
+        t = t.detach()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
