@@ -186,7 +186,8 @@ def test_sequence_mode_counts_the_routes_generate_chose(tiny, tmp_path):
     otherwise) and each row's route when it runs alone. The candidate routes differ below the feature
     layer, where a teacher-forced forward could not even decide; the controller reads the last prompt
     token's state, which a forward that counts the last generated token as prompt would change."""
-    from adalas.sequence import SequenceController, prompt_features
+    from adalas.routers import SequenceController
+    from adalas.sequence import prompt_features
 
     m = tiny["model"]
     routes = [[True, True, True, True], [True, False, True, True], [True, True, False, False]]

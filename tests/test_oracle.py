@@ -10,21 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adalas.config import route_from_str, route_to_str
 from adalas.oracle import (
     early_exit_route,
     knapsack,
     match_depth,
     oracle_curve,
     random_routes,
-    route_from_str,
     route_to_skip_layers,
-    route_to_str,
     run_oracle,
     solve_knapsack,
     sweep_identity,
     uniform_skip_route,
 )
-from adalas.io import read_jsonl_numbered
+from adalas.io import read_jsonl
 
 
 def brute_force(values, costs, budget):
@@ -374,7 +373,7 @@ def test_run_oracle_errors(tmp_path):
     d = write_sweep(tmp_path / "adapted")  # a shipped adapter of the sweep's model names itself: not another model
     with open(d / "sweep.jsonl", "a") as f:
         f.write(json.dumps({"config_id": "adapted:m-adapted", "strategy": "adapted", "model": "m-adapted"}) + "\n")
-    model, _ = sweep_identity(d, read_jsonl_numbered(d / "sweep.jsonl"))
+    model, _ = sweep_identity(d, read_jsonl(d / "sweep.jsonl", strict=True, numbered=True))
     assert model == "tiny-opt"
 
     d = write_sweep(tmp_path / "nofull", configs=CONFIGS[1:])

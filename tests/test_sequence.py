@@ -11,10 +11,11 @@ import torch
 from conftest import LAYERS, tiny_llama
 
 from adalas import AdalasForCausalLM, DepthConfig
-from adalas.oracle import route_from_str
-from adalas.sequence import (SequenceController, SweepTable, calibrate, calibration_table, compare_curves,
-                             evaluate_router, generate_grouped, load_sweep, pool_features, predict_routes,
-                             prompt_features, route_labels, split_ids, train_router)
+from adalas.config import route_from_str
+from adalas.routers import SequenceController, pool_features
+from adalas.sequence import (SweepTable, calibrate, calibration_table, compare_curves, evaluate_router,
+                             generate_grouped, load_sweep, predict_routes, prompt_features, route_labels, split_ids,
+                             train_router)
 
 ROUTES = ["1111", "1010", "1101"]  # full, uniform to 2, uniform to 3: all keep layer 0
 
@@ -23,8 +24,8 @@ ROUTES = ["1111", "1010", "1101"]  # full, uniform to 2, uniform to 3: all keep 
 def test_doctests():
     import doctest
 
-    from adalas.sequence import router, table, training
-    assert all(doctest.testmod(mod).failed == 0 for mod in (router, table, training))
+    from adalas.sequence import crossfit, router, table, training
+    assert all(doctest.testmod(mod).failed == 0 for mod in (crossfit, router, table, training))
 
 
 def test_labels_follow_the_tolerance_rule():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from adalas.cli import main
-from adalas.study import VERDICTS, _curve_scores, load_plan, plan_names, readme_study, tiny_rows
+from adalas.study import VERDICTS, load_plan, plan_names, readme_study, tiny_rows
+from adalas.study.common import curve_scores
 
 EXPERIMENTS = ("E1", "E2", "E3", "E4")
 
@@ -166,10 +167,10 @@ def test_a_bad_plan_is_refused_naming_what_is_wrong(tmp_path, edit, message):
 
 def test_a_curve_is_interpolated_per_sequence_between_its_two_neighbours():
     curve = [(2.0, np.array([0.0, 1.0])), (4.0, np.array([1.0, 0.0])), (8.0, np.array([1.0, 1.0]))]
-    np.testing.assert_allclose(_curve_scores(curve, 3.0), [0.5, 0.5])  # half of each config
-    np.testing.assert_allclose(_curve_scores(curve, 4.0), [1.0, 0.0])
-    np.testing.assert_allclose(_curve_scores(curve, 7.0), [1.0, 0.75])
-    assert _curve_scores(curve, 1.9) is None and _curve_scores(curve, 8.1) is None
+    np.testing.assert_allclose(curve_scores(curve, 3.0), [0.5, 0.5])  # half of each config
+    np.testing.assert_allclose(curve_scores(curve, 4.0), [1.0, 0.0])
+    np.testing.assert_allclose(curve_scores(curve, 7.0), [1.0, 0.75])
+    assert curve_scores(curve, 1.9) is None and curve_scores(curve, 8.1) is None
 
 
 def test_tiny_rows_hold_out_evaluation_pairs():

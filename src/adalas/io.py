@@ -7,8 +7,8 @@
 - JSONL rows (`dumps_row`, `read_jsonl`, `RowStore`): appended and flushed per batch, read back
   tolerantly (a torn last line is dropped), keyed so a resumed run skips what is done; the ranks of
   a sharded run write part files that `finish_shards` merges once every rank is done.
-- Strict reading of a finished results file (`read_jsonl_numbered`, `require_field`,
-  `require_number`): errors name the file, line and field.
+- Strict reading of a finished results file (`read_jsonl(..., strict=True, numbered=True)`,
+  `require_field`, `require_number`): errors name the file, line and field.
 """
 from __future__ import annotations
 
@@ -103,15 +103,22 @@ def dumps_row(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
-def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a JSONL file ([] if absent). A torn last line (no newline, not valid JSON) is
-    dropped, and with `repair` cut from the file; a bad line elsewhere raises ValueError."""
+def read_jsonl(path: Path, repair: bool = False, strict: bool = False, numbered: bool = False) -> list:
+    """Rows of a JSONL file; a bad line raises ValueError naming the file and line.
+
+    A file still being appended to (the default): [] when it is absent, and a torn last line (no
+    newline, not valid JSON) is dropped, with `repair` cut from the file. A finished results file
+    (`strict`, e.g. a sweep's): a missing or empty file raises, and so does a torn last line.
+    `numbered`: (line number, row) pairs, for messages that name the line."""
+    path = Path(path)
     if not path.is_file():
+        if strict:
+            raise ValueError(f"{path} not found")
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     tail = data[end:]
-    if tail.strip():
+    if tail.strip() and not strict:
         try:
             json.loads(tail)
             keep_tail = True
@@ -124,19 +131,21 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
                     f.write(b"\n")
                 else:
                     f.truncate(end)
-        if keep_tail:
-            end = len(data)
-    rows = []
-    for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), 1):  # not splitlines: see dumps_row
+        if not keep_tail:
+            data = data[:end]
+    rows: list = []
+    for lineno, line in enumerate(data.decode("utf-8").split("\n"), 1):  # not splitlines: see dumps_row
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e}); fix or delete the line") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or delete the line") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object")
-        rows.append(row)
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((lineno, row) if numbered else row)
+    if strict and not rows:
+        raise ValueError(f"{path} is empty")
     return rows
 
 
@@ -263,28 +272,6 @@ def finish_shards(out_dir: Path, rank: int, world_size: int, fingerprint: str, m
 
 
 # -- strict reading of finished results ----------------------------------------------------------
-def read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line of a finished results file (a sweep's), strictly:
-    a missing or empty file, or any bad line, raises ValueError naming the file and line."""
-    if not path.is_file():
-        raise ValueError(f"{path} not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    if not rows:
-        raise ValueError(f"{path} is empty")
-    return rows
-
-
 def require_field(row: dict, key: str, where: str) -> Any:
     """row[key], or ValueError naming `where` when it is missing or null."""
     if row.get(key) is None:
@@ -298,3 +285,15 @@ def require_number(row: dict, key: str, where: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
         raise ValueError(f"{where}: field {key!r} must be a finite number, got {x!r}")
     return float(x)
+
+
+# -- what a file is ----------------------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

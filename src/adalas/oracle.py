@@ -40,8 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import route_from_str, route_to_str  # noqa: F401  (their home is config.py; older imports name them here)
-from .io import atomic_write_json, check_output_file, read_jsonl_numbered, require_field, require_number
+from .io import atomic_write_json, check_output_file, read_jsonl, require_field, require_number
 
 LAYER_RESOLUTION = 8  # cost units per layer: fractional depths are rounded to 1/8 layer
 CURVE_STEP = 0.25  # default spacing of the oracle curve, in layers
@@ -553,7 +552,7 @@ def check_sweep_model(sweep_dir: str | os.PathLike, model: str) -> None:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ValueError(f"sweep directory {sweep_dir} does not exist")
-    recorded, _ = sweep_identity(sweep_dir, read_jsonl_numbered(sweep_dir / "sweep.jsonl"))
+    recorded, _ = sweep_identity(sweep_dir, read_jsonl(sweep_dir / "sweep.jsonl", strict=True, numbered=True))
     if recorded is None or recorded == model:
         return
     if isinstance(recorded, str) and Path(recorded).expanduser().is_dir() and Path(model).expanduser().is_dir() \
@@ -606,7 +605,7 @@ def run_oracle(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise ValueError(f"sweep directory {sweep_dir} does not exist")
     out = check_output_file(Path(out) if out is not None else sweep_dir / "oracle.json", example="oracle.json")
     sweep_path, seq_path = sweep_dir / "sweep.jsonl", sweep_dir / "per_sequence.jsonl"
-    sweep_rows, seq_rows = read_jsonl_numbered(sweep_path), read_jsonl_numbered(seq_path)
+    sweep_rows, seq_rows = (read_jsonl(p, strict=True, numbered=True) for p in (sweep_path, seq_path))
 
     model_id, _ = sweep_identity(sweep_dir, sweep_rows, seq_rows)
 

@@ -61,15 +61,14 @@ def build_parser():
 def main(argv: list[str]) -> int:
     from ..analysis import hidden_similarity
     from ..cli import load_model_from_args
-    from ..config import DepthConfig
     from ..data import load_examples
     from ..evaluate import context_length, load_items, versions
     from ..hub import adapter_aliases, adapter_base, adapter_dir
     from ..io import atomic_write_json, check_output_dir
     from ..oracle import run_oracle
     from ..report import read_json, readme_results, write_report
-    from ..sequence import crossfit_curves, crossfit_rows, load_sweep, prompt_features
-    from ..sweep import SweepConfig, add_configs, build_configs, parse_budgets, run_sweep
+    from ..sequence import add_crossfit_router, load_sweep
+    from ..sweep import build_configs, parse_budgets, run_sweep
 
     t_start = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -118,17 +117,8 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()  # the cross-fitted per-sequence router, among the headline oracle's choices
     if folds >= 2:
         table = load_sweep(out, ["full", *ORACLE_STRATEGIES])
-        prompts = {it.id: list(it.input_ids) for it in items}
-        layers = sorted({0, L // 8, L // 4, L // 2})
-        features = prompt_features(model, [prompts[s] for s in table.ids], layers, batch_size=max(args.batch_size, 16))
-        crossfit = crossfit_curves(table, features, folds=folds, seed=args.seed, targets=[float(b) for b in budgets])
-        routed = [(SweepConfig(f"sequence@{b}", "sequence", None,
-                               DepthConfig(mode="sequence", target_avg_layers=float(b))),
-                   crossfit_rows(out, table, crossfit["choices"][f"{b:g}"], f"sequence@{b}")) for b in budgets]
-        rows = add_configs(out, items, configs, routed, num_layers=L, model_id=args.model, data_id=data_id)
-        atomic_write_json(out / "router_crossfit.json", {
-            "folds": folds, "seed": args.seed, "candidates": list(table.config_ids), "feature_layers": layers,
-            "targets": budgets, **crossfit})
+        _, rows = add_crossfit_router(table, out, model, items, configs, budgets, folds=folds, seed=args.seed,
+                                      model_id=args.model, data_id=data_id, batch_size=max(args.batch_size, 16))
     else:
         print(f"[reproduce] router: skipped ({len(items)} sequences; cross-fitting needs at least 6)", flush=True)
     stage("router", t0)

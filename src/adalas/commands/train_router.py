@@ -149,10 +149,10 @@ def _with_scores(speed: dict, table, ids: list[str], refs: dict[str, str], tok) 
 
 
 def _sweep_new_tokens(sweep_dir) -> int | None:
-    from ..io import read_jsonl_numbered
+    from ..io import read_jsonl
     from pathlib import Path
 
-    for _, row in read_jsonl_numbered(Path(sweep_dir) / "sweep.jsonl"):
+    for row in read_jsonl(Path(sweep_dir) / "sweep.jsonl", strict=True):
         gen = row.get("generation") or {}
         if gen.get("max_new_tokens"):
             return int(gen["max_new_tokens"])
@@ -160,11 +160,11 @@ def _sweep_new_tokens(sweep_dir) -> int | None:
 
 
 def _references(sweep_dir, ids) -> dict:
-    from ..io import read_jsonl_numbered
+    from ..io import read_jsonl
     from pathlib import Path
 
     wanted, refs = set(ids), {}
-    for _, row in read_jsonl_numbered(Path(sweep_dir) / "per_sequence.jsonl"):
+    for row in read_jsonl(Path(sweep_dir) / "per_sequence.jsonl", strict=True):
         if str(row.get("id")) in wanted and row.get("reference") is not None:
             refs.setdefault(str(row["id"]), row["reference"])
     return refs

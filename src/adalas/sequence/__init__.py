@@ -20,28 +20,28 @@ this order:
   static route, so a batch really runs fewer layers.
 - `speed.py`: `measure_speed`, full depth against `generate_grouped` on the same prompts.
 - `training.py`: `train_router` (fit on training sequences, calibrate on validation ones),
-  `evaluate_router` (held-out curve by lookup in the sweep, no generation), `compare_curves` and
-  `crossfit_curves` (beside uniform skipping, random routes, early exit, the best input-blind mix
-  of fixed routes and the oracle, on the same sequences), `crossfit_rows` (the cross-fitted
-  choices as sweep rows, strategy `sequence`, for `adalas reproduce`).
+  `evaluate_router` (held-out curve by lookup in the sweep, no generation), `compare_curves` (beside
+  uniform skipping, random routes, early exit, the best input-blind mix of fixed routes and the
+  oracle, on the same sequences).
+- `crossfit.py`: every sequence held out once (`crossfit_curves`), and the cross-fitted choices as
+  sweep rows (`crossfit_rows`, strategy `sequence`).
+- `pipelines.py`: from a sweep and a model to files: `train_from_sweep` (`adalas train-router`) and
+  `add_crossfit_router` (what `adalas reproduce` and `adalas study`'s E4 add to their sweeps).
 """
 from __future__ import annotations
 
-from ..routers import (OBJECTIVES, ROUTER_META, ROUTER_WEIGHTS, SequenceController, SequenceRouter, SequenceState,
-                       ensure_controller, pick, pool_features)
 from .controller import batches, calibrate, calibration_table, fit_controller, left_pad, prompt_features, temporary_depth
+from .crossfit import crossfit_choices, crossfit_curves, crossfit_folds, crossfit_rows
+from .pipelines import CROSSFIT_FILE, add_crossfit_router, default_feature_layers, train_from_sweep
 from .router import GroupedGeneration, generate_grouped, predict_routes
 from .speed import measure_speed
 from .table import ROUTE_STRATEGIES, TARGETS, SweepTable, load_sweep, route_labels, split_ids
-from .training import (baseline_curves, best_fixed_mix, compare_curves, crossfit_choices, crossfit_curves,
-                       crossfit_rows, evaluate_router, interpolate, load_features, save_features, sweep_prompts,
-                       train_from_sweep, train_router)
+from .training import (baseline_curves, compare_curves, evaluate_router, load_features, paired_vs_fixed_mix,
+                       save_features, sweep_prompts, train_router)
 
-__all__ = ["OBJECTIVES", "ROUTER_META", "ROUTER_WEIGHTS", "ROUTE_STRATEGIES", "TARGETS", "GroupedGeneration",
-           "SequenceController", "SequenceRouter", "SequenceState", "SweepTable", "baseline_curves", "batches",
-           "best_fixed_mix", "calibrate", "calibration_table", "compare_curves", "crossfit_choices", "crossfit_curves",
-           "crossfit_rows", "left_pad",
-           "ensure_controller", "evaluate_router", "fit_controller", "generate_grouped", "interpolate",
-           "load_features", "load_sweep", "measure_speed", "pick", "pool_features", "predict_routes", "prompt_features",
-           "route_labels", "save_features", "split_ids", "sweep_prompts", "temporary_depth", "train_from_sweep",
-           "train_router"]
+__all__ = ["CROSSFIT_FILE", "ROUTE_STRATEGIES", "TARGETS", "GroupedGeneration", "SweepTable", "add_crossfit_router",
+           "baseline_curves", "batches", "calibrate", "calibration_table", "compare_curves", "crossfit_choices",
+           "crossfit_curves", "crossfit_folds", "crossfit_rows", "default_feature_layers", "evaluate_router",
+           "fit_controller", "generate_grouped", "left_pad", "load_features", "load_sweep", "measure_speed",
+           "paired_vs_fixed_mix", "predict_routes", "prompt_features", "route_labels", "save_features", "split_ids",
+           "sweep_prompts", "temporary_depth", "train_from_sweep", "train_router"]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import route_from_str
-from ..io import read_jsonl_numbered, require_field, require_number
+from ..io import read_jsonl, require_field, require_number
 from ..oracle import early_exit_route, uniform_skip_route
 
 ROUTE_STRATEGIES = ("full", "uniform_skip", "random_route", "early_exit")  # fixed routes: the candidates
@@ -127,7 +127,7 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
                          f"({', '.join(ROUTE_STRATEGIES)})")
     configs: dict[Any, dict] = {}
     num_layers = None
-    for lineno, row in read_jsonl_numbered(sweep_dir / "sweep.jsonl"):
+    for lineno, row in read_jsonl(sweep_dir / "sweep.jsonl", strict=True, numbered=True):
         where = f"{sweep_dir / 'sweep.jsonl'}:{lineno}"
         require_field(row, "config_id", where)
         if require_field(row, "strategy", where) not in wanted:
@@ -146,7 +146,7 @@ def load_sweep(sweep_dir: str | os.PathLike, strategies: Sequence[str] | None = 
     prompts: dict[str, str] = {}
     order: dict[str, None] = {}
     model = None
-    for lineno, row in read_jsonl_numbered(sweep_dir / "per_sequence.jsonl"):
+    for lineno, row in read_jsonl(sweep_dir / "per_sequence.jsonl", strict=True, numbered=True):
         where = f"{sweep_dir / 'per_sequence.jsonl'}:{lineno}"
         cid, sid = require_field(row, "config_id", where), str(require_field(row, "id", where))
         if cid not in configs:

@@ -2,15 +2,14 @@
 
 `train_router` fits on the training sequences and calibrates on the validation ones;
 `evaluate_router` scores a saved router on held-out sequences by looking up each one's chosen route
-in the sweep (no generation); `compare_curves` and `crossfit_curves` put it beside uniform skipping,
-random routes, early exit, the best input-blind mix of fixed routes and the oracle, over the same
-sequences (crossfit: every sequence held out once, and the same pipeline without features);
-`crossfit_rows` turns the cross-fitted choices into sweep rows (strategy `sequence`). Average depths
-are in the unit of `avg_layers` (each sequence weighs its decode steps at full depth).
+in the sweep (no generation); `compare_curves` puts it beside uniform skipping, random routes, early
+exit, the best input-blind mix of fixed routes and the oracle, over the same sequences
+(`baseline_curves`, `paired_vs_fixed_mix`; cross-fitting, where every sequence is held out once, is
+`crossfit.py`'s). Average depths are in the unit of `avg_layers` (each sequence weighs its decode
+steps at full depth).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..io import atomic_save_tensors, read_jsonl_numbered
+from ..io import atomic_save_tensors
 from ..oracle import best_fixed_mix, interpolate, mix_at, oracle_curve
 from ..routers import SequenceController, pick
 from ..stats import paired_bootstrap
@@ -206,124 +205,3 @@ def compare_curves(sweep_dir: str | os.PathLike, router_dir: str | os.PathLike,
         matched.append(row)
     return {"n": len(ids), "heldout_ids": ids, "full_score": base["full_score"],
             "curves": {"sequence": seq, **base["curves"]}, "matched": matched}
-
-
-def crossfit_folds(ids: Sequence[str], folds: int, seed: int = 0) -> dict[str, int]:
-    """{id: fold}: ids ordered by a hash of (seed, id), as `split_ids` orders them, dealt round robin."""
-    if folds < 2:
-        raise ValueError(f"folds: must be >= 2, got {folds}")
-    ranked = sorted(ids, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    return {s: i % folds for i, s in enumerate(ranked)}
-
-
-def crossfit_choices(table: SweepTable, features: dict[int, torch.Tensor], targets: Sequence[float],
-                     folds: int = 5, seed: int = 0, val_fraction: float = 0.25,
-                     **train_kwargs) -> dict[float, np.ndarray]:
-    """{target depth: (N,) column chosen for each sequence of `table.ids`}: each fold routed by a
-    controller fit and calibrated (split into training and validation) on the other folds alone."""
-    fold = crossfit_folds(table.ids, folds, seed)
-    chosen = {float(t): np.zeros(len(table.ids), dtype=np.int64) for t in targets}
-    for f in range(folds):
-        test = [s for s in table.ids if fold[s] == f]
-        inner = split_ids([s for s in table.ids if fold[s] != f], seed, val_fraction, 0.0)
-        ctrl, _ = train_router(table, features, seed=seed, split={**inner, "test": test}, **train_kwargs)
-        rows = table.rows(test)
-        u = ctrl.utilities(features[ctrl.feature_layer][rows])
-        cols = table.columns(ctrl.meta["config_ids"])
-        for t in chosen:
-            chosen[t][rows] = cols[pick(u, ctrl.costs, ctrl.lam_for(t)).numpy()]
-    return chosen
-
-
-def crossfit_curves(table: SweepTable, features: dict[int, torch.Tensor], folds: int = 5, seed: int = 0,
-                    val_fraction: float = 0.25, targets: Sequence[float] | None = None, **train_kwargs) -> dict:
-    """Every sequence held out once: the sequences fall into `folds` folds (by a hash of the seed and
-    id); each fold is routed by a controller fit and calibrated on the other folds alone (split
-    into training and validation). More held-out sequences than one test split, so a tighter
-    comparison. Beside it, over the same sequences: the same pipeline without features
-    (`input_blind`: it can only learn which fixed route to take), the baselines of
-    `baseline_curves`, and per target depth the paired difference to the best fixed mix at the
-    same depth with its standard error and bootstrap interval (`paired`, see
-    `paired_vs_fixed_mix`). targets: average depths (default every 0.5 layer from the cheapest
-    route to full)."""
-    costs = table.costs
-    if targets is None:
-        targets = list(np.arange(math.ceil(costs.min() * 2) / 2, costs.max() + 1e-9, 0.5))
-    N = len(table.ids)
-    blind = {0: torch.zeros(N, 1)}  # the same pipeline without reading the prompt
-    chosen = {name: crossfit_choices(table, feats, targets, folds, seed, val_fraction, **train_kwargs)
-              for name, feats in (("sequence", features), ("input_blind", blind))}
-    rows = np.arange(N)
-    cols = np.arange(len(table.config_ids))
-    curves = {name: sorted(({**curve_from_choices(table, rows, cols, c), "target_avg_layers": t, "n": N}
-                            for t, c in by_target.items()), key=lambda p: (p["avg_layers"], p["target_avg_layers"]))
-              for name, by_target in chosen.items()}
-    base = baseline_curves(table, table.ids)
-    curves.update(base["curves"])
-    matched = [{"avg_layers": p["avg_layers"], "sequence": p["score"],
-                **{name: interpolate(c, p["avg_layers"]) for name, c in curves.items() if name != "sequence"}}
-               for p in curves["sequence"]]
-    paired = [{"target_avg_layers": t, **paired_vs_fixed_mix(table, rows, c)} for t, c in chosen["sequence"].items()]
-    choices = {f"{t:g}": [table.config_ids[k] for k in c.tolist()] for t, c in chosen["sequence"].items()}
-    return {"n": N, "folds": folds, "full_score": base["full_score"], "curves": curves, "matched": matched,
-            "paired": paired, "ids": list(table.ids), "choices": choices}
-
-
-def crossfit_rows(sweep_dir: str | os.PathLike, table: SweepTable, chosen: Sequence[Any],
-                  config_id: str) -> list[dict]:
-    """Per-sequence rows of a router's choices (`crossfit_curves`' `choices` at one target: a config
-    id per sequence of `table.ids`): a copy of the sweep's row of the config each sequence chose
-    (prediction, scores, layers), under `config_id`, with `chosen_config`, `route` and `layer_runs`
-    (route x decode steps). A lookup: greedy decoding of that route gives that row (up to fp32
-    near-ties across batch companions), so nothing is generated."""
-    if len(chosen) != len(table.ids):
-        raise ValueError(f"chosen: {len(chosen)} choices for {len(table.ids)} sequences")
-    wanted = set(zip(chosen, table.ids))
-    by_key = {}
-    for _, row in read_jsonl_numbered(Path(sweep_dir) / "per_sequence.jsonl"):
-        key = (row.get("config_id"), str(row.get("id")))
-        if key in wanted:
-            by_key.setdefault(key, row)
-    out = []
-    for sid, cid in zip(table.ids, chosen):
-        row = dict(by_key[cid, sid])
-        steps = max(int(row["output_tokens"]) - 1, 0)
-        route = table.routes[table.config_ids.index(cid)]
-        row.update(config_id=config_id, chosen_config=cid, route="".join("1" if r else "0" for r in route),
-                   layer_runs=[steps if r else 0 for r in route])
-        out.append(row)
-    return out
-
-
-def train_from_sweep(sweep_dir: str | os.PathLike, model, tokenizer, out: str | os.PathLike, *,
-                     strategies: Sequence[str] | None = None, data: str | None = None, prompt_format: str = "auto",
-                     feature_layers: Sequence[int] | None = None, folds: int = 5, batch_size: int = 16,
-                     **train_kwargs) -> dict:
-    """The whole of `adalas train-router` but the speed check: prompt features from the model,
-    `train_router`, the router and feature cache written to `out`, and the held-out comparison
-    (`compare_curves`, plus `crossfit_curves` when folds >= 2). Returns the `router_eval.json`
-    document (the caller writes it). feature_layers: default 0, L/8, L/4, L/2."""
-    import time
-
-    from .controller import prompt_features
-
-    table = load_sweep(sweep_dir, strategies)
-    L = model.num_layers
-    if L != table.num_layers:
-        raise ValueError(f"model: has {L} layers; the sweep's routes have {table.num_layers}")
-    layers = sorted(set(feature_layers if feature_layers is not None else (0, L // 8, L // 4, L // 2)))
-    prompts = sweep_prompts(table, tokenizer, data, prompt_format)
-    t0 = time.perf_counter()
-    features = prompt_features(model, [prompts[s] for s in table.ids], layers, batch_size=batch_size)
-    feature_seconds = time.perf_counter() - t0
-    ctrl, info = train_router(table, features, **train_kwargs)
-    ctrl.save(out)
-    save_features(out, table.ids, features)
-    doc = {"sweep": str(sweep_dir), "n_sequences": len(table.ids), "n_routes": len(table.config_ids),
-           "configs": list(table.config_ids), "feature_layers_tried": layers, "feature_seconds": feature_seconds,
-           "settings": {k: v for k, v in train_kwargs.items()}, "train": info, **compare_curves(sweep_dir, out)}
-    if folds:
-        kw = {k: v for k, v in train_kwargs.items() if k not in ("target_avg_layers", "val_fraction", "test_fraction",
-                                                                  "split", "seed")}
-        doc["crossfit"] = crossfit_curves(table, features, folds=folds, seed=train_kwargs.get("seed", 0), **kw)
-    return doc

@@ -1,0 +1,127 @@
+"""Training, run by run: each run trains into `<runs_dir>/<name>` through `adalas.train.run`, resumed
+from its latest checkpoint, and is done once `<out>/train/<name>.json` records it (its command, data
+hash, steps, wall time); a changed plan is refused rather than mixed. `Stages` sums wall time per
+stage over invocations."""
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..io import atomic_write_json
+from ..report import read_json
+from .plan import Plan
+
+
+def log(text: str) -> None:
+    print(f"[study] {text}", flush=True)
+
+
+class Stages:
+    """Wall seconds per stage, summed over every invocation that did work (`<out>/stages.json`)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "stages.json"
+        self.totals: dict[str, float] = read_json(self.path) or {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals = read_json(self.path) or {}  # another invocation (other experiments) may have added
+        self.totals[name] = round(self.totals.get(name, 0.0) + seconds, 1)
+        atomic_write_json(self.path, self.totals)
+
+
+def record_path(plan: Plan, name: str) -> Path:
+    return plan.out / "train" / f"{name}.json"
+
+
+def check_training_data(plan: Plan, names: Sequence[str] | None = None) -> None:
+    """Every run still to train (of `names`, default all) has its local training data (before anything
+    is written)."""
+    from ..train import parse_args
+
+    for r in plan.runs:
+        if (names is not None and r.name not in names) or record_path(plan, r.name).is_file():
+            continue
+        cfg, _ = parse_args(r.argv(plan.overrides, plan.runs_dir))
+        data = Path(cfg.data).expanduser()
+        if data.suffix in (".json", ".jsonl") and not data.is_file():
+            raise ValueError(f"run {r.name}: training data {cfg.data!r} not found (data/synth/README.md says how to "
+                             f"make the self-written data)")
+
+
+# TrainingArguments that say where a run was written and logged, not how it was trained
+WHERE_ONLY = {"output_dir", "logging_dir", "report_to", "run_name", "resume_from_checkpoint", "disable_tqdm"}
+
+
+def same_training(command: str, argv: list[str]) -> bool:
+    """Whether a recorded `adalas train` command trains exactly as `argv` does, up to where it wrote and
+    logged (so a run trained by its recipe outside the study, e.g. a shipped adapter's, is adopted
+    rather than trained again). Both are parsed as training parses them, recipes included."""
+    from dataclasses import asdict
+
+    from ..train import parse_args
+
+    words = shlex.split(command)
+    if words[:2] != ["adalas", "train"]:
+        return False
+    try:
+        (a, ta), (b, tb) = parse_args(words[2:]), parse_args(argv)
+    except ValueError:
+        return False
+    strip = lambda t: {k: v for k, v in t.to_dict().items() if k not in WHERE_ONLY}  # noqa: E731
+    return asdict(a) == asdict(b) and strip(ta) == strip(tb)
+
+
+def read_records(plan: Plan) -> dict[str, dict]:
+    """The records of every run trained so far (any invocation), by name."""
+    return {r.name: rec for r in plan.runs if (rec := read_json(record_path(plan, r.name))) is not None}
+
+
+def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -> list[dict]:
+    """Train every run (of `names`, default all) whose record is missing, in plan order; returns their
+    records in plan order.
+
+    A run directory whose `adalas_training.json` already records this command, or one that trained
+    exactly alike (`same_training`) to the same steps on the same data (hash), finished: it is adopted,
+    not trained again; its record keeps the wall time and the command that made it (`adopted_from`)."""
+    from ..data import TRAINING_FILE, data_sha256
+    from ..train import latest_checkpoint, parse_args, run
+
+    records = []
+    for r in plan.runs:
+        if names is not None and r.name not in names:
+            continue
+        argv = r.argv(plan.overrides, plan.runs_dir)
+        command = "adalas train " + shlex.join(argv)
+        path, run_dir = record_path(plan, r.name), plan.runs_dir / r.name
+        rec = read_json(path)
+        if rec is not None:
+            if rec.get("command") != command:
+                raise ValueError(f"run {r.name}: {path} records another command: the plan changed; use another "
+                                 f"--out, or delete {path} and {run_dir} to retrain it")
+            records.append(rec)
+            continue
+        cfg, targs = parse_args(argv)
+        made = read_json(run_dir / TRAINING_FILE) or {}
+        resumed, adopted = None, None
+        if made.get("command") != command:
+            if (made.get("command") and made.get("steps") == targs.max_steps and same_training(made["command"], argv)
+                    and made.get("data_sha256") == data_sha256(cfg.data)):
+                adopted = made["command"]
+                log(f"train {r.name}: adopting {run_dir} (made by `{adopted}`, which trains alike)")
+            else:
+                resumed = latest_checkpoint(run_dir)
+                log(f"train {r.name}" + (f" (resuming from {resumed.name})" if resumed else "") + f": {command}")
+                t0 = time.perf_counter()
+                run(argv)
+                stages.add(f"train:{r.name}", time.perf_counter() - t0)
+                made = read_json(run_dir / TRAINING_FILE) or {}
+        rec = {"name": r.name, "command": command, "recipe": r.recipe, "overrides": r.overrides,
+               "output_dir": str(run_dir), "data": cfg.data, "data_sha256": made.get("data_sha256") or data_sha256(cfg.data),
+               "steps": made.get("steps"), "wall_s": made.get("wall_s"),
+               "resumed_from": resumed.name if resumed else None, "adopted_from": adopted,
+               "depth": read_json(run_dir / "adalas_depth.json"), "cost_alpha": cfg.cost_alpha}
+        atomic_write_json(path, rec)
+        records.append(rec)
+    return records
