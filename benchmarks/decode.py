@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         cases = [
             hf_case("hf_full", hf, enc, pad_id),
             adalas_case("adalas_full", model, enc, full, pad_id),
-            adalas_case("adalas_full_plain_path", model, enc, full, pad_id, fast_path=False),
+            adalas_case("adalas_full_plain_path", model, enc, full, pad_id, _fast_path=False),
             hf_case("hf_half_deleted", hf_skip, enc, pad_id),
             adalas_case("adalas_half_skip", model, enc, half_skip, pad_id),
             adalas_case("adalas_half_skip_kv_mask", model, enc, half_skip_kv_mask, pad_id),

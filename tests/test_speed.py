@@ -47,13 +47,21 @@ def test_fast_path_equals_depth_loop(hf_model, mode, kv_fill):
     m = AdalasForCausalLM.from_hf(hf_model, DepthConfig(kv_fill=kv_fill, **MODES[mode])).eval()
     ids, mask = batch(B=3, T=6)
     fast, fast_logits = generate_with_logits(m, ids, mask, 6)
-    plain, plain_logits = generate_with_logits(m, ids, mask, 6, fast_path=False)
+    plain, plain_logits = generate_with_logits(m, ids, mask, 6, _fast_path=False)
     assert torch.equal(fast, plain)
     torch.testing.assert_close(fast_logits, plain_logits, atol=ATOL, rtol=0)
     usage = m.layer_usage()
     m.reset_usage()
-    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, fast_path=False)
+    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, _fast_path=False)
     assert m.layer_usage() == pytest.approx(usage)  # the fast path counts layers as the depth loop does
+
+
+def test_the_fast_path_is_not_an_option():
+    """generate() always takes the fast path where it applies; `fast_path=` is an unknown keyword."""
+    m = AdalasForCausalLM.from_hf(BUILDERS["llama"]()).eval()
+    ids, mask = batch(B=1, T=4)
+    with pytest.raises(ValueError, match="fast_path"):
+        m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, fast_path=False)
 
 
 def _count_rows(m):
@@ -127,7 +135,7 @@ def test_fused_weights_follow_updates_and_skip_wrapped_projections():
 
     def both():  # the last step's logits, fast path and depth loop
         return (generate_with_logits(m, ids, mask, 4)[1][:, -1],
-                generate_with_logits(m, ids, mask, 4, fast_path=False)[1][:, -1])
+                generate_with_logits(m, ids, mask, 4, _fast_path=False)[1][:, -1])
 
     fast, plain = both()
     torch.testing.assert_close(fast, plain, atol=ATOL, rtol=0)

@@ -14,7 +14,7 @@ and any unknown keyword, raises ValueError instead of being ignored, as transfor
 keywords it does not use. A right-padded batch (a pad after a row's last token) is refused: every
 row continues from its last position. The cache is preallocated for prompt + max_new_tokens.
 
-The fast path (`fast_path=True`, the default) serves every mode whose route is known before a decode
+The fast path (always, where it applies) serves every mode whose route is known before a decode
 step: static routes (full, static_skip, early_exit, route) and one route per sequence
 (random_budget, sequence). It resolves the route once into a `DecodePlan`, so a decode step is a
 plain loop over layers with no router call and no per-layer bookkeeping (usage is counted once, at
@@ -174,7 +174,7 @@ def resolve_eos_pad(model, eos_token_id, pad_token_id) -> tuple[list[int], int]:
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              generation_config: GenerationConfig | None = None, logits_processor: LogitsProcessorList | None = None,
              stopping_criteria: StoppingCriteriaList | None = None, tokenizer: Any = None, seed: int | None = None,
-             draft_depth: Any = None, num_draft_tokens: int | None = None, fast_path: bool = True,
+             draft_depth: Any = None, num_draft_tokens: int | None = None, _fast_path: bool = True,
              synced_gpus: bool | None = None, **kwargs: Any) -> torch.Tensor | GenerateDecoderOnlyOutput:
     """Returns (B, T_prompt + n_new) token ids, like transformers' generate, or with
     `return_dict_in_generate=True` a `GenerateDecoderOnlyOutput` (`sequences`; `scores` and `logits`,
@@ -184,8 +184,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     matches them against its vocabulary). `seed`: a torch generator for sampling (else the global one).
 
     `draft_depth` (a DepthConfig, dict, JSON, or "auto") and `num_draft_tokens` (k, or None to adapt
-    it): self-speculative decoding, see `adalas.speculative`. `fast_path=False` runs every step
-    through the engine's routed pass with the original weights (tests compare the two)."""
+    it): self-speculative decoding, see `adalas.speculative`. `_fast_path=False` (internal, not
+    an option: tests and `adalas bench decode` compare the two) runs every step through the engine's
+    routed pass with the original weights."""
     if synced_gpus:
         raise ValueError("generate: synced_gpus=True is not supported by adalas (each rank decodes on its own)")
     for name in _UNSET_ONLY:
@@ -232,9 +233,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 
         def plain(prefilled):  # "auto" found no draft that pays: the plain loop, from the prefill done
             return _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, plain_processors, None,
-                           eos_t, pad_token_id, generator, fast_path, prefilled=prefilled)[0]
+                           eos_t, pad_token_id, generator, _fast_path, prefilled=prefilled)[0]
 
-        with model.family.fused_weights(fast_path):
+        with model.family.fused_weights(_fast_path):
             ids = generate_speculative(model, input_ids, attention_mask, draft_depth, num_draft_tokens,
                                        max_new_tokens, min_new_tokens, do_sample,
                                        build_warpers(do_sample, temperature, top_k, top_p), eos, pad_token_id,
@@ -248,9 +249,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         stop = StopStringCriteria(tokenizer, cfg.stop_strings)
         stopping_criteria = StoppingCriteriaList([*(stopping_criteria or []), stop])
     eos_t = torch.tensor(eos, device=device, dtype=torch.long) if eos else None
-    with model.family.fused_weights(fast_path):
+    with model.family.fused_weights(_fast_path):
         ids, scores, logits = _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors,
-                                      stopping_criteria, eos_t, pad_token_id, generator, fast_path,
+                                      stopping_criteria, eos_t, pad_token_id, generator, _fast_path,
                                       keep_scores=want_scores, keep_logits=want_logits)
     if not cfg.return_dict_in_generate:
         return ids
