@@ -120,6 +120,8 @@ BASE = {
     "train-router": ["--sweep", "@sweep", "--model", "@model", "--folds", "0", "--out", "@out"],
     "oracle": ["--sweep", "@sweep"],
     "export": ["--model", "@model", "--depth", DEPTH_OK, "--out", "@out"],
+    "route": ["--model", "@model", "--data", "@data", "--layers", "2", "--rows", "2", "--max-candidates", "2",
+              "--no-progress"],
     "reproduce": ["--model", "@model", "--data", "@data", "--limit", "2", "--max-new-tokens", "2", "--budgets", "3",
                   "--analysis-limit", "1", "--no-progress", "--out", "@out"],
     "study": ["--quick", "--out", "@out", "--runs", "@runs", "--no-progress"],
@@ -248,7 +250,7 @@ MATRIX = [
            r"strategies: 'bogus' not in .*sweep\.jsonl; its strategies: early_exit, full, random_route, uniform_skip",
            _edit_sweep(), name="unknown-strategy"),
     # models: not found offline, not a model, unsupported architectures
-    *_rows("demo eval sweep analyze export train warmup bench", ["--model", "nobody/no-such-model"], OFFLINE,
+    *_rows("demo eval sweep analyze export train warmup bench route", ["--model", "nobody/no-such-model"], OFFLINE,
            name="model-not-cached-offline"),
     *_rows("demo eval sweep analyze export train bench", ["--model", "@bert"], UNSUPPORTED.format("bert"),
            name="unsupported-architecture-bert"),
@@ -258,7 +260,14 @@ MATRIX = [
     *_rows("eval", ["--model", "@noconfig"], r"model '.*noconfig': directory has no config\.json",
            name="model-dir-without-config"),
     # data: missing, unreadable, not JSON, wrong rows, missing columns, empty
-    *_rows("eval sweep analyze train", ["--data", "@missing"], r"missing\.jsonl: no such file", name="data-missing"),
+    *_rows("eval sweep analyze train route", ["--data", "@missing"], r"missing\.jsonl: no such file",
+           name="data-missing"),
+    # route: a layer count the model cannot keep, evaluation data to choose on
+    *_rows("route", ["--layers", "9"], r"--layers: must be in 1\.\.3 \(the model has 4 layers\), got 9",
+           name="layers-out-of-range"),
+    *_rows("route", ["--layers", "0"], r"--layers: must be >= 1, got 0", name="layers-0"),
+    *_rows("route", ["--data", "builtin"], r"--data: builtin is the built-in evaluation set; route choices are made "
+           r"on held-out rows, never on evaluation data", name="data-builtin"),
     *_rows("eval sweep", ["--data", "@datadir"], r"data: cannot read \(.*Is a directory.*\); --data takes a readable "
            r"UTF-8 JSON or JSONL file, a hub dataset id, or builtin", name="data-is-a-directory"),
     *_rows("eval train", ["--data", "@binary_jsonl"], r"binary\.jsonl: cannot read \('utf-8' codec can't decode.*\); "
@@ -368,6 +377,10 @@ MATRIX = [
            r"pass --prompts FILE instead", name="no-chat-template"),
     *_rows("bench", ["--out", "@outdir"], r"--out: '.*outdir' is a directory; pass a file path, e\.g\. '.*outdir/decode\.json'", _outdir,
            name="out-is-a-directory"),
+    *_rows("route", ["--out", "@outdir"], r"--out: '.*outdir' is a directory; pass a file path, e\.g\. "
+           r"'.*outdir/route\.json'", _outdir, name="out-is-a-directory"),
+    *_rows("route", ["--out", "@taken_sub"], r"--out: '.*taken/sub' is inside '.*taken', which is a file", _taken,
+           name="out-inside-a-file"),
     *_rows("oracle", ["--out", "@sweep"], r"--out: '.*sweep' is a directory; pass a file path, e\.g\. "
            r"'.*sweep/oracle\.json'", _edit_sweep(), name="out-is-a-directory"),
     # a sweep or result directory from another model

@@ -19,12 +19,22 @@ from .config import DepthConfig
 from .data import Example, make_collator, resolve_format, tokenize_example
 
 
+def label_states(hidden_states: Sequence[torch.Tensor], labels: torch.Tensor) -> list[torch.Tensor]:
+    """Per depth 0..L, the (N, D) states of the label tokens (labels != -100), in fp64 for the sums."""
+    keep = labels.ne(-100)  # (B, T) reference tokens
+    return [h[keep].double() for h in hidden_states]
+
+
+def layer_cosines(states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(L,): for the states per depth 0..L ((N, D) each), the sum over tokens of cos(h_l, h_{l+1}), the
+    state entering layer l against the state leaving it. Block influence of layer l is 1 - its mean."""
+    return torch.stack([F.cosine_similarity(a, b, dim=-1).sum() for a, b in zip(states, states[1:])])
+
+
 def _label_states(model, batch: dict) -> list[torch.Tensor]:
-    """Per depth 0..L, the (N, D) states of the label tokens of the batch (fp64 for the sums)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 output_hidden_states=True)
-    keep = batch["labels"].ne(-100)  # (B, T) reference tokens
-    return [h[keep].double() for h in out.hidden_states]
+    return label_states(out.hidden_states, batch["labels"])
 
 
 @torch.no_grad()
@@ -51,7 +61,7 @@ def hidden_similarity(model, tokenizer, examples: Sequence[Example], configs: Se
             model.set_depth(DepthConfig())
             full = _label_states(model, batch)
             n_tokens += full[0].shape[0]
-            consecutive += torch.stack([F.cosine_similarity(a, b, dim=-1).sum() for a, b in zip(full, full[1:])])
+            consecutive += layer_cosines(full)
             to_final += torch.stack([F.cosine_similarity(a, full[-1], dim=-1).sum() for a in full])
             for c in configs:
                 model.set_depth(c.depth)

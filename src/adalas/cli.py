@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("study", "the paper's training experiments (E1-E4) from a plan of runs: train, evaluate, report"),
     "bench": ("bench", "speed and memory benchmarks"),
     "export": ("export", "write a plain transformers checkpoint with skipped layers removed"),
+    "route": ("route", "search the layers to keep, teacher-forced on held-out rows against full depth"),
     "tasks": ("tasks", "the real-task protocol: logged looks at the shared test sets, committed rows, report"),
 }
 
