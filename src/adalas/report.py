@@ -1,10 +1,10 @@
-"""Plots and the markdown report of a sweep directory.
+"""The markdown report of a sweep directory, and its figures (drawn by `adalas.plots`).
 
 Notable:
 - Everything renders from files (sweep.jsonl, per_sequence.jsonl, oracle*.json, router_crossfit.json,
   hidden_similarity.json, reproduce.json), so a report can be redrawn from a copied directory, or
   from a hand-made one in tests.
-- PNGs go through the Agg backend into memory, then `io.atomic_write_bytes` (never half a file).
+- PNGs go through `adalas.plots` (the Agg backend into memory, then an atomic write: never half a file).
 - `results_table` is the table the README's "Results" section quotes: ROUGE-L per budget with 95%
   bootstrap intervals for early exit, uniform skipping, random routes (mean ± SD over routes), the
   cross-fitted per-sequence router, the best fixed mix (chosen with hindsight) and the oracle (an
@@ -14,7 +14,6 @@ Notable:
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import defaultdict
@@ -23,27 +22,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .io import atomic_write_bytes, atomic_write_text, read_jsonl
+from .io import atomic_write_text, read_jsonl
 from .oracle import best_fixed_mix, interpolate, mix_at
-from .stats import describe_difference, paired_bootstrap
+from .paper import PAPER
+from .plots import plot_rouge_vs_layers, plot_similarity, plot_skip_rates
+from .stats import describe_difference, difference_text, paired_bootstrap
 
-STYLE = {  # strategy -> (label, colour, marker)
-    "full": ("full model", "black", "*"),
-    "early_exit": ("early exit", "tab:red", "o"),
-    "uniform_skip": ("uniform skipping", "tab:blue", "s"),
-    "random_route": ("random routes", "tab:green", "."),
-    "route": ("explicit routes", "tab:purple", "x"),
-    "learned": ("learned controllers", "tab:orange", "D"),
-    "sequence": ("per-sequence router (cross-fitted)", "tab:brown", "P"),
-    "full_sample": ("full model, sampled (null control)", "gray", "*"),
-    "adapted": ("adapted (LoRA + self-distillation)", "tab:cyan", "^"),
-}
 FIXED = ("full", "uniform_skip", "early_exit")  # the headline oracle's candidates (DESIGN: honest numbers)
-PAPER = {  # Glavas et al. 2024 (arXiv 2410.20022), as DESIGN.md summarises it
-    "model": "OPT-IML-1.3B (24 layers)", "fine_tuned": "yes, on each task",
-    "budgets": "4, 8, 12 of 24 layers (17-50% of the depth)", "data": "Alpaca, CNN/DailyMail, SAMSum test splits",
-    "choices": "uniform skipping at 4, 8, 12 and all 24 layers", "match": "23.3% of the layers (Alpaca)",
-    "full": "0.342 (Alpaca)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +154,7 @@ def _every_layer(row: dict) -> bool:
     return set(route) == {"1"} if route else (row.get("depth") or {}).get("mode") == "full"
 
 
-def _off_the_shelf(row: dict, by_id: dict) -> dict | None:
+def _base_on_same_route(row: dict, by_id: dict) -> dict | None:
     """The base model on the same route as an adapted row: `route:ALIAS` for its own route,
     `uniform_skip@B` for `ALIAS@B`, `route:OTHER` for `ALIAS@OTHER`, the full model at full depth."""
     alias, where = _adapted_parts(row["config_id"])
@@ -195,14 +180,13 @@ def adapted_table(rows: Sequence[dict], scores: dict | None = None, metric: str 
         alias, where = _adapted_parts(r["config_id"])
         route = ("full depth" if _every_layer(r) else "its own") if not where else (
             f"uniform skipping to {where}" if where.isdigit() else f"{where}'s")
-        base = _off_the_shelf(r, by_id)
+        base = _base_on_same_route(r, by_id)
         share = r[metric] / full[metric] if full[metric] else float("nan")
         gain = closed = "–"
         if base is not None and scores:
             x, y = _paired(scores, r["config_id"], base["config_id"])
             if x:
-                g = paired_bootstrap(x, y)
-                gain = f"{g['diff']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]"
+                gain = difference_text(paired_bootstrap(x, y))
             if base is not full:
                 f_, b_ = _paired(scores, full["config_id"], base["config_id"])
                 gap = paired_bootstrap(f_, b_) if f_ else None
@@ -274,7 +258,7 @@ def comparisons(rows: Sequence[dict], scores: dict, oracle: dict | None = None, 
         alias, other = _adapted_parts(r["config_id"])
         name = alias if not other else (f"{alias} with uniform skipping" if other.isdigit() else f"{alias} on {other}'s route")
         where = f"at {_f(r['avg_layers'], 2)} layers"
-        base = _off_the_shelf(r, by_id)
+        base = _base_on_same_route(r, by_id)
         if base is not None and base is not full:
             say(name, "its route off the shelf", r["config_id"], base["config_id"], where)
         if other and not other.isdigit() and f"adapted:{other}" in by_id:
@@ -486,145 +470,6 @@ def readme_results(sweep_dir: str | Path) -> str:
     text += results_text(d, rows, oracle, meta)
     text += [settings_line(rows, meta), ""]
     return "\n".join(text)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """PNG into memory, then an atomic write; no timestamps in the file."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-def plot_rouge_vs_layers(rows: Sequence[dict], path: str | Path, oracle: dict | None = None,
-                         extra_oracles: dict[str, dict] | None = None, metric: str = "rougeL") -> Path:
-    """One line per strategy (score against average layers), random routes as points with their mean,
-    learned controllers and explicit routes as points, the oracle curve(s)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    full = next((r for r in rows if r["strategy"] == "full"), None)
-    for strategy in ("early_exit", "uniform_skip"):
-        pts = sorted((r["avg_layers"], r[metric]) for r in rows if r["strategy"] == strategy)
-        if full and pts:
-            pts.append((full["avg_layers"], full[metric]))
-        if pts:
-            label, color, marker = STYLE[strategy]
-            ax.plot(*zip(*pts), marker=marker, color=color, label=label)
-    rnd = [r for r in rows if r["strategy"] == "random_route"]
-    if rnd:
-        label, color, marker = STYLE["random_route"]
-        ax.scatter([r["avg_layers"] for r in rnd], [r[metric] for r in rnd], color=color, s=18, alpha=0.6)
-        by: dict[int, list[dict]] = defaultdict(list)
-        for r in rnd:
-            by[r["budget"]].append(r)
-        means = sorted((sum(x["avg_layers"] for x in v) / len(v), sum(x[metric] for x in v) / len(v))
-                       for v in by.values())
-        if full:
-            means.append((full["avg_layers"], full[metric]))
-        ax.plot(*zip(*means), color=color, linestyle="--", marker="^", label=f"{label} (mean per budget)")
-    for strategy in ("route", "learned", "sequence"):
-        pts = [r for r in rows if r["strategy"] == strategy]
-        if pts:
-            label, color, marker = STYLE[strategy]
-            ax.scatter([r["avg_layers"] for r in pts], [r[metric] for r in pts], color=color, marker=marker,
-                       label=label, zorder=3)
-    lo = min(r["avg_layers"] for r in rows)
-    for name, doc, style in [("per-sequence oracle (in-sample upper bound)", oracle, "-"),
-                             *[(k, v, ":") for k, v in (extra_oracles or {}).items()]]:
-        if doc:
-            curve = [p for p in doc["curve"] if p["avg_layers"] >= lo - 1e-9]
-            ax.plot([p["avg_layers"] for p in curve], [p["score"] for p in curve], color="black",
-                    linestyle=style, linewidth=1.6, label=name)
-    null = (oracle or {}).get("null_control")
-    if null:  # the oracle's curve less what best-of-K selection gains at full depth
-        gain = null["score"] - null["full_score"]
-        curve = [p for p in oracle["curve"] if p["avg_layers"] >= lo - 1e-9]
-        ax.plot([p["avg_layers"] for p in curve], [p["score"] - gain for p in curve], color="gray",
-                linestyle="--", linewidth=1.2, label=f"oracle less its null gain ({gain:+.3f})")
-    if full:
-        ax.scatter([full["avg_layers"]], [full[metric]], color="black", marker="*", s=140, zorder=4,
-                   label=STYLE["full"][0])
-        ax.axhline(full[metric], color="gray", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("average layers run per generated token")
-    name = {"rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2"}.get(metric, metric)
-    ax.set_ylabel(name)
-    ax.set_title(f"{name} against depth ({full['model'] if full else ''}, {rows[0]['n']} sequences)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return save_figure(fig, path)
-
-
-def plot_skip_rates(rows: Sequence[dict], path: str | Path) -> Path | None:
-    """Per-layer skip rate (1 - usage) of each learned controller, as bars; None when there are none."""
-    learned = [r for r in rows if r["strategy"] == "learned"]
-    if not learned:
-        return None
-    plt = _plt()
-    L = len(learned[0]["layer_usage"])
-    fig, ax = plt.subplots(figsize=(max(6, L * 0.3), 3.8))
-    width = 0.8 / len(learned)
-    for k, r in enumerate(learned):
-        ax.bar([i + (k - (len(learned) - 1) / 2) * width for i in range(L)], [1 - u for u in r["layer_usage"]],
-               width=width, label=f"{r['config_id']} ({r['avg_layers']:.1f} layers)")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("skip rate (generated tokens)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
-
-
-def plot_similarity(doc: dict, path: str | Path) -> Path:
-    """Left: cosine similarity to the full model at each depth, per config. Middle: at the last
-    depth, against the budget, per strategy. Right: the full model's consecutive-layer similarity."""
-    plt = _plt()
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
-    layers = doc["layers"]
-    budgets = sorted({x["budget"] for x in doc["configs"] if x.get("budget") is not None})
-    shade = {bud: 0.35 + 0.65 * (k + 1) / len(budgets) for k, bud in enumerate(budgets)}
-    seen = set()
-    for x in doc["configs"]:
-        label, color, _ = STYLE.get(x["strategy"], (x["strategy"], "gray", "o"))
-        a.plot(layers, x["per_layer"], color=color, alpha=shade.get(x["budget"], 1.0), linewidth=1.2,
-               label=label if x["strategy"] not in seen else None)
-        seen.add(x["strategy"])
-    a.set_xlabel("depth (layers applied)")
-    a.set_ylabel("cosine similarity to the full model")
-    a.set_title("per depth (darker = more layers kept)", fontsize=10)
-    a.legend(fontsize=8)
-    a.grid(alpha=0.3)
-    by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for x in doc["configs"]:
-        if x.get("budget") is not None:
-            by[x["strategy"]][x["budget"]].append(x["final"])
-    for strategy, pts in by.items():
-        label, color, marker = STYLE.get(strategy, (strategy, "gray", "o"))
-        xs = sorted(pts)
-        b.plot(xs, [sum(pts[k]) / len(pts[k]) for k in xs], marker=marker, color=color, label=label)
-    b.set_xlabel("layers kept")
-    b.set_ylabel("final-state cosine similarity")
-    b.set_title("final state (before the final norm)", fontsize=10)
-    b.legend(fontsize=8)
-    b.grid(alpha=0.3)
-    c.plot(range(len(doc["full"]["consecutive"])), doc["full"]["consecutive"], color="black", marker=".")
-    c.set_xlabel("layer l")
-    c.set_ylabel("cos(h_l, h_(l+1))")
-    c.set_title("full model: change made by each layer", fontsize=10)
-    c.grid(alpha=0.3)
-    fig.suptitle(f"hidden-state similarity ({doc.get('model', '')}, {doc['n_sequences']} sequences, "
-                 f"{doc['n_tokens']} reference tokens, teacher-forced)", fontsize=10)
-    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 - `paired_bootstrap`: the difference of two means over the same sequences, resampling sequences
   (so what the two share cancels), with its 95% interval.
 - `describe_difference`: the sentence a report states for a comparison, worded by its interval: a
-  difference whose interval covers 0 is "no measurable difference".
+  difference whose interval covers 0 is "no measurable difference"; `difference_text`: the same
+  difference in a table cell.
 - `paired_ratio`, `paired_difference`, `equivalence` (two one-sided tests against a margin, with the
   smallest difference the rows could detect) and `gap_closed`, for the real-task reports; their
   resamples may keep strata (tasks pooled) at their sizes.
@@ -67,6 +68,18 @@ def describe_difference(a: str, b: str, result: dict, where: str = "", digits: i
         text = f"no measurable difference between {a} and {b} (difference {d:.{digits}f}, {ci})"
     text = f"{where}, {text}" if where else text
     return text[0].upper() + text[1:] + "."
+
+
+def difference_text(result: dict | None, digits: int = 3) -> str:
+    """A paired difference and its 95% interval in a table cell ("–" for none).
+
+    >>> difference_text({"diff": 0.012, "ci95": [-0.003, 0.027], "n": 48})
+    '+0.012 [-0.003, +0.027]'
+    """
+    if not result:
+        return "–"
+    lo, hi = result["ci95"]
+    return f"{result['diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 # ---------------------------------------------------------------------------------------------

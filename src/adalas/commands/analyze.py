@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     from ..cli import load_model_from_args
     from ..data import load_examples
     from ..io import atomic_write_json, check_output_dir
-    from ..report import plot_similarity
+    from ..plots import plot_similarity
     from ..sweep import build_configs, parse_budgets, parse_strategies
 
     args = build_parser().parse_args(argv)

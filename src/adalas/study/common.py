@@ -1,6 +1,6 @@
 """What the study's experiments share: the verdicts, the depth unit, paired per-sequence scores, a
-curve's scores at any depth (interpolated per sequence), and how a point, a difference and an error
-bar are written."""
+curve's scores at any depth (interpolated per sequence), and how a point and an error bar are written
+(a difference: `adalas.stats.difference_text`)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -59,10 +59,6 @@ def ci_text(p: dict | None) -> str:
         return "–"
     ci = p.get("ci95")
     return f"{p['rougeL']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-def diff_text(d: dict | None) -> str:
-    return "–" if not d else f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
 
 def yerr(points: Sequence[dict], ys: Sequence[float]) -> np.ndarray:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..paper import PAPER
-from ..report import _plt, read_scores, read_sweep, save_figure
-from ..stats import describe_difference, paired_bootstrap
-from .common import DEPTH_UNIT, aligned_scores, ci_text, diff_text, direction, point, yerr
+from ..plots import finish_figure, pyplot
+from ..report import read_scores, read_sweep
+from ..stats import describe_difference, difference_text, paired_bootstrap
+from .common import DEPTH_UNIT, aligned_scores, ci_text, direction, point, yerr
 from .plan import Plan
 
 
@@ -49,7 +50,7 @@ def analyse_e1(plan: Plan, records: dict, adapted: Path) -> dict:
 
 
 def plot_e1(doc: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     e1 = doc["E1"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     bars = [("skipping, off the shelf", lambda c: c["off_the_shelf"]["skip"], "lightsteelblue"),
@@ -64,11 +65,8 @@ def plot_e1(doc: dict, path: Path) -> Path:
         ax.bar(xs, ys, width, yerr=yerr(pts, ys), capsize=3, color=color, label=label)
     ax.axhline(e1["base_full"]["rougeL"], color="black", linestyle=":", linewidth=1, label="base model, full depth")
     ax.set_xticks(range(len(e1["comparisons"])), [f"{c['depth']} layers" for c in e1["comparisons"]])
-    ax.set_ylabel("ROUGE-L (95% CI)")
-    ax.set_title(f"E1: skipping against early exit at equal depth ({e1['n']} sequences)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
+    return finish_figure(fig, ax, path, "ROUGE-L (95% CI)",
+                         f"E1: skipping against early exit at equal depth ({e1['n']} sequences)", xlabel=None, grid="y")
 
 
 def e1_table(e1: dict) -> list[str]:
@@ -78,8 +76,8 @@ def e1_table(e1: dict) -> list[str]:
     for c in e1["comparisons"]:
         o = c["off_the_shelf"]
         md.append(f"| {c['depth']} | {ci_text(c['skip'])} | {ci_text(c['exit'])} | "
-                  f"{diff_text(c['skip_minus_exit'])} | {ci_text(o['skip'])} | {ci_text(o['exit'])} | "
-                  f"{diff_text(o['skip_minus_exit'])} |")
+                  f"{difference_text(c['skip_minus_exit'])} | {ci_text(o['skip'])} | {ci_text(o['exit'])} | "
+                  f"{difference_text(o['skip_minus_exit'])} |")
     return md
 
 

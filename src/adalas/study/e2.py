@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..paper import PAPER
-from ..report import _plt, read_scores, read_sweep, save_figure
-from ..stats import describe_difference, paired_bootstrap
-from .common import DEPTH_UNIT, aligned_scores, ci_text, curve_scores, depth_curve, diff_text, point, yerr
+from ..plots import finish_figure, pyplot
+from ..report import read_scores, read_sweep
+from ..stats import describe_difference, difference_text, paired_bootstrap
+from .common import DEPTH_UNIT, aligned_scores, ci_text, curve_scores, depth_curve, point, yerr
 from .plan import Plan
 
 
@@ -89,7 +90,7 @@ def analyse_e2(plan: Plan, records: dict, adapted: Path, e3_dir: Path) -> dict:
 
 
 def plot_e2(doc: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     e2 = doc["E2"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label, color, marker in [("hidden_states", "controllers reading the hidden state", "tab:orange", "D"),
@@ -101,12 +102,7 @@ def plot_e2(doc: dict, path: Path) -> Path:
         ax.errorbar(xs, ys, yerr=yerr(pts, ys), color=color, marker=marker, capsize=3, label=label)
     if e2.get("common_range"):
         ax.axvspan(*e2["common_range"], color="gray", alpha=0.12, label="common depths (compared)")
-    ax.set_xlabel("average layers run per generated token")
-    ax.set_ylabel("ROUGE-L (95% CI)")
-    ax.set_title(f"E2: per-token controllers ({e2['n']} sequences)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return finish_figure(fig, ax, path, "ROUGE-L (95% CI)", f"E2: per-token controllers ({e2['n']} sequences)")
 
 
 def e2_section(e2: dict) -> list[str]:
@@ -120,7 +116,7 @@ def e2_section(e2: dict) -> list[str]:
         md += ["| common depth | hidden state | fixed | difference [95% CI] | uniform skipping (dropout model) |",
                "|---|---|---|---|---|"]
         md += [f"| {a['avg_layers']:.2f} | {a['hidden_states']:.3f} | {a['fixed']:.3f} | "
-               f"{diff_text(a['hidden_minus_fixed'])} | "
+               f"{difference_text(a['hidden_minus_fixed'])} | "
                f"{'–' if a['dropout_uniform_skip'] is None else format(a['dropout_uniform_skip'], '.3f')} |"
                for a in e2["at_common_depths"]]
         md += [""]

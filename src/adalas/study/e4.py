@@ -10,9 +10,10 @@ import numpy as np
 
 from ..io import atomic_write_json
 from ..paper import PAPER
-from ..report import _plt, oracle_score_at, read_json, read_scores, read_sweep, save_figure
-from ..stats import describe_difference, paired_bootstrap
-from .common import DEPTH_UNIT, ci_text, curve_scores, depth_curve, diff_text, direction, point, yerr
+from ..plots import STYLE, finish_figure, pyplot
+from ..report import oracle_score_at, read_json, read_scores, read_sweep
+from ..stats import describe_difference, difference_text, paired_bootstrap
+from .common import DEPTH_UNIT, ci_text, curve_scores, depth_curve, direction, point, yerr
 from .plan import Plan
 from .runs import Stages
 from .sweeps import Evaluator, sweep_complete
@@ -126,12 +127,12 @@ def analyse_e4(plan: Plan, records: dict, e3_dir: Path) -> dict:
 
 
 def plot_e4(out: Path, doc: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     crossfit = read_json(out / "E4" / "router_crossfit.json")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = crossfit["curves"]
-    for key, label, color, style in [("uniform_skip", "uniform skipping", "tab:blue", "-o"),
-                                     ("early_exit", "early exit", "tab:red", "-o"),
+    for key, label, color, style in [("uniform_skip", "uniform skipping", STYLE["uniform_skip"][1], "-o"),
+                                     ("early_exit", "early exit", STYLE["early_exit"][1], "-o"),
                                      ("best_fixed_mix", "best fixed mix (hindsight)", "gray", "--"),
                                      ("oracle", "oracle (in-sample upper bound)", "black", "-"),
                                      ("input_blind", "same router without the prompt", "tab:green", ":^")]:
@@ -141,14 +142,10 @@ def plot_e4(out: Path, doc: dict, path: Path) -> Path:
                     markersize=4)
     pts = [t["router"] for t in doc["E4"]["targets"]]
     xs, ys = [p["avg_layers"] for p in pts], [p["rougeL"] for p in pts]
-    ax.errorbar(xs, ys, yerr=yerr(pts, ys), fmt="P", color="tab:brown", capsize=3,
-                label="per-sequence router (cross-fitted)")
-    ax.set_xlabel("average layers run per generated token")
-    ax.set_ylabel("ROUGE-L")
-    ax.set_title(f"E4: the per-sequence router on the layer-dropout model ({doc['E4']['n']} sequences)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    label, color, marker = STYLE["sequence"]
+    ax.errorbar(xs, ys, yerr=yerr(pts, ys), fmt=marker, color=color, capsize=3, label=label)
+    return finish_figure(fig, ax, path, "ROUGE-L",
+                         f"E4: the per-sequence router on the layer-dropout model ({doc['E4']['n']} sequences)")
 
 
 def e4_section(e4: dict) -> list[str]:
@@ -159,8 +156,8 @@ def e4_section(e4: dict) -> list[str]:
            "(hindsight) | oracle there (upper bound) | without the prompt |", "|---|---|---|---|---|---|---|"]
     for t in e4["targets"]:
         r = t["router"]
-        md.append(f"| {t['target']:g} | {r['avg_layers']:.2f} | {ci_text(r)} | {diff_text(t['minus_uniform_skip'])} "
-                  f"| {diff_text(t['minus_best_fixed_mix'])} | "
+        md.append(f"| {t['target']:g} | {r['avg_layers']:.2f} | {ci_text(r)} | {difference_text(t['minus_uniform_skip'])} "
+                  f"| {difference_text(t['minus_best_fixed_mix'])} | "
                   f"{'–' if t['oracle_at_depth'] is None else format(t['oracle_at_depth'], '.3f')} | "
                   f"{'–' if t['input_blind'] is None else format(t['input_blind'], '.3f')} |")
     md += [""] + [f"- {x}" for t in e4["targets"] for x in t["sentences"]]
