@@ -20,7 +20,8 @@ from typing import Sequence
 
 from .evaluate import rouge
 from .io import atomic_write_json, atomic_write_text, read_jsonl
-from .stats import equivalence, gap_closed, paired_ratio
+from .plots import pyplot, save_figure
+from .stats import difference_text, equivalence, gap_closed, paired_ratio
 from .tasks import REAL_TASKS, join_references, task_file
 
 MARGIN_SHARE = 0.05  # equivalence margin: 5% of full depth's mean on the same rows
@@ -147,8 +148,8 @@ def _alike(c: dict) -> str:
         return f"alike within ±{e['margin']:.3f} (90% CI {e['ci90'][0]:+.3f}, {e['ci90'][1]:+.3f})"
     lo, hi = e["ci95"]
     if lo > 0 or hi < 0:
-        return f"{e['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    return f"no measurable difference ({e['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]; could not detect less than {e['detectable']:.3f})"
+        return difference_text(e)
+    return f"no measurable difference ({difference_text(e)}; could not detect less than {e['detectable']:.3f})"
 
 
 def table(configs: dict) -> list[str]:
@@ -185,10 +186,7 @@ STYLES = {"early_exit": ("--", "o", "early exit"), "uniform_skip": ("-", "s", "u
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [("pooled", summary["pooled"]["configs"])] if summary.get("pooled") else []
     panels += [(t, v["configs"]) for t, v in summary["tasks"].items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
@@ -216,10 +214,7 @@ def plot(summary: dict, path: Path) -> None:
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_task_report(out_dir: str | Path, data_dir: str | Path) -> Path:
