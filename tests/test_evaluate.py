@@ -339,6 +339,43 @@ def test_reference_full_scores_against_the_full_model_and_is_cached(tiny, tmp_pa
     _eval(tiny, ee, DepthConfig(mode="early_exit", exit_after=2), reference="full")
 
 
+def test_eval_resume_keys_hold_the_batch_size_and_the_weights(tiny, tmp_path):
+    """An eval directory made at batch size 3 refuses rows at 2 (other batch companions); one made from
+    a model directory refuses the same path with other weights; settings recorded before these keys
+    resume, then record them."""
+    import shutil
+
+    import torch
+
+    items = tiny["items"][:4]
+    _eval(tiny, tmp_path / "b", items=items, batch_size=3)
+    with pytest.raises(ValueError, match=r"holds results made with batch_size=3, not 2"):
+        _eval(tiny, tmp_path / "b", items=items, batch_size=2)
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny["dir"], model_dir)
+    model = AdalasForCausalLM.from_pretrained(str(model_dir))
+    out = tmp_path / "w"
+
+    def run():
+        return E.run_eval(model, tiny["tok"], items, out, max_new_tokens=3, batch_size=2,
+                          identity={"model": str(model_dir)})
+
+    run()
+    doc = json.loads((out / "settings.json").read_text())
+    assert doc["settings"]["model_sha256"] and doc["settings"]["dtype"] == "float32"
+    old = {**doc, "settings": {k: v for k, v in doc["settings"].items()
+                               if k not in ("batch_size", "device", "dtype", "model_sha256")}}
+    (out / "settings.json").write_text(json.dumps(old))  # as recorded before these keys
+    run()
+    assert json.loads((out / "settings.json").read_text()) == doc
+    with torch.no_grad():
+        model.model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(model_dir)  # retrained into the same directory
+    with pytest.raises(ValueError, match=r"holds results made with model_sha256="):
+        run()
+
+
 def test_eval_command_line(tiny, tmp_path, capsys):
     d, data = str(tiny["dir"]), str(tiny["data"])
     out = tmp_path / "cli"
@@ -360,7 +397,7 @@ def test_eval_command_line(tiny, tmp_path, capsys):
     # bad input: one line and exit code 2
     assert cli_main([*argv[:9], "--batch-size", "0", "--out", str(tmp_path / "bad")]) == 2
     assert cli_main(["eval", "--model", d, "--data", data, "--depth", "{bad json", "--out", str(tmp_path / "b")]) == 2
-    assert cli_main([*argv[:7], "--max-new-tokens", "6", "--out", str(out)]) == 2  # other settings in --out
+    assert cli_main([*argv[:7], "--batch-size", "2", "--max-new-tokens", "6", "--out", str(out)]) == 2  # other settings
     err = capsys.readouterr().err
     assert "adalas eval: error: --batch-size" in err and "malformed JSON" in err and "max_new_tokens=5" in err
 

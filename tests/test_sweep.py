@@ -158,7 +158,7 @@ def test_killed_and_grown_sweeps_resume_without_duplicates(tiny, tmp_path, monke
     other = next(r for r in ([True, True, True, False], [False, True, True, True]) if r != configs[-1].depth.route)
     configs[-1] = S.SweepConfig(configs[-1].config_id, "random_route", 3, DepthConfig(mode="route", route=other))
     with pytest.raises(ValueError, match="random_route@3#0"):  # e.g. another seed: the same id, another route
-        _sweep(tiny, grown, configs)
+        _sweep(tiny, grown, configs, batch_size=1)
 
 
 def test_reference_full_and_learned_checkpoints(tiny, tmp_path):
@@ -254,13 +254,103 @@ def test_a_redo_under_other_settings_is_refused_before_any_row_is_dropped(tiny, 
     configs = S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=0)
     _sweep(tiny, tmp_path, configs)
     files = {n: (tmp_path / n).read_bytes() for n in ("per_sequence.jsonl", "sweep.jsonl", "settings.json")}
-    other_length = S.sweep_settings("tiny", None, 6, "data")  # the directory was made with 5 new tokens
+    other_length = S.sweep_settings("tiny", None, 6, "data", batch_size=2, model=tiny["model"])  # made with 5
     with pytest.raises(ValueError, match=r"holds results made with max_new_tokens=5, not 6"):
         S.forget_configs(tmp_path, ["uniform_skip@2"], configs, settings=other_length)
     reseeded = S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=1)  # other random routes
-    same = S.sweep_settings("tiny", None, 5, "data")
+    same = S.sweep_settings("tiny", None, 5, "data", batch_size=2, model=tiny["model"])
     with pytest.raises(ValueError, match=r"config 'random_route@3#0' was defined as"):
         S.forget_configs(tmp_path, ["uniform_skip@2"], reseeded, settings=same)
     assert {n: (tmp_path / n).read_bytes() for n in files} == files  # nothing dropped, nothing recorded
     assert S.forget_configs(tmp_path, ["random_route@*"], reseeded, settings=same) == \
         ["random_route@3#0", "random_route@2#0"]  # the redone configs may change
+
+
+# --- resume keys: the batch plan, the weights, and directories recorded before those keys ----------
+
+def test_a_resume_with_another_batch_size_is_refused(tiny, tmp_path):
+    """Rows depend on their batch companions: a directory made at batch size 2 does not take rows
+    made at 3 (it would mix two batch plans)."""
+    configs = S.build_configs(LAYERS, ["uniform_skip"], [3])
+    _sweep(tiny, tmp_path, configs, batch_size=2)
+    with pytest.raises(ValueError, match=r"holds results made with batch_size=2, not 3"):
+        _sweep(tiny, tmp_path, configs, batch_size=3)
+    recorded = json.loads((tmp_path / "settings.json").read_text())["settings"]
+    assert recorded["batch_size"] == 2 and recorded["device"] == "cpu" and recorded["dtype"] == "float32"
+
+
+def test_a_model_or_checkpoint_retrained_in_place_is_refused(tiny, tmp_path):
+    """--model and --checkpoints directories are recorded by what their weights are, not by path: the
+    same directory with new weights does not resume over the old rows."""
+    import shutil
+
+    import torch
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny["dir"], model_dir)
+    ckpt = tmp_path / "ckpt-a"
+    tiny["model"].save_pretrained(ckpt)
+    configs = S.build_configs(LAYERS, ["early_exit"], [2], checkpoints=[str(ckpt)])
+    items = tiny["items"][:2]
+
+    def sweep(model, configs):
+        return S.run_sweep(model, tiny["tok"], items, configs, tmp_path / "out", max_new_tokens=3, batch_size=2,
+                           model_id=str(model_dir))
+
+    model = AdalasForCausalLM.from_pretrained(str(model_dir))
+    sweep(model, configs)
+    sweep(model, configs)  # unchanged: resumes
+    retrained = AdalasForCausalLM.from_pretrained(str(ckpt))
+    with torch.no_grad():
+        retrained.model.lm_head.weight.mul_(1.5)
+    retrained.save_pretrained(ckpt)
+    again = S.build_configs(LAYERS, ["early_exit"], [2], checkpoints=[str(ckpt)])
+    with pytest.raises(ValueError, match=r"config 'learned:ckpt-a' were made with other weights.*--redo"):
+        sweep(model, again)
+    model.save_pretrained(model_dir)  # other bytes in --model's directory (the same path)
+    with torch.no_grad():
+        model.model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"holds results made with model_sha256="):
+        sweep(model, configs)
+
+
+def test_directories_recorded_before_the_new_keys_still_resume(tiny, tmp_path):
+    """A settings.json from before batch_size, device, dtype, the model's sha256 and checkpoints'
+    weights were recorded resumes (nothing runs again), then records them; another value is refused."""
+    ckpt = tmp_path / "ckpt-a"
+    tiny["model"].save_pretrained(ckpt)
+    configs = S.build_configs(LAYERS, ["early_exit"], [2], checkpoints=[str(ckpt)])
+    out = tmp_path / "out"
+    _sweep(tiny, out, configs)
+    doc = json.loads((out / "settings.json").read_text())
+    new_keys = {"batch_size", "device", "dtype"}
+    assert new_keys <= set(doc["settings"]) and doc["configs"]["learned:ckpt-a"]["weights"]
+    old = {"settings": {k: v for k, v in doc["settings"].items() if k not in new_keys},
+           "configs": {cid: {k: v for k, v in d.items() if k != "weights"} for cid, d in doc["configs"].items()}}
+    (out / "settings.json").write_text(json.dumps(old))
+    before = (out / "per_sequence.jsonl").read_bytes()
+    _sweep(tiny, out, configs)
+    assert (out / "per_sequence.jsonl").read_bytes() == before
+    assert json.loads((out / "settings.json").read_text()) == doc  # the keys are recorded now
+    with pytest.raises(ValueError, match="batch_size=2, not 3"):
+        _sweep(tiny, out, configs, batch_size=3)
+
+
+@pytest.mark.parametrize("name", ["adapters", "study/adapted", "study/E3"])
+def test_committed_sweep_directories_accept_the_new_keys(tmp_path, name):
+    """The committed sweep directories (recorded before batch_size, device, dtype, model_sha256 and
+    checkpoints' weights) accept a run that records them, and refuse one that changes what they say."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "results" / name / "settings.json"
+    if not src.is_file():
+        pytest.skip(f"{src} is not in this checkout")
+    shutil.copy(src, tmp_path / "settings.json")
+    doc = json.loads(src.read_text())
+    settings = {**doc["settings"], "batch_size": 8, "device": "cpu", "dtype": doc["settings"].get("dtype", "float32"),
+                "model_sha256": "0" * 64}
+    configs = {cid: {**d, "weights": d.get("weights") or "1" * 64} for cid, d in doc["configs"].items()}
+    E.check_settings(tmp_path, settings, configs, record=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        E.check_settings(tmp_path, {**settings, "max_new_tokens": doc["settings"]["max_new_tokens"] + 1}, configs)

@@ -48,6 +48,7 @@ import torch
 from .config import DepthConfig
 from .data import (TRAINING_FILE, Example, build_prompt, data_sha256, load_examples, make_collator, resolve_format,
                    tokenize_prompt)
+from .hub import model_sha256
 from .io import RowStore, atomic_write_json, check_output_dir, finish_shards
 from .metrics import batch_columns, summarize_columns
 from .routers import chosen_routes
@@ -356,25 +357,53 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Keys recorded since later versions (the batch plan, the weights, device and dtype, a data file's
+# bytes): a settings.json or config definition written before one existed lacks it and still resumes
+# (the key is then recorded); a key recorded with another value is refused, as any other.
+LATER_SETTINGS = frozenset({"batch_size", "device", "dtype", "model_sha256", "model_revision", "data_sha256"})
+LATER_DEFINITION = frozenset({"weights"})
+
+
+def run_identity(model, model_id: Any) -> dict:
+    """What rows depend on besides the flags: the device type and dtype the model runs in, and what
+    its weights are (`hub.model_sha256` of `model_id`: a directory's weight files, the embedded
+    model's GGUF, an adapted alias's adapter; a hub model's revision, from its config)."""
+    out = {"device": model.device.type, "dtype": str(model.dtype).removeprefix("torch.")}
+    sha = model_sha256(model_id) if isinstance(model_id, str) else None
+    if sha:
+        out["model_sha256"] = sha
+    revision = getattr(model.config, "_commit_hash", None)
+    if revision:
+        out["model_revision"] = revision
+    return out
+
+
+def _differing(old: dict, new: dict, later: frozenset) -> list[str]:
+    """Keys whose values differ, a key of `later` that `old` lacks excepted."""
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not (k in later and k not in old)]
+
+
 def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None = None, record: bool = True) -> None:
     """Record `settings` (and config ids -> definitions) in out_dir/settings.json, refusing a
-    directory whose rows were made with other settings or another definition of a config id.
+    directory whose rows were made with other settings or another definition of a config id
+    (LATER_SETTINGS / LATER_DEFINITION: a key recorded before it existed is accepted).
     `record=False` only checks (before rows are dropped for a redo)."""
     path = Path(out_dir) / "settings.json"
     old = json.loads(path.read_text()) if path.is_file() else None
     if old is not None:
-        diff = [k for k in sorted(set(old.get("settings", {})) | set(settings))
-                if old.get("settings", {}).get(k) != settings.get(k)]
+        recorded = old.get("settings", {})
+        diff = _differing(recorded, settings, LATER_SETTINGS)
         if diff:
             k = diff[0]
-            raise ValueError(f"{out_dir} holds results made with {k}={old.get('settings', {}).get(k)!r}, not "
+            raise ValueError(f"{out_dir} holds results made with {k}={recorded.get(k)!r}, not "
                              f"{settings.get(k)!r}; use another --out or delete that directory")
     merged = dict((old or {}).get("configs", {}))
     for cid, definition in (configs or {}).items():
-        if cid in merged and merged[cid] != definition:
-            was, now = merged[cid].get("weights"), definition.get("weights")  # `adapted:` configs' adapters
-            if was != now:
-                raise ValueError(f"{out_dir}: the rows of config {cid!r} were made with other adapter weights "
+        diff = _differing(merged[cid], definition, LATER_DEFINITION) if cid in merged else []
+        if diff:
+            was, now = merged[cid].get("weights"), definition.get("weights")  # adapters', checkpoints' weights
+            if "weights" in diff:
+                raise ValueError(f"{out_dir}: the rows of config {cid!r} were made with other weights "
                                  f"(sha256 {str(was)[:12]}, now {str(now)[:12]}); "
                                  f"make them again with `adalas sweep ... --redo {cid!r}`, or use another --out")
             raise ValueError(f"{out_dir}: config {cid!r} was defined as {merged[cid]} in an earlier run, now as "
@@ -445,21 +474,24 @@ def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, ma
     done = set(store.rows())
     extra = extra or {}
     seconds = 0.0
-    for batch in batches:
-        missing = {it.id for it in batch.items if store.key({**extra, "id": it.id}) not in done}
-        if not missing:
-            continue
-        t0 = time.perf_counter()
-        gens = generate_batch(model, tokenizer, batch.items, max_new_tokens, sampling)  # whole batch: same companions
-        seconds += time.perf_counter() - t0
-        fallback = _fallback_layers(model)
-        columns = batch_columns(model, tokenizer, batch.items, gens, teacher_forced, max_new_tokens)  # adalas.metrics
-        rows = [make_row(it, g, _reference(references, it, g), static, fallback, {**extra, **c})
-                for it, g, c in zip(batch.items, gens, columns) if it.id in missing]
-        store.append(rows)
-        done.update(store.key(r) for r in rows)
-        if progress is not None:
-            progress.update(len(rows), desc)
+    with model.family.hold_fused():  # the fused weight copies built once for every batch's generate()
+        for batch in batches:
+            missing = {it.id for it in batch.items if store.key({**extra, "id": it.id}) not in done}
+            if not missing:
+                continue
+            t0 = time.perf_counter()
+            # the whole batch, so every row keeps its companions
+            gens = generate_batch(model, tokenizer, batch.items, max_new_tokens, sampling)
+            seconds += time.perf_counter() - t0
+            fallback = _fallback_layers(model)
+            columns = batch_columns(model, tokenizer, batch.items, gens, teacher_forced,
+                                    max_new_tokens)  # adalas.metrics
+            rows = [make_row(it, g, _reference(references, it, g), static, fallback, {**extra, **c})
+                    for it, g, c in zip(batch.items, gens, columns) if it.id in missing]
+            store.append(rows)
+            done.update(store.key(r) for r in rows)
+            if progress is not None:
+                progress.update(len(rows), desc)
     return seconds
 
 
@@ -537,7 +569,8 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
     generation = {"max_new_tokens": max_new_tokens, "do_sample": False, "batch_size": batch_size,
                   "reference": reference, **identity.pop("generation", {})}
     settings = {"model": identity.get("model"), "data": identity.get("data"), "depth": depth.to_dict(),
-                "max_new_tokens": max_new_tokens, "reference": reference,
+                "max_new_tokens": max_new_tokens, "reference": reference, "batch_size": batch_size,
+                **run_identity(model, identity.get("model")),
                 **{k: v for k, v in generation.items() if k in ("prompt_format", "max_prompt_tokens")},
                 **({"metrics": list(teacher_forced)} if teacher_forced else {}),
                 **({"data_sha256": identity["data_sha256"]} if identity.get("data_sha256") else {})}

@@ -29,7 +29,8 @@ from typing import Any, Callable, Sequence
 from .config import DepthConfig, route_from_str, route_to_str
 from .data import file_sha256
 from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, check_settings, missing_items, plan_batches,
-                       plan_fingerprint, run_depth, shard, summarize, versions)
+                       plan_fingerprint, run_depth, run_identity, shard, summarize, versions)
+from .hub import weights_sha256
 from .io import (RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards,
                  read_jsonl)
 from .oracle import random_routes, route_to_skip_layers, uniform_skip_route
@@ -46,7 +47,9 @@ class SweepConfig:
     depth: DepthConfig  # for a checkpoint: its own saved depth
     checkpoint: str | None = None  # a model directory to load for this config
     sampling: Sampling | None = None  # full_sample: sampled, not greedy
-    weights: str | None = None  # adapted: sha256 of the alias's adapter weights (a replaced adapter is another model)
+    # adapted: sha256 of the alias's adapter weights; learned: of the directory's weight files
+    # (`hub.weights_sha256`): a replaced adapter, or a checkpoint retrained in place, is another model
+    weights: str | None = None
 
     def definition(self) -> dict:
         """What the config id stands for (a rerun must agree)."""
@@ -158,7 +161,8 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
             raise ValueError(f"checkpoints: {d!r} has {n} layers, the model {L}; a sweep compares depths of one "
                              f"model: pass checkpoints fine-tuned from --model")
         route = depth.static_route(L)
-        configs.append(SweepConfig(cid, "learned", sum(route) if route else None, depth, checkpoint=str(p)))
+        configs.append(SweepConfig(cid, "learned", sum(route) if route else None, depth, checkpoint=str(p),
+                                   weights=weights_sha256(p)))
     for s in range(1, null_k):
         configs.append(SweepConfig(f"full_sample#{s}", "full_sample", L, DepthConfig(), sampling=Sampling(seed=s)))
     for alias in adapted:
@@ -264,7 +268,8 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     mine = shard(plan, rank, world_size)
     t_start = time.perf_counter()
     L = model.num_layers
-    check_settings(out_dir, sweep_settings(model_id, data_id, max_new_tokens, reference, settings),
+    check_settings(out_dir, sweep_settings(model_id, data_id, max_new_tokens, reference, settings,
+                                           batch_size=batch_size, model=model),
                    {c.config_id: c.definition() for c in configs})
     store = RowStore(out_dir, "per_sequence.jsonl", ("config_id", "id"), rank, world_size)
     done = set(store.rows())
@@ -274,29 +279,30 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     base_depth = model.depth
     references = None
     try:
-        for cfg in configs:
-            extra = {"config_id": cfg.config_id}
-            if cfg.checkpoint is not None:
-                if not missing_items(mine, store, extra):
-                    continue
-                m = (load_checkpoint or _default_loader(model))(cfg.checkpoint)
-                if m.num_layers != L:
-                    raise ValueError(f"checkpoint {cfg.checkpoint!r} has {m.num_layers} layers, the model {L}")
-                if m.depth != cfg.depth:  # a shipped model on a depth other than its own (`ALIAS@...`)
+        with model.family.hold_fused():  # the base model's fused weight copies serve every config
+            for cfg in configs:
+                extra = {"config_id": cfg.config_id}
+                if cfg.checkpoint is not None:
+                    if not missing_items(mine, store, extra):
+                        continue
+                    m = (load_checkpoint or _default_loader(model))(cfg.checkpoint)
+                    if m.num_layers != L:
+                        raise ValueError(f"checkpoint {cfg.checkpoint!r} has {m.num_layers} layers, the model {L}")
+                    if m.depth != cfg.depth:  # a shipped model on a depth other than its own (`ALIAS@...`)
+                        m.set_depth(cfg.depth)
+                else:
+                    m = model
                     m.set_depth(cfg.depth)
-            else:
-                m = model
-                m.set_depth(cfg.depth)
-            own = "self" if cfg.strategy == "full" and reference == "full" else references
-            timing[cfg.config_id] = run_depth(m, tokenizer, mine, store, max_new_tokens=max_new_tokens,
-                                              references=own, extra=extra, progress=bar, desc=cfg.config_id,
-                                              sampling=cfg.sampling, teacher_forced=teacher_forced)
-            if cfg.strategy == "full" and reference == "full":  # the full model's output is the reference
-                rows = store.rows()
-                references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}
-            if world_size == 1:
-                _write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference, complete_only=True,
-                             data_sha256=(settings or {}).get("data_sha256"))
+                own = "self" if cfg.strategy == "full" and reference == "full" else references
+                timing[cfg.config_id] = run_depth(m, tokenizer, mine, store, max_new_tokens=max_new_tokens,
+                                                  references=own, extra=extra, progress=bar, desc=cfg.config_id,
+                                                  sampling=cfg.sampling, teacher_forced=teacher_forced)
+                if cfg.strategy == "full" and reference == "full":  # the full model's output is the reference
+                    rows = store.rows()
+                    references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}
+                if world_size == 1:
+                    _write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference, complete_only=True,
+                                 data_sha256=(settings or {}).get("data_sha256"))
     finally:
         bar.close()
         model.set_depth(base_depth)
@@ -317,10 +323,16 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
 
 
 def sweep_settings(model_id: Any, data_id: Any, max_new_tokens: int, reference: str,
-                   settings: dict | None = None) -> dict:
-    """What every row of a sweep directory shares (settings.json's `settings`; a rerun must agree)."""
-    return {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens, "reference": reference,
-            **(settings or {})}
+                   settings: dict | None = None, *, batch_size: int | None = None, model=None) -> dict:
+    """What every row of a sweep directory shares (settings.json's `settings`; a rerun must agree):
+    with `batch_size` the batch plan (a row's batch companions), with `model` what its weights are
+    and the device and dtype it runs in (`evaluate.run_identity`)."""
+    out = {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens, "reference": reference}
+    if batch_size is not None:
+        out["batch_size"] = batch_size
+    if model is not None:
+        out.update(run_identity(model, model_id))
+    return {**out, **(settings or {})}
 
 
 def forget_configs(out_dir: str | Path, patterns: Sequence[str], configs: Sequence[SweepConfig],

@@ -80,7 +80,8 @@ def main(argv: list[str]) -> int:
                 "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {}),
                 **({"data_sha256": sha} if (sha := data_sha256(args.data)) else {})}
     if args.redo:
-        full_settings = sweep_settings(args.model, data_id, args.max_new_tokens, args.reference, settings)
+        full_settings = sweep_settings(args.model, data_id, args.max_new_tokens, args.reference, settings,
+                                       batch_size=args.batch_size, model=model)
         dropped = forget_configs(args.out, args.redo, configs, settings=full_settings)
         print(f"redo: dropped the rows of {', '.join(dropped)}", flush=True)
     items = make_items(examples, tok, prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
