@@ -339,6 +339,18 @@ def test_reference_full_scores_against_the_full_model_and_is_cached(tiny, tmp_pa
     _eval(tiny, ee, DepthConfig(mode="early_exit", exit_after=2), reference="full")
 
 
+def test_per_row_layer_counts_of_stochastic_skips_with_skip_prompt(tiny, tmp_path):
+    """With skip_prompt=True the teacher-forced forward that counts each row's layers draws the skips
+    generation drew (both keyed on the prompt): the rows agree with the model's counters (a
+    LayerCountWarning, an error here, otherwise) and with the usage pooled over rows."""
+    depth = DepthConfig(mode="stochastic", skip_probs=[0.0, 0.5, 0.5, 0.5], seed=4, skip_prompt=True)
+    metrics = _eval(tiny, tmp_path, depth)
+    rows = _lines(tmp_path / "per_sequence.jsonl")
+    steps = sum(r["output_tokens"] - 1 for r in rows)
+    usage = [sum(r["layer_runs"][i] for r in rows) / steps for i in range(LAYERS)]
+    assert usage == pytest.approx(metrics["layer_usage"]) and 0 < metrics["avg_layers"] < LAYERS
+
+
 def test_eval_resume_keys_hold_the_batch_size_and_the_weights(tiny, tmp_path):
     """An eval directory made at batch size 3 refuses rows at 2 (other batch companions); one made from
     a model directory refuses the same path with other weights; settings recorded before these keys
