@@ -129,6 +129,7 @@ BASE = {
               "--out", "@out"],
     "bench": ["decode", "--model", "@model", "--new-tokens", "2", "--repeats", "1", "--batch-sizes", "1",
               "--no-redundant"],
+    "tasks": ["run", "--why", "a test", "--data-dir", "@datadir", "--out", "@out", "--runs", "@runs", "--no-progress"],
 }
 
 
@@ -262,6 +263,10 @@ MATRIX = [
     # data: missing, unreadable, not JSON, wrong rows, missing columns, empty
     *_rows("eval sweep analyze train route", ["--data", "@missing"], r"missing\.jsonl: no such file",
            name="data-missing"),
+    # tasks: the shared test sets are not where --data-dir says, or a task that is not one of them
+    *_rows("tasks", [], r"task 'samsum': .*samsum\.test\.jsonl is not a file; pass --data-dir", name="test-sets-missing"),
+    *_rows("tasks", ["--tasks", "alpaca"], r"task: unknown 'alpaca'; the real tasks are samsum, cnn_dailymail, "
+           r"user_oriented", name="unknown-task"),
     # route: a layer count the model cannot keep, evaluation data to choose on
     *_rows("route", ["--layers", "9"], r"--layers: must be in 1\.\.3 \(the model has 4 layers\), got 9",
            name="layers-out-of-range"),
