@@ -61,7 +61,7 @@ def test_hand_count_opt_and_gpt2():
 
 def test_embedded_model_shapes_give_the_measured_bound():
     """SmolLM2-135M's shapes (built on the meta device, no weights): deleting every other layer is a
-    1.66x FLOP bound and the head about 20% of the work (DESIGN: 1.65x measured, 21%)."""
+    1.66x FLOP bound and the head about 20% of the work (docs/notebook.md: 1.65x measured, 21%)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                       num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True)

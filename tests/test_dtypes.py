@@ -3,7 +3,7 @@ adalas against the wrapped model under transformers' eager and SDPA attention.
 
 Tolerances: bfloat16 keeps 8 significant bits (a step of 2**-9 ~ 0.002 at the tiny models' logit
 scale of ~0.5), so logits compare with atol 1e-2 (about five steps; measured differences are 0 to
-0.002) and the argmax must agree on every compared position. fp32 comparisons keep DESIGN's 1e-5.
+0.002) and the argmax must agree on every compared position. fp32 comparisons keep docs/design.md's 1e-5.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md (tests/test_invariants.py) and the fast path's equality with the depth
+"""The invariants of docs/design.md (tests/test_invariants.py) and the fast path's equality with the depth
 loop (tests/test_speed.py), rerun on the newer Llama-layout families: Qwen3 (per-head q/k RMSNorm,
 explicit head_dim), and sliding-window attention (Mistral on every layer; Qwen2 on the layers its
 `layer_types` marks), with windows shorter than the test sequences so that they matter."""

@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md on tiny random OPT (both layouts), Llama and GPT-2 models."""
+"""The invariants of docs/design.md on tiny random OPT (both layouts), Llama and GPT-2 models."""
 from __future__ import annotations
 
 import copy

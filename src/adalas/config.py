@@ -293,7 +293,7 @@ class DepthConfig:
         return self.kv_fill == "propagate" and not self.one_route_per_sequence
 
 
-# What each mode takes (DESIGN's table). Any other field must keep its default in that mode.
+# What each mode takes (docs/design.md's table). Any other field must keep its default in that mode.
 COMMON_FIELDS: tuple[str, ...] = ("mode", "skip_prompt", "kv_fill", "seed")
 MODE_FIELDS: dict[str, tuple[str, ...]] = {
     "full": (),

@@ -1,5 +1,5 @@
 """The paper adalas reproduces, in one table: Glavas et al., "Dynamic layer selection in decoder-only
-transformers" (NeurIPS 2024 ENLSP workshop, arXiv 2410.20022), as the design notes summarise it.
+transformers" (NeurIPS 2024 ENLSP workshop, arXiv 2410.20022), as docs/design.md summarises it.
 
 Reports quote it from here: its setting beside a sweep's (`adalas.report`) and its findings beside
 the study's experiments E1-E4 (`adalas.study`).

@@ -28,7 +28,7 @@ from .paper import PAPER
 from .plots import plot_rouge_vs_layers, plot_similarity, plot_skip_rates
 from .stats import describe_difference, difference_text, paired_bootstrap
 
-FIXED = ("full", "uniform_skip", "early_exit")  # the headline oracle's candidates (DESIGN: honest numbers)
+FIXED = ("full", "uniform_skip", "early_exit")  # the headline oracle's candidates (docs/design.md, "Honest numbers")
 
 
 # ---------------------------------------------------------------------------------------------

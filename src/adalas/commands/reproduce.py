@@ -24,11 +24,11 @@ from ..cli import add_model_args, check_counts, make_parser
 # Sized for 2 idle CPU cores: 1 + 3 x (2 + 5) + 6 = 28 generated configs of the base model and 5 of
 # the shipped adapters (two routes off the shelf and adapted, the dropout model at full depth), the
 # router's 3 rows by lookup (seconds), loading and the analysis (under a minute). Measured at batch 8:
-# about 32 s a config, 17 min 33 s for the sweep, over DESIGN's 18 minutes with everything else. Batch
-# 16 generated in 0.71x of batch 8's time (full and uniform_skip@24 over the same 48 rows, two
-# interleaved repeats each on idle cores: 96 s against 135 s), so the preset uses 16: 13-15 min in all,
-# measured (15 min 03 s, then 13 min 13 s in a later run). DESIGN: sweeps on this model are informative
-# between 20 and 30 layers.
+# about 32 s a config, 17 min 33 s for the sweep, over the 18 minutes of docs/design.md ("Budgets")
+# with everything else. Batch 16 generated in 0.71x of batch 8's time (full and uniform_skip@24 over
+# the same 48 rows, two interleaved repeats each on idle cores: 96 s against 135 s), so the preset uses
+# 16: 13-15 min in all, measured (15 min 03 s, then 13 min 13 s in a later run). docs/notebook.md:
+# sweeps on this model are informative between 20 and 30 layers.
 PRESETS = {
     "full": {"limit": 48, "max_new_tokens": 24, "batch_size": 16, "budgets": "24,27,29",
              "routes_per_budget": 5, "folds": 5, "analysis_limit": 8, "out": "results/reproduce"},
