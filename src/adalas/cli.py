@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "speed and memory benchmarks"),
     "export": ("export", "write a plain transformers checkpoint with skipped layers removed"),
     "route": ("route", "search the layers to keep, teacher-forced on held-out rows against full depth"),
+    "adapt": ("adapt", "adapt a model to N of its layers: data, route, training, evaluation, export"),
     "tasks": ("tasks", "the real-task protocol: logged looks at the shared test sets, committed rows, report"),
 }
 

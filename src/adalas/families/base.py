@@ -98,6 +98,14 @@ class Family:
             if isinstance(values, (list, tuple)) and len(values) == L:
                 setattr(self.config, name, [values[i] for i in keep])
 
+    # -- llama.cpp's GGUF layout (adalas.gguf_export) ----------------------------------------------
+    def gguf_tensors(self) -> list[tuple[str, torch.Tensor, int | None]] | None:
+        """The weights under llama.cpp's tensor names, for a model llama.cpp runs as its `llama`
+        architecture: (name, weight, heads), `heads` set on the query and key projections, whose rows
+        llama.cpp wants permuted (with that head count) to its interleaved rotation. None: the model
+        has no such layout (base: none)."""
+        return None
+
     # -- decode fast path: fused projections -------------------------------------------------
     def residual_outputs(self, layer: nn.Module) -> list[nn.Module]:
         """The projections that write into the residual stream (attention output, MLP output).

@@ -148,6 +148,31 @@ class LlamaFamily(Family):
     def final(self, h):
         return self.hf.model.norm(h)
 
+    def gguf_tensors(self):
+        """Llama proper (not Mistral, Qwen2 or Qwen3, which llama.cpp runs as other architectures), without
+        biases: llama.cpp's `llama` layout. The head is written only when it is not the embedding."""
+        cfg = self.config
+        if cfg.model_type != "llama" or getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            return None
+        m = self.hf.model
+        out = [("token_embd.weight", m.embed_tokens.weight, None)]
+        for i, layer in enumerate(m.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            out += [(f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight, None),
+                    (f"blk.{i}.attn_q.weight", attn.q_proj.weight, self.num_heads),
+                    (f"blk.{i}.attn_k.weight", attn.k_proj.weight, self.num_kv_heads),
+                    (f"blk.{i}.attn_v.weight", attn.v_proj.weight, None),
+                    (f"blk.{i}.attn_output.weight", attn.o_proj.weight, None),
+                    (f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, None),
+                    (f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight, None),
+                    (f"blk.{i}.ffn_up.weight", mlp.up_proj.weight, None),
+                    (f"blk.{i}.ffn_down.weight", mlp.down_proj.weight, None)]
+        out.append(("output_norm.weight", m.norm.weight, None))
+        head = self.hf.get_output_embeddings()
+        if head.weight is not m.embed_tokens.weight:
+            out.append(("output.weight", head.weight, None))
+        return out
+
 
 def _plain_rms(norm) -> bool:
     """A norm that `_rms_norm` computes exactly as its module does (transformers' Llama-style RMSNorm)."""
