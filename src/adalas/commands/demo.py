@@ -2,7 +2,10 @@
 
 Prints, per prompt, one table row per depth config: the depth, layers run per generated token,
 tokens per second (the whole batch of prompts, prefill included) and the output wrapped to the
-terminal's width. `--json` prints one JSON object per depth config instead (JSON lines).
+terminal's width. `--json` prints one JSON object per depth config instead (JSON lines). Where the
+package ships adapted models of `--model` (`smollm2-135m-adapted-24`, `-20`: LoRA adapters trained on
+a route), each one's route runs twice more: off the shelf, then adapted, so skipping that works is shown
+beside skipping that breaks (`--no-adapters` leaves them out).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def build_parser():
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="one JSON object per depth config (JSON lines), no table")
+    p.add_argument("--no-adapters", action="store_true", help="leave out the shipped adapted models")
     add_long_prompts_arg(p, "refuse")
     return p
 
@@ -41,6 +45,20 @@ def demo_configs(L: int) -> dict[str, DepthConfig]:
         f"early exit after {L - 3}": DepthConfig(mode="early_exit", exit_after=max(1, L - 3)),
         f"skip {', '.join(map(str, spread))}": DepthConfig(mode="static_skip", skip_layers=spread),
     }
+
+
+def shipped_adapters(model: str, num_layers: int) -> list[tuple[str, DepthConfig]]:
+    """The shipped adapted aliases made from `model` on a route of their own (not full depth), with it."""
+    from ..hub import adapter_aliases, adapter_base, adapter_dir
+
+    out = []
+    for alias in adapter_aliases():
+        directory = adapter_dir(alias)
+        depth = DepthConfig.from_dir(directory) or DepthConfig()
+        route = depth.static_route(num_layers)
+        if adapter_base(directory) == model and route is not None and len(route) == num_layers and not all(route):
+            out.append((alias, depth))
+    return out
 
 
 def render(prompts: list[str], rows: list[dict[str, Any]], width: int) -> str:
@@ -95,23 +113,28 @@ def main(argv: list[str]) -> int:
                                       for it in items])
     eos = m.model.generation_config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else (eos or [])) | ({tok.eos_token_id} - {None})
-    with m.family.hold_fused():  # fused weights built once (by the warm-up), not in a timed call
-        m.generate(**enc, max_new_tokens=2, do_sample=False)  # warm-up: the first call's allocations are not timed
-        rows = []
-        for name, cfg in demo_configs(m.num_layers).items():
-            m.set_depth(cfg)
-            m.reset_usage()
+    runs = [(name, cfg, None) for name, cfg in demo_configs(m.num_layers).items()]
+    for alias, cfg in ([] if args.no_adapters else shipped_adapters(args.model, m.num_layers)):
+        short = alias.removeprefix(f"{args.model}-")
+        runs += [(f"{short} route, untrained", cfg, None), (f"{short}, adapted", cfg, alias)]
+    rows = []
+    for name, cfg, alias in runs:
+        model = m if alias is None else AdalasForCausalLM.from_pretrained(alias)  # the base with the adapter merged
+        with model.family.hold_fused():  # fused weights built once (by the warm-up), not in a timed call
+            model.set_depth(cfg)
+            model.generate(**enc, max_new_tokens=2, do_sample=False)  # warm-up: first-call allocations are not timed
+            model.reset_usage()
             t0 = time.perf_counter()
-            out = m.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
+            out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
             dt = time.perf_counter() - t0
-            new = out[:, enc["input_ids"].shape[1]:]
-            tokens = sum(_generated(r, eos) for r in new.tolist())
-            texts = tok.batch_decode(new, skip_special_tokens=True)
-            rows.append({"depth": name, "config": cfg.to_dict(), "avg_layers": round(m.avg_layers(), 2),
-                         "tokens": tokens, "seconds": round(dt, 2), "tokens_per_s": round(tokens / dt, 1),
-                         "outputs": [t.strip() for t in texts]})
-            if args.json:
-                print(json.dumps(rows[-1]), flush=True)
+        new = out[:, enc["input_ids"].shape[1]:]
+        tokens = sum(_generated(r, eos) for r in new.tolist())
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        rows.append({"depth": name, "config": cfg.to_dict(), "model": alias or args.model,
+                     "avg_layers": round(model.avg_layers(), 2), "tokens": tokens, "seconds": round(dt, 2),
+                     "tokens_per_s": round(tokens / dt, 1), "outputs": [t.strip() for t in texts]})
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
     if not args.json:
         width = shutil.get_terminal_size().columns
         print(textwrap.fill(f"{args.model}: {m.num_layers} layers, {len(PROMPTS)} prompts in one batch, greedy, "
