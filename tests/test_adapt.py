@@ -11,6 +11,7 @@ code 2, nothing written. Stages are counted and killed through `adalas.adapt.STA
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,7 @@ from adalas.cli import main
 FAST = ["--steps", "2", "--heldout", "4", "--route-rows", "2", "--response-tokens", "8", "--max-candidates", "3",
         "--max-new-tokens", "4", "--batch-size", "4", "--speed-tokens", "2", "--speed-rounds", "1", "--no-progress"]
 FAMILIES = ("llama", "opt", "gpt2")
+USER_CACHE = os.environ.get("ADALAS_CACHE")  # before the fixture below points it at a temporary one
 
 
 def _bpe_tokenizer():
@@ -375,3 +377,36 @@ def test_without_data_the_models_own_rows_are_written_once_and_reused(world, tmp
     assert records[0]["source"] == records[1]["source"] and Path(records[0]["source"]).parent.name == "synth"
     assert (records[0]["heldout_rows"], records[0]["train_rows"]) == (2, 6)
     assert records[0]["heldout_sha256"] == records[1]["heldout_sha256"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded model's GGUF (slow: the 135M model, and transformers' GGUF reader)
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_the_embedded_models_gguf_keeps_its_source_metadata_and_loads_back(tmp_path, monkeypatch):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adalas.export import export_checkpoint
+    from adalas.gguf_export import write_gguf
+    from adalas.hub import embedded_gguf
+
+    if USER_CACHE is None:  # the converted model where the user keeps it, not a fresh conversion
+        monkeypatch.delenv("ADALAS_CACHE")
+    else:
+        monkeypatch.setenv("ADALAS_CACHE", USER_CACHE)
+    export = tmp_path / "export"
+    export_checkpoint("smollm2-135m", {"mode": "static_skip", "skip_layers": [3, 6, 12, 14, 17, 25]}, export)
+    info = write_gguf(export, export / "model.gguf", dtype="f32", source_gguf=embedded_gguf())
+    assert info["block_count"] == 24 and info["tensors"] == 2 + 24 * 9  # tied head: no output.weight
+    ours, source = gguf.GGUFReader(str(export / "model.gguf")), gguf.GGUFReader(str(embedded_gguf()))
+    assert ours.fields["llama.block_count"].contents() == 24
+    for key in ("tokenizer.ggml.pre", "tokenizer.chat_template", "llama.rope.freq_base", "tokenizer.ggml.merges"):
+        assert ours.fields[key].contents() == source.fields[key].contents(), key
+    exported = AutoModelForCausalLM.from_pretrained(str(export)).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(str(export), gguf_file="model.gguf", dtype=torch.float32).eval()
+    text = "Give three tips for staying healthy."
+    ids = AutoTokenizer.from_pretrained(str(export))(text, return_tensors="pt").input_ids
+    assert AutoTokenizer.from_pretrained(str(export), gguf_file="model.gguf")(text).input_ids == ids[0].tolist()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, exported(input_ids=ids).logits, atol=1e-5, rtol=0)
