@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from adalas.oracle import LAYER_RESOLUTION, oracle_curve, solve_knapsack
+from adalas.knapsack import solve_knapsack
+from adalas.oracle import LAYER_RESOLUTION, oracle_curve
 
 
 def instance(n: int, k: int, num_layers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

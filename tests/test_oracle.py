@@ -19,10 +19,10 @@ from adalas.oracle import (
     random_routes,
     route_to_skip_layers,
     run_oracle,
-    solve_knapsack,
     sweep_identity,
     uniform_skip_route,
 )
+from adalas.knapsack import solve_knapsack
 from adalas.io import read_jsonl
 
 
