@@ -14,7 +14,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from adalas import data as D
-from adalas.data import DataError, Example
+from adalas import data_sources
+from adalas.data import Example
+from adalas.data_sources import DataError, builtin_path, split_indices
 from adalas.paths import cache_dir
 
 TRAIN_TEXT = [
@@ -174,14 +176,15 @@ def test_budget_errors(tok):
 def test_doctests():
     import doctest
     assert doctest.testmod(D).failed == 0
+    assert doctest.testmod(data_sources).failed == 0
 
 
 def test_split_indices_are_deterministic_disjoint_70_15_15():
-    a, b = D.split_indices(1000), D.split_indices(1000)
+    a, b = split_indices(1000), split_indices(1000)
     assert a == b
     assert [len(a[s]) for s in ("train", "validation", "test")] == [700, 150, 150]
     assert sorted(a["train"] + a["validation"] + a["test"]) == list(range(1000))
-    assert D.split_indices(1000, seed=7)["test"] != a["test"]
+    assert split_indices(1000, seed=7)["test"] != a["test"]
 
 
 @pytest.fixture
@@ -213,7 +216,7 @@ def test_hub_alpaca_uses_the_fixed_split(fake_hub):
     assert (len(train), len(val), len(test)) == (70, 15, 15)
     ids = [{e.id for e in s} for s in (train, val, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    assert [e.id for e in test] == [str(i) for i in D.split_indices(100)["test"]]  # id = original row index
+    assert [e.id for e in test] == [str(i) for i in split_indices(100)["test"]]  # id = original row index
     assert all(e.task == "alpaca" and e.instruction == f"do {e.id}" for e in test)
     assert D.load_examples("tatsu-lab/alpaca", limit=3) == test[:3]
     assert fake_hub[0] == ("tatsu-lab/alpaca", None, "train")
@@ -278,7 +281,7 @@ def test_prompt_only_rows_may_lack_a_response(tmp_path):
 
 
 def test_builtin_set():
-    if not D._builtin_path().is_file():
+    if not builtin_path().is_file():
         pytest.skip("builtin.jsonl not written yet")
     rows = D.load_examples("builtin")
     assert rows and all(e.task == "alpaca" and e.instruction and e.response for e in rows)

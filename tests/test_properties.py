@@ -134,7 +134,8 @@ malformed_lines = st.one_of(
 @given(rows=st.lists(valid_rows, min_size=1, max_size=5), blanks=st.lists(st.booleans(), min_size=6, max_size=6),
        bad=malformed_lines, at=st.integers(0, 5))
 def test_malformed_data_rows_are_rejected_with_their_line(tmp_path, rows, blanks, bad, at):
-    from adalas.data import DataError, load_examples
+    from adalas.data import load_examples
+    from adalas.data_sources import DataError
 
     why, bad_line = bad
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]

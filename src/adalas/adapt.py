@@ -312,8 +312,8 @@ def _synth_finished(path: Path, settings) -> bool:
 
 def _records(path: Path) -> list[dict]:
     """A data file's rows as written (JSON array or JSON Lines), in file order."""
-    from .data import _read_records
-    return _read_records(path.read_text(encoding="utf-8"), str(path))[0]
+    from .data_sources import read_records
+    return read_records(path.read_text(encoding="utf-8"), str(path))[0]
 
 
 def data_inputs(run: Run) -> dict:
