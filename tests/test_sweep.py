@@ -15,6 +15,7 @@ from adalas import evaluate as E
 from adalas import sweep as S
 from adalas.cli import main as cli_main
 from adalas.oracle import random_routes, run_oracle, uniform_skip_route
+from adalas.run_settings import check_settings
 
 from conftest import LAYERS, ROWS, make_tiny
 
@@ -351,6 +352,6 @@ def test_committed_sweep_directories_accept_the_new_keys(tmp_path, name):
     settings = {**doc["settings"], "batch_size": 8, "device": "cpu", "dtype": doc["settings"].get("dtype", "float32"),
                 "model_sha256": "0" * 64}
     configs = {cid: {**d, "weights": d.get("weights") or "1" * 64} for cid, d in doc["configs"].items()}
-    E.check_settings(tmp_path, settings, configs, record=False)
+    check_settings(tmp_path, settings, configs, record=False)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        E.check_settings(tmp_path, {**settings, "max_new_tokens": doc["settings"]["max_new_tokens"] + 1}, configs)
+        check_settings(tmp_path, {**settings, "max_new_tokens": doc["settings"]["max_new_tokens"] + 1}, configs)

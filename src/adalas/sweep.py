@@ -28,12 +28,13 @@ from typing import Any, Callable, Sequence
 
 from .config import DepthConfig, route_from_str, route_to_str
 from .data import file_sha256
-from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, check_settings, missing_items, plan_batches,
-                       plan_fingerprint, run_depth, run_identity, shard, summarize, versions)
+from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, missing_items, plan_batches, plan_fingerprint,
+                       run_depth, shard, summarize)
 from .hub import weights_sha256
 from .io import (RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards,
                  read_jsonl)
 from .oracle import random_routes, route_to_skip_layers, uniform_skip_route
+from .run_settings import check_settings, run_identity, versions
 
 STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route", "full_sample")
 BUDGET_STRATEGIES = ("early_exit", "uniform_skip", "random_route")  # chosen with --strategies
@@ -326,7 +327,7 @@ def sweep_settings(model_id: Any, data_id: Any, max_new_tokens: int, reference: 
                    settings: dict | None = None, *, batch_size: int | None = None, model=None) -> dict:
     """What every row of a sweep directory shares (settings.json's `settings`; a rerun must agree):
     with `batch_size` the batch plan (a row's batch companions), with `model` what its weights are
-    and the device and dtype it runs in (`evaluate.run_identity`)."""
+    and the device and dtype it runs in (`run_settings.run_identity`)."""
     out = {"model": model_id, "data": data_id, "max_new_tokens": max_new_tokens, "reference": reference}
     if batch_size is not None:
         out["batch_size"] = batch_size

@@ -62,11 +62,12 @@ def main(argv: list[str]) -> int:
     from ..analysis import hidden_similarity
     from ..cli import load_model_from_args
     from ..data import load_examples
-    from ..evaluate import context_length, load_items, versions
+    from ..evaluate import context_length, load_items
     from ..hub import adapter_aliases, adapter_base, adapter_dir
     from ..io import atomic_write_json, check_output_dir
     from ..oracle import run_oracle
     from ..report import read_json, readme_results, write_report
+    from ..run_settings import versions
     from ..sequence import add_crossfit_router, load_sweep
     from ..sweep import build_configs, parse_budgets, run_sweep
 

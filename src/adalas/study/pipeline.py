@@ -113,7 +113,7 @@ def analyse(plan: Plan, records: dict, stages: dict) -> dict:
     """study.json: E1-E4 (numbers, 95% intervals, n, the depth unit, the runs, a verdict) and the study's
     settings. An experiment whose runs or evaluations are not all there is marked `not run`, with what
     it lacks."""
-    from ..evaluate import versions
+    from ..run_settings import versions
 
     adapted, e3_dir = plan.out / "adapted", plan.out / "E3"
     from ..data import data_sha256
