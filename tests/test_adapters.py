@@ -80,35 +80,35 @@ def _lora_model(model_dir, depth: DepthConfig):
 def test_save_adapter_writes_the_directory_at_once(tiny_files, tmp_path, monkeypatch):
     """A save that fails part way leaves no directory (a first save) or the old complete one (a
     replacement), never a mix of old and new files."""
-    from adalas import train
+    from adalas import checkpoints
 
     model_dir, _ = tiny_files
     target = tmp_path / "adapter"
     first = _lora_model(model_dir, DepthConfig(mode="static_skip", skip_layers=[1]))
     record = {"command": "test", "base_model": str(model_dir)}
-    real = train.atomic_write_json
+    real = checkpoints.atomic_write_json
 
     def failing(path, doc):
         if path.name == "provenance.json":
             raise OSError("disk full")
         return real(path, doc)
 
-    monkeypatch.setattr(train, "atomic_write_json", failing)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", failing)
     with pytest.raises(OSError):
-        train.save_adapter(first, target, record)
+        checkpoints.save_adapter(first, target, record)
     assert not target.exists()
-    monkeypatch.setattr(train, "atomic_write_json", real)
-    train.save_adapter(first, target, record)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", real)
+    checkpoints.save_adapter(first, target, record)
     assert sorted(p.name for p in target.iterdir()) == sorted(ADAPTER_FILES)
     old = {p.name: p.read_bytes() for p in target.iterdir()}
 
     second = _lora_model(model_dir, DepthConfig(mode="static_skip", skip_layers=[2]))
-    monkeypatch.setattr(train, "atomic_write_json", failing)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", failing)
     with pytest.raises(OSError):
-        train.save_adapter(second, target, record)
+        checkpoints.save_adapter(second, target, record)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == old  # the old adapter, whole
-    monkeypatch.setattr(train, "atomic_write_json", real)
-    train.save_adapter(second, target, record)
+    monkeypatch.setattr(checkpoints, "atomic_write_json", real)
+    checkpoints.save_adapter(second, target, record)
     assert DepthConfig.from_dir(target) == DepthConfig(mode="static_skip", skip_layers=[2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary siblings left
 
@@ -118,7 +118,7 @@ def test_an_incomplete_adapter_directory_is_refused(tiny_files, tmp_path, monkey
     """Without its depth config an alias would load at full depth; without its weights or config it is
     no adapter: each is a one-line ValueError naming the missing file."""
     from adalas import hub
-    from adalas.train import save_adapter
+    from adalas.checkpoints import save_adapter
 
     model_dir, _ = tiny_files
     root = tmp_path / "adapters"

@@ -48,7 +48,7 @@ def test_demo_shows_shipped_adapters_beside_their_route_off_the_shelf(tiny_files
     from peft import LoraConfig, get_peft_model
 
     from adalas import AdalasForCausalLM, DepthConfig, hub
-    from adalas.train import save_adapter
+    from adalas.checkpoints import save_adapter
 
     model_dir = str(tiny_files[0])
     depth = DepthConfig(mode="static_skip", skip_layers=[1, 2])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adalas import DepthConfig, recipes
-from adalas.train import build_parser, parse_args
+from adalas.train_args import build_parser, parse_args
 
 RECIPE_FILES = sorted(recipes.recipe_dir().glob("*.yaml"))
 # layer counts of the models the recipes name (a run's output directory keeps its model's count)

@@ -23,9 +23,10 @@ from transformers import PreTrainedTokenizerFast, TrainerCallback
 
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas import data as D
+from adalas.checkpoints import TRAINABLE_FILE, is_complete_checkpoint, latest_checkpoint
 from adalas.cli import main as cli_main
-from adalas.train import (TRAINABLE_FILE, AdalasArguments, gate_cost, is_complete_checkpoint, latest_checkpoint,
-                          run)
+from adalas.train import gate_cost, run
+from adalas.train_args import AdalasArguments
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "music", "paper", "tiger"]
 LAYERS = 4
@@ -254,7 +255,7 @@ def test_resuming_a_finished_run_trains_no_further(work, tmp_path):
 
 
 def test_resume_true_without_a_checkpoint_starts_fresh(tmp_path, capsys):
-    from adalas.train import resolve_resume
+    from adalas.checkpoints import resolve_resume
 
     assert resolve_resume("true", str(tmp_path)) is None and "starting from the beginning" in capsys.readouterr().err
     assert resolve_resume(None, str(tmp_path)) is None and resolve_resume("false", str(tmp_path)) is None

@@ -451,7 +451,7 @@ def train_argv(run: Run, inputs: dict, targets: Sequence[str], resume: bool) -> 
 def stage_train(run: Run, inputs: dict, resume: bool) -> dict:
     """`adalas train` on the route; the adapter goes to DIR/adapter (the shipped-adapter layout) with
     provenance naming this command; the run's checkpoints and merged weights are then removed."""
-    from .train import replace_dir
+    from .checkpoints import replace_dir
     from .train import run as train_run
 
     t0 = time.monotonic()

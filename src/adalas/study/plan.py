@@ -181,7 +181,7 @@ def load_plan(name_or_path: str | Path, out: str | Path | None = None, runs_dir:
                 tiny=_mapping(doc.get("tiny"), f"{where}: tiny") or None)
     plan.by_name = {r.name: r for r in runs}
     _check_experiments(plan, where)
-    from ..train import parse_args
+    from ..train_args import parse_args
 
     for run in runs:  # every run's arguments, exactly as training will parse them
         try:

@@ -38,7 +38,7 @@ def record_path(plan: Plan, name: str) -> Path:
 def check_training_data(plan: Plan, names: Sequence[str] | None = None) -> None:
     """Every run still to train (of `names`, default all) has its local training data (before anything
     is written)."""
-    from ..train import parse_args
+    from ..train_args import parse_args
 
     for r in plan.runs:
         if (names is not None and r.name not in names) or record_path(plan, r.name).is_file():
@@ -60,7 +60,7 @@ def same_training(command: str, argv: list[str]) -> bool:
     rather than trained again). Both are parsed as training parses them, recipes included."""
     from dataclasses import asdict
 
-    from ..train import parse_args
+    from ..train_args import parse_args
 
     words = shlex.split(command)
     if words[:2] != ["adalas", "train"]:
@@ -86,7 +86,9 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
     exactly alike (`same_training`) to the same steps on the same data (hash), finished: it is adopted,
     not trained again; its record keeps the wall time and the command that made it (`adopted_from`)."""
     from ..data import TRAINING_FILE, data_sha256
-    from ..train import latest_checkpoint, parse_args, run
+    from ..checkpoints import latest_checkpoint
+    from ..train import run
+    from ..train_args import parse_args
 
     records = []
     for r in plan.runs:
