@@ -1,5 +1,5 @@
 """Command-line parsing helpers that library modules share with `adalas.cli` (the library never
-imports the CLI: `train.py` builds its own HfArgumentParser with the same one-line errors)."""
+imports the CLI: `train_args.py` builds its own HfArgumentParser with the same one-line errors)."""
 from __future__ import annotations
 
 
