@@ -32,10 +32,12 @@ def build_parser():
     p.add_argument("--rows", type=int, default=32, help="score on the first K rows (default 32)")
     p.add_argument("--response-tokens", type=int, default=32,
                    help="score each row's first T response tokens (default 32)")
-    p.add_argument("--max-candidates", type=int, default=100,
-                   help="routes scored at most, the two baselines included (default 100)")
+    p.add_argument("--max-candidates", type=int, default=40,
+                   help="routes scored at most, the two baselines included (default 40; each is one forward "
+                        "over the rows)")
     p.add_argument("--greedy-width", type=int, default=None,
-                   help="candidates per step of the greedy descent (default: about half the budget; 0: none)")
+                   help="candidates per step of the greedy descent (default: about a third of the budget, when "
+                        "that is at least 2 a step; 0: none)")
     p.add_argument("--prompt-depth", default="route", choices=["route", "full"],
                    help="route (default): the prompt follows the route too (skip_prompt=true), as `adalas adapt` "
                         "trains and exports; full: the prompt runs every layer")
