@@ -129,6 +129,7 @@ BASE = {
               "--out", "@out"],
     "bench": ["decode", "--model", "@model", "--new-tokens", "2", "--repeats", "1", "--batch-sizes", "1",
               "--no-redundant"],
+    "adapt": ["--model", "@model", "--data", "@data", "--layers", "2", "--steps", "1", "--no-progress", "--out", "@out"],
     "tasks": ["run", "--why", "a test", "--data-dir", "@datadir", "--out", "@out", "--runs", "@runs", "--no-progress"],
 }
 
@@ -263,6 +264,10 @@ MATRIX = [
     # data: missing, unreadable, not JSON, wrong rows, missing columns, empty
     *_rows("eval sweep analyze train route", ["--data", "@missing"], r"missing\.jsonl: no such file",
            name="data-missing"),
+    # adapt (tests/test_adapt.py has its full matrix): a layer count the model cannot keep, --out a file
+    *_rows("adapt", ["--layers", "4"], r"--layers: must be in 1\.\.3 \(the model has 4 layers\), got 4",
+           name="layers-all"),
+    *_rows("adapt", ["--out", "@taken"], r"--out: .* exists and is a file", setup=_taken, name="out-is-a-file"),
     # tasks: the shared test sets are not where --data-dir says, or a task that is not one of them
     *_rows("tasks", [], r"task 'samsum': .*samsum\.test\.jsonl is not a file; pass --data-dir", name="test-sets-missing"),
     *_rows("tasks", ["--tasks", "alpaca"], r"task: unknown 'alpaca'; the real tasks are samsum, cnn_dailymail, "

@@ -237,7 +237,7 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
     save_file({k: v * 2 for k, v in load_file(str(weights)).items()}, str(weights))
     before = (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes()
     assert cli_main(sweep2) == 2
-    assert "made with other adapter weights" in capsys.readouterr().err
+    assert "made with other weights" in capsys.readouterr().err
     assert (tmp_path / "sweep2" / "per_sequence.jsonl").read_bytes() == before
     # --redo drops just that adapter's rows, which run again under the new weights; the rest are kept as they were
     assert cli_main([*sweep2, "--redo", "adapted:tiny-dropout*"]) == 0
