@@ -123,19 +123,13 @@ def _mixed_controllers(m):
         torch.nn.init.zeros_(last.bias)
 
 
-@pytest.mark.parametrize("name", sorted(CACHED_CONFIGS))
-@pytest.mark.parametrize("kv_fill", ["propagate", "mask"])
-@torch.no_grad()
-def test_cached_generation_equals_recomputation(hf_model, name, kv_fill):
+def _assert_cached_generation_equals_recomputation(m, n_new: int = 5) -> None:
+    """Each generated step's logits equal one uncached forward over prompt + output (labels -100 on
+    the prompt, so the forward's prompt, and the random keys read from it, are the prefill's)."""
     ids, mask = batch(B=3, T=6)
-    cfg = DepthConfig(kv_fill=kv_fill, **CACHED_CONFIGS[name])
-    m = AdalasForCausalLM.from_hf(hf_model, cfg).eval()
-    if cfg.mode == "learned":
-        _mixed_controllers(m)
     steps = []
     orig = m.logits_from_state
     m.logits_from_state = lambda h: steps.append(orig(h)) or steps[-1]
-    n_new = 5
     out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
     m.logits_from_state = orig
     assert out.shape == (3, 6 + n_new)
@@ -147,25 +141,24 @@ def test_cached_generation_equals_recomputation(hf_model, name, kv_fill):
         torch.testing.assert_close(logits, ref[:, 5 + s], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", sorted(CACHED_CONFIGS))
+@pytest.mark.parametrize("kv_fill", ["propagate", "mask"])
+@torch.no_grad()
+def test_cached_generation_equals_recomputation(hf_model, name, kv_fill):
+    cfg = DepthConfig(kv_fill=kv_fill, **CACHED_CONFIGS[name])
+    m = AdalasForCausalLM.from_hf(hf_model, cfg).eval()
+    if cfg.mode == "learned":
+        _mixed_controllers(m)
+    _assert_cached_generation_equals_recomputation(m)
+
+
 @pytest.mark.parametrize("name", ["stochastic", "random_budget"])
 @torch.no_grad()
 def test_cached_generation_equals_recomputation_with_skip_prompt(hf_model, name):
     """skip_prompt=True makes the prompt follow the route, but the random key still reads the prompt
     alone (labels -100), so the uncached forward draws what generation drew."""
-    ids, mask = batch(B=3, T=6)
     m = AdalasForCausalLM.from_hf(hf_model, DepthConfig(skip_prompt=True, **CACHED_CONFIGS[name])).eval()
-    steps = []
-    orig = m.logits_from_state
-    m.logits_from_state = lambda h: steps.append(orig(h)) or steps[-1]
-    n_new = 5
-    out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
-    m.logits_from_state = orig
-    full_mask = torch.cat([mask, torch.ones(3, n_new, dtype=mask.dtype)], dim=1)
-    labels = out.clone()
-    labels[:, :6] = -100
-    ref = m(input_ids=out, attention_mask=full_mask, labels=labels).logits
-    for s, logits in enumerate(steps):
-        torch.testing.assert_close(logits, ref[:, 5 + s], atol=ATOL, rtol=0)
+    _assert_cached_generation_equals_recomputation(m)
 
 
 @torch.no_grad()
