@@ -83,7 +83,13 @@ def test_committed_rows_keep_no_data_text_and_references_come_back_by_id(tmp_pat
 def test_report_states_ratios_targets_and_refuses_rows_of_another_file(tmp_path):
     data_dir = _data_dir(tmp_path)
     out = _results(tmp_path, data_dir)
-    path = task_report.write_task_report(out, data_dir)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{task_report.README_START}\nold words\n{task_report.README_END}\n\n## After\n")
+    path = task_report.write_task_report(out, data_dir, readme)
+    once = readme.read_text()
+    assert "old words" not in once and "#### Pooled" in once and once.endswith(f"{task_report.README_END}\n\n## After\n")
+    task_report.write_task_report(out, data_dir, readme)
+    assert readme.read_text() == once  # a second report replaces the tables, it does not add them again
     summary = json.loads((out / "summary.json").read_text())
     pooled = summary["pooled"]["configs"]
     assert summary["pooled"]["n"] == 3 * len(REFS)

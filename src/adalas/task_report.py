@@ -10,7 +10,8 @@ Notable (definitions in `results/tasks/PROTOCOL.md`):
 - Pooled: the rows of every task that has the config, resampled within their task.
 - `targets`: the issue's targets, each a point estimate with its interval and met / missed.
 - Writes `report.md`, `summary.json` and `rouge_vs_layers.png` (one panel per task and pooled; each
-  strategy its own line style, the shipped adapters marked and named).
+  strategy its own line style, the shipped adapters marked and named); with `readme`, the tables also
+  replace what stands between the README's two markers (README_START, README_END).
 """
 from __future__ import annotations
 
@@ -217,10 +218,29 @@ def plot(summary: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_task_report(out_dir: str | Path, data_dir: str | Path) -> Path:
+README_START, README_END = "<!-- real-task tables: adalas tasks report -->", "<!-- end of real-task tables -->"
+
+
+def readme_tables(summary: dict, out_dir: Path) -> str:
+    """The pooled and per-task tables, and the targets, as the README shows them."""
+    body = render(summary).split("\n", 4)[4].replace("## ", "#### ")  # drop the report's own title and preamble
+    return f"{README_START}\n_Made by `adalas tasks report` from `{out_dir.as_posix()}/`._\n\n{body}\n{README_END}"
+
+
+def update_readme(readme: Path, summary: dict, out_dir: Path) -> None:
+    text = readme.read_text()
+    head, _, rest = text.partition(README_START)
+    if not rest or README_END not in rest:
+        raise ValueError(f"{readme}: the tables go between the lines {README_START!r} and {README_END!r}; add them")
+    atomic_write_text(readme, head + readme_tables(summary, out_dir) + rest.partition(README_END)[2])
+
+
+def write_task_report(out_dir: str | Path, data_dir: str | Path, readme: str | Path | None = None) -> Path:
     out_dir = Path(out_dir)
     summary = build_summary(out_dir, data_dir)
     atomic_write_json(out_dir / "summary.json", summary)
     plot(summary, out_dir / "rouge_vs_layers.png")
     atomic_write_text(out_dir / "report.md", render(summary) + "\n![ROUGE-L against layers](rouge_vs_layers.png)\n")
+    if readme is not None:
+        update_readme(Path(readme), summary, out_dir)
     return out_dir / "report.md"

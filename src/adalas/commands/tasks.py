@@ -1,7 +1,7 @@
 """`adalas tasks`: the protocol's sweeps on the real test sets, each look logged before it is taken.
 
     adalas tasks run --why "the shipped adapters as of today" --data-dir ../shared/data
-    adalas tasks report
+    adalas tasks report --readme README.md
 
 `run` takes, for each phase of the protocol (`results/tasks/PROTOCOL.md`; targets first, then the
 baselines) and each task, a line in `results/tasks/LOOKS.jsonl` naming the configs that are new to
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs/tasks", help="full rows, with the data's text (ignored by git)")
     p.add_argument("--out", default="results/tasks", help="committed rows and the report")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--readme", default=None, help="report: also put the tables into this README, between its "
+                                                  "real-task markers")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
     files = {t: task_file(args.data_dir, t) for t in tasks}  # an unknown task or a missing file: one line
     if args.action == "report":
         from ..task_report import write_task_report
-        print(f"report: {write_task_report(args.out, args.data_dir)}")
+        print(f"report: {write_task_report(args.out, args.data_dir, args.readme)}")
         return 0
     if not args.why.strip():
         raise ValueError("--why: say why this look is taken (it is logged in LOOKS.jsonl)")
