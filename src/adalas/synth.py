@@ -18,24 +18,47 @@ Notable:
   short; long; duplicate among the kept prompts (same normalized text, or a shared word 8-gram).
 - `--prompts FILE` replaces sampling with a user's prompts (JSONL/JSON with `instruction` and an
   optional `input`, or plain text, one prompt a line); the same filters apply.
+- `shape` other than `plain` gives rows with the shape of real tasks' prompts, every text written by
+  the model: `dialogue` (it writes a chat between two names about a topic; the instruction is the
+  SAMSum loader's), `article` (a news article about a topic; the CNN/DailyMail loader's
+  instruction), `input` (a text of some kind about a topic, and one of a fixed list of operations
+  on it as the instruction). Names, topics, kinds and operations (`synth_shapes.yaml`, written for
+  adalas) are drawn per row from (seed, round, row); the text is sampled with the round's seed
+  (temperature 0.7 unless set: at 1.0 a 135M model writes word salad) and capped at
+  `max_source_tokens` (a dialogue then loses its blank lines: one message a line, as in SAMSum),
+  then answered greedily at full depth, in the prompt format evaluation uses. Filters, in order:
+  unfinished text; built-in and test (on the text, and on instruction + text, which is the user
+  turn; the instruction alone is not checked for an equal text, since a summary instruction equals
+  the test sets' by design); short; long (`min/max_source_words`); malformed (a dialogue whose lines
+  are not all 'Name: message' with two speakers or more); duplicate text; then an answer that did not
+  end within `max_new_tokens` (`dropped_unfinished_answer`), an empty one, or one that shares an
+  8-gram with a test set.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 
-from .data import Example, adds_bos, file_sha256, load_examples, make_collator, tokenize_prompt
+from .data import TASKS, Example, adds_bos, file_sha256, load_examples, make_collator, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text
 
 NGRAM = 8
 DROP_COUNTERS = ("dropped_short", "dropped_long", "dropped_unfinished", "dropped_duplicate", "dropped_builtin",
                  "dropped_test", "dropped_unanswered")
+SHAPE_COUNTERS = ("dropped_malformed", "dropped_unfinished_answer")  # in the meta file of a shape other than plain
+SHAPES = ("plain", "dialogue", "article", "input")
+MAX_SOURCE_TOKENS = 320
+SOURCE_WORDS = {"dialogue": (30, 250), "article": (80, 400), "input": (20, 200)}  # (min, max) words of the text
+# sampling a whole text at 1.0 gives SmolLM2-135M mostly word salad; at 0.7 its chats and articles read as such
+SHAPE_TEMPERATURE = 0.7
 _SLOT = "\ue000adalas-user-turn\ue000"
 
 
@@ -51,14 +74,43 @@ class SynthSettings:
     max_prompt_tokens: int = 96     # the sampled user turn
     min_prompt_words: int = 4
     max_prompt_words: int = 60
-    temperature: float = 1.0
+    temperature: float | None = None  # None: 1.0 for plain, SHAPE_TEMPERATURE for the other shapes
     top_p: float = 0.95
     prompts: str | None = None      # a user's prompt file instead of sampling
     prompts_sha256: str | None = None
     exclude: tuple[str, ...] = ()   # evaluation files (e.g. the real test sets) whose text must not leak
     exclude_sha256: tuple[str, ...] = ()
+    # the shape of the rows; the settings below are None for plain and filled in for the others
+    shape: str = "plain"
+    max_source_tokens: int | None = None  # the text the model writes (dialogue, article, input text)
+    min_source_words: int | None = None
+    max_source_words: int | None = None
+    shape_sha256: str | None = None       # what the shape draws from (synth_shapes.yaml)
 
     def __post_init__(self):
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape: choose from {', '.join(SHAPES)}, got {self.shape!r}")
+        if self.temperature is None:
+            object.__setattr__(self, "temperature", 1.0 if self.shape == "plain" else SHAPE_TEMPERATURE)
+        source = ("max_source_tokens", "min_source_words", "max_source_words", "shape_sha256")
+        if self.shape == "plain":
+            given = [name for name in source if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for a shape other than plain")
+        else:
+            if self.prompts:
+                raise ValueError(f"prompts: only for shape plain (shape {self.shape} writes its own texts)")
+            lo, hi = SOURCE_WORDS[self.shape]
+            for name, value in (("max_source_tokens", MAX_SOURCE_TOKENS), ("min_source_words", lo),
+                                ("max_source_words", hi), ("shape_sha256", shape_digest(self.shape))):
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+            for name in source[:3]:
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+            if self.min_source_words > self.max_source_words:
+                raise ValueError(f"min_source_words ({self.min_source_words}) > max_source_words "
+                                 f"({self.max_source_words})")
         for name in ("n", "batch_size", "max_new_tokens", "max_prompt_tokens", "min_prompt_words",
                      "max_prompt_words"):
             if getattr(self, name) < 1:
@@ -176,20 +228,116 @@ def sample_prompts(model, tokenizer, settings: SynthSettings, round_index: int) 
 
 
 @torch.no_grad()
-def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers at the model's current depth, in the prompt format evaluation uses."""
+def _complete(model, tokenizer, examples: Sequence[Example], max_new_tokens: int,
+              **options) -> list[tuple[str, bool]]:
+    """(the model's reply, whether it ended within max_new_tokens) to each example's prompt, in the
+    prompt format evaluation uses; greedy unless `options` sample."""
     collate = make_collator(tokenizer, "left")
-    feats = [tokenize_prompt(Example("", p, "", "", "alpaca"), tokenizer) for p in prompts]
-    enc = collate(feats)
+    enc = collate([tokenize_prompt(ex, tokenizer) for ex in examples])
     ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                         **(options or {"do_sample": False}))
     eos = model.model.generation_config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else (eos or []))
-    texts = []
+    replies = []
     for row in out[:, ids.shape[1]:].tolist():
         n = next((j for j, t in enumerate(row) if t in eos), len(row))
-        texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+        replies.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n < len(row)))
+    return replies
+
+
+def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers at the model's current depth, in the prompt format evaluation uses."""
+    return [text for text, _ in _complete(model, tokenizer, [Example("", p, "", "", "alpaca") for p in prompts],
+                                          max_new_tokens)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows with the shape of real tasks: a text the model writes, and an instruction on it
+
+class Request(NamedTuple):
+    """One row to write: what the model is asked to write, and the instruction the row will carry."""
+    prompt: str
+    instruction: str
+
+
+@functools.cache
+def _shapes_file() -> dict:
+    import yaml
+
+    return yaml.safe_load((resources.files("adalas") / "synth_shapes.yaml").read_text(encoding="utf-8"))
+
+
+def shape_definition(shape: str) -> dict:
+    """What a shape draws from: names, topics, its prompt, kinds and instructions."""
+    if shape not in SHAPES or shape == "plain":
+        raise ValueError(f"shape: choose from {', '.join(SHAPES[1:])}, got {shape!r}")
+    spec = _shapes_file()
+    section = spec[shape]
+    return {"names": list(spec["names"]), "topics": list(spec["topics"]), "prompt": section["prompt"],
+            "kinds": list(section.get("kinds", [])),
+            "instructions": list(section["operations"]) if "operations" in section else [
+                TASKS[section["task"]].instruction]}
+
+
+def shape_digest(shape: str) -> str:
+    return hashlib.sha256(json.dumps(shape_definition(shape), sort_keys=True).encode()).hexdigest()
+
+
+def _draw(options: Sequence[str], seed: int, round_index: int, row: int, what: str) -> str:
+    """One of `options`, from (seed, round, row, what) alone (not Python's random: no version drift)."""
+    digest = hashlib.sha256(f"adalas-synth-shape:{seed}:{round_index}:{row}:{what}".encode()).digest()
+    return options[int.from_bytes(digest[:8], "little") % len(options)]
+
+
+def shape_requests(settings: SynthSettings, round_index: int) -> list[Request]:
+    """The round's `batch_size` requests: names, topic, kind and instruction drawn per row."""
+    spec = shape_definition(settings.shape)
+    requests = []
+    for j in range(settings.batch_size):
+        key = (settings.seed, round_index, j)
+        name1 = _draw(spec["names"], *key, "name1")
+        fields = {"name1": name1, "name2": _draw([n for n in spec["names"] if n != name1], *key, "name2"),
+                  "topic": _draw(spec["topics"], *key, "topic")}
+        if spec["kinds"]:
+            fields["kind"] = _draw(spec["kinds"], *key, "kind")
+        requests.append(Request(spec["prompt"].format(**fields), _draw(spec["instructions"], *key, "instruction")))
+    return requests
+
+
+@torch.no_grad()
+def write_sources(model, tokenizer, settings: SynthSettings, requests: Sequence[Request],
+                  round_index: int) -> list[str | None]:
+    """The texts the model writes for the requests, sampled with the round's seed; None where one did
+    not end within max_source_tokens. A dialogue's blank lines are dropped (one message a line)."""
+    replies = _complete(model, tokenizer, [Example("", r.prompt, "", "", "alpaca") for r in requests],
+                        settings.max_source_tokens, do_sample=True, temperature=settings.temperature,
+                        top_p=settings.top_p, top_k=0, seed=round_seed(settings.seed, round_index))
+    texts = [text if finished else None for text, finished in replies]
+    if settings.shape == "dialogue":  # one message a line, as SAMSum has them (the model leaves blank lines between)
+        texts = [None if t is None else "\n".join(line.strip() for line in t.split("\n") if line.strip())
+                 for t in texts]
     return texts
+
+
+def answer_inputs(model, tokenizer, rows: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str | None]:
+    """Greedy answers to (instruction, input) rows, as evaluation prompts them (in the chat format: the
+    user turn is instruction + blank line + input); None where one did not end within max_new_tokens."""
+    replies = _complete(model, tokenizer, [Example("", i, x, "", "alpaca") for i, x in rows], max_new_tokens)
+    return [text if finished else None for text, finished in replies]
+
+
+_SPEAKER = re.compile(r"[^\s:][^:\n]{0,39}: \S")
+
+
+def well_formed(shape: str, text: str) -> bool:
+    """A dialogue is lines of 'Name: message' (every non-empty line), from two speakers or more."""
+    if shape != "dialogue":
+        return True
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    if len(lines) < 2 or not all(_SPEAKER.match(line) for line in lines):
+        return False
+    return len({line.split(":", 1)[0] for line in lines}) >= 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +368,9 @@ def meta_path(out: Path) -> Path:
 
 
 def _new_state(settings: SynthSettings) -> dict:
+    counters = DROP_COUNTERS + (SHAPE_COUNTERS if settings.shape != "plain" else ())
     return {"settings": asdict(settings), "rounds_done": 0, "rows": 0, "sampled": 0,
-            **{k: 0 for k in DROP_COUNTERS}, "done": False, "wall_s": 0.0}
+            **{k: 0 for k in counters}, "done": False, "wall_s": 0.0}
 
 
 def _load_state(out: Path, settings: SynthSettings) -> tuple[dict, list[dict]]:
@@ -247,12 +396,14 @@ def _load_state(out: Path, settings: SynthSettings) -> tuple[dict, list[dict]]:
 
 
 def max_rounds(settings: SynthSettings) -> int:
-    """Give up after this many sampling rounds (a model that never finishes a turn must not loop forever)."""
-    return 10 + 10 * -(-settings.n // settings.batch_size)
+    """Give up after this many sampling rounds (a model that never finishes a turn must not loop forever;
+    a whole text written by a small model passes less often than a user turn)."""
+    return 10 + (10 if settings.shape == "plain" else 20) * -(-settings.n // settings.batch_size)
 
 
 def drops(state: dict) -> str:
-    return ", ".join(f"{k.removeprefix('dropped_')} {state[k]}" for k in DROP_COUNTERS if state.get(k))
+    return ", ".join(f"{k.removeprefix('dropped_')} {state[k]}" for k in DROP_COUNTERS + SHAPE_COUNTERS
+                     if state.get(k))
 
 
 def _jsonable(obj: dict) -> dict:
@@ -299,8 +450,81 @@ class PromptFilter:
                 self.kept.add(p)
                 kept.append(p)
             else:
-                self.state[why] = self.state.get(why, 0) + 1
+                self.count(why)
         return kept
+
+    def count(self, why: str) -> None:
+        self.state[why] = self.state.get(why, 0) + 1
+
+    def source_reason(self, instruction: str, text: str | None) -> str | None:
+        """Why a written text (dialogue, article, input text) is dropped, or None. The user turn
+        (instruction + text) and the text are checked for leaks; the instruction alone is ours."""
+        if text is None:
+            return "dropped_unfinished"
+        turn = f"{instruction}\n\n{text}"
+        if self.builtin.seen(turn) or self.builtin.seen(text):
+            return "dropped_builtin"
+        if self.test.seen(turn) or self.test.seen(text):
+            return "dropped_test"
+        n = len(words(text))
+        if n < self.settings.min_source_words:
+            return "dropped_short"
+        if n > self.settings.max_source_words:
+            return "dropped_long"
+        if not well_formed(self.settings.shape, text):
+            return "dropped_malformed"
+        if self.kept.seen(text):
+            return "dropped_duplicate"
+        return None
+
+    def keep_sources(self, requests: Sequence[Request], texts: Sequence[str | None]) -> list[tuple[int, str, str]]:
+        """(row in the round, instruction, text) of the texts that pass."""
+        kept = []
+        for j, (request, text) in enumerate(zip(requests, texts)):
+            self.state["sampled"] += 1
+            why = self.source_reason(request.instruction, text)
+            if why is None:
+                self.kept.add(text)
+                kept.append((j, request.instruction, text))
+            else:
+                self.count(why)
+        return kept
+
+
+def _plain_round(model, tokenizer, settings: SynthSettings, filt: PromptFilter, r: int,
+                 sampled: Sequence[str | None]) -> list[dict]:
+    """Round r of shape plain: the sampled (or given) prompts, filtered, then answered."""
+    state = filt.state
+    prompts = filt.keep(sampled)[:settings.n - state["rows"]]
+    answers = answer(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
+    new = []
+    for j, (p, a) in enumerate(zip(prompts, answers)):
+        if not a or filt.test.seen(a):
+            filt.count("dropped_unanswered" if not a else "dropped_test")
+            state.setdefault("unanswered_prompts", []).append(p)
+            continue
+        new.append({"id": f"synth-{settings.seed}-{r:05d}-{j:02d}", "instruction": p, "input": "", "output": a})
+    return new
+
+
+def _shape_round(model, tokenizer, settings: SynthSettings, filt: PromptFilter, r: int) -> list[dict]:
+    """Round r of a shape other than plain: the texts the model writes, filtered, then answered."""
+    state = filt.state
+    requests = shape_requests(settings, r)
+    kept = filt.keep_sources(requests, write_sources(model, tokenizer, settings, requests, r))
+    kept = kept[:settings.n - state["rows"]]
+    answers = answer_inputs(model, tokenizer, [(i, x) for _, i, x in kept], settings.max_new_tokens) if kept else []
+    new = []
+    for (j, instruction, text), a in zip(kept, answers):
+        why = ("dropped_unfinished_answer" if a is None else "dropped_unanswered" if not a
+               else "dropped_test" if filt.test.seen(a) else None)
+        if why:
+            filt.count(why)
+            state.setdefault("unanswered_prompts", []).append(text)
+            continue
+        new.append({"id": f"synth-{settings.shape}-{settings.seed}-{r:05d}-{j:02d}", "instruction": instruction,
+                    "input": text, "output": a})
+    return new
 
 
 def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progress: bool = True) -> dict:
@@ -311,15 +535,16 @@ def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progr
 
     out = Path(out)
     given = read_prompt_file(Path(settings.prompts)) if settings.prompts else None
-    if given is None:
+    if given is None and settings.shape == "plain":
         user_turn(tokenizer)  # a tokenizer without a chat template fails here, before anything is written
     state, rows = _load_state(out, settings)
     if state["done"]:
         return state
     atomic_write_text(out, "".join(_dumps(r) + "\n" for r in rows))  # drop rows a kill left unaccounted
-    # the duplicate filter remembers every prompt it let through, answered or not, so a resumed run
-    # filters exactly as an unbroken one
-    filt = PromptFilter(settings, state, [r["instruction"] for r in rows] + state.get("unanswered_prompts", []))
+    # the duplicate filter remembers every prompt (or written text) it let through, answered or not,
+    # so a resumed run filters exactly as an unbroken one
+    column = "instruction" if settings.shape == "plain" else "input"
+    filt = PromptFilter(settings, state, [r[column] for r in rows] + state.get("unanswered_prompts", []))
     bar = tqdm(total=settings.n, initial=state["rows"], desc="synth", unit="row", disable=not progress)
     start = time.monotonic()
     # the fused weight copies are built once for every round's generate() calls (Family.hold_fused)
@@ -327,27 +552,25 @@ def synthesize(model, tokenizer, settings: SynthSettings, out: str | Path, progr
         while state["rows"] < settings.n:
             r = state["rounds_done"]
             if given is None and r >= max_rounds(settings):
+                if settings.shape != "plain":
+                    raise ValueError(f"synth: {state['rows']} of {settings.n} rows after {r} rounds "
+                                     f"({state['sampled']} texts written; {drops(state)}); the model rarely "
+                                     f"writes a usable {settings.shape}: loosen the filters (--max-source-tokens, "
+                                     f"--min-source-words, --max-source-words)")
                 raise ValueError(f"synth: {state['rows']} of {settings.n} rows after {r} rounds "
                                  f"({state['sampled']} prompts sampled; {drops(state)}); the model rarely "
                                  f"writes a usable user turn: pass --prompts FILE or loosen the filters")
-            if given is not None:
-                chunk = given[r * settings.batch_size:(r + 1) * settings.batch_size]
-                if not chunk:
-                    break
-                sampled: list[str | None] = list(chunk)
+            if settings.shape != "plain":
+                new = _shape_round(model, tokenizer, settings, filt, r)
             else:
-                sampled = sample_prompts(model, tokenizer, settings, r)
-            prompts = filt.keep(sampled)[:settings.n - state["rows"]]
-            answers = answer(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
-            new = []
-            for j, (p, a) in enumerate(zip(prompts, answers)):
-                if not a or filt.test.seen(a):
-                    state["dropped_unanswered" if not a else "dropped_test"] = \
-                        state.get("dropped_unanswered" if not a else "dropped_test", 0) + 1
-                    state.setdefault("unanswered_prompts", []).append(p)
-                    continue
-                new.append({"id": f"synth-{settings.seed}-{r:05d}-{j:02d}", "instruction": p, "input": "",
-                            "output": a})
+                if given is not None:
+                    chunk = given[r * settings.batch_size:(r + 1) * settings.batch_size]
+                    if not chunk:
+                        break
+                    sampled: list[str | None] = list(chunk)
+                else:
+                    sampled = sample_prompts(model, tokenizer, settings, r)
+                new = _plain_round(model, tokenizer, settings, filt, r, sampled)
             f.write("".join(_dumps(row) + "\n" for row in new))
             f.flush()
             state["rows"] += len(new)

@@ -4,7 +4,9 @@
 
 Rows `id`, `instruction`, `input` (""), `output`; settings and drop counts in `FILE.meta.json`. A killed
 run resumes where it stopped; the same settings give the same bytes. `--prompts FILE` answers a
-user's prompts instead of sampling them.
+user's prompts instead of sampling them. `--shape dialogue|article|input` has the model write a chat,
+a news article, or a text with an operation on it (rows with the shape of SAMSum, CNN/DailyMail and
+instruction-with-input prompts; `input` holds the text), answered by it at full depth.
 """
 from __future__ import annotations
 
@@ -13,6 +15,12 @@ import json
 from ..cli import add_model_args, check_counts, load_model_from_args, make_parser
 from ..io import check_output_file
 
+# the choices and defaults of --shape, as adalas.synth has them (importing it here would load torch)
+SHAPES = ("plain", "dialogue", "article", "input")
+MAX_SOURCE_TOKENS = 320
+SHAPE_TEMPERATURE = 0.7
+SOURCE_WORDS = {"dialogue": (30, 250), "article": (80, 400), "input": (20, 200)}
+
 
 def build_parser():
     p = make_parser("synth", __doc__.splitlines()[0])
@@ -20,13 +28,23 @@ def build_parser():
     p.add_argument("--n", type=int, default=1500, help="rows to keep (default 1500)")
     p.add_argument("--out", required=True, help="the JSONL file to write (FILE.meta.json goes beside it)")
     p.add_argument("--prompts", help="answer these prompts (JSONL/JSON with instruction[, input], or text lines)")
+    p.add_argument("--shape", choices=SHAPES, default="plain",
+                   help="plain (default): a sampled user turn; dialogue, article, input: the model writes a chat, a "
+                        "news article, or a text with an operation on it, with the shape of real tasks' prompts")
+    p.add_argument("--max-source-tokens", type=int, default=None,
+                   help=f"the text the model writes for a shape (default {MAX_SOURCE_TOKENS})")
+    p.add_argument("--min-source-words", type=int, default=None, help="for a shape: fewer words are dropped "
+                   "(default " + ", ".join(f"{k} {lo}" for k, (lo, _) in SOURCE_WORDS.items()) + ")")
+    p.add_argument("--max-source-words", type=int, default=None, help="for a shape: more words are dropped "
+                   "(default " + ", ".join(f"{k} {hi}" for k, (_, hi) in SOURCE_WORDS.items()) + ")")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default 128)")
-    p.add_argument("--max-prompt-tokens", type=int, default=96, help="sampled user turn cap (default 96)")
-    p.add_argument("--min-prompt-words", type=int, default=4)
-    p.add_argument("--max-prompt-words", type=int, default=60)
-    p.add_argument("--temperature", type=float, default=1.0, help="for sampling prompts (default 1.0)")
-    p.add_argument("--top-p", type=float, default=0.95, help="for sampling prompts (default 0.95)")
+    p.add_argument("--max-prompt-tokens", type=int, default=96, help="sampled user turn cap (plain; default 96)")
+    p.add_argument("--min-prompt-words", type=int, default=4, help="(plain)")
+    p.add_argument("--max-prompt-words", type=int, default=60, help="(plain)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"for sampling prompts or texts (default 1.0 for plain, {SHAPE_TEMPERATURE} for the other shapes)")
+    p.add_argument("--top-p", type=float, default=0.95, help="for sampling prompts or texts (default 0.95)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
                    help="evaluation files whose text must not leak: a prompt or answer sharing a word 8-gram with "
@@ -44,7 +62,15 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_counts(("--n", args.n, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                  ("--max-prompt-tokens", args.max_prompt_tokens, 1), ("--batch-size", args.batch_size, 1),
-                 ("--min-prompt-words", args.min_prompt_words, 1), ("--max-prompt-words", args.max_prompt_words, 1))
+                 ("--min-prompt-words", args.min_prompt_words, 1), ("--max-prompt-words", args.max_prompt_words, 1),
+                 ("--max-source-tokens", args.max_source_tokens, 1), ("--min-source-words", args.min_source_words, 1),
+                 ("--max-source-words", args.max_source_words, 1))
+    source = [flag for flag, v in (("--max-source-tokens", args.max_source_tokens), ("--min-source-words",
+              args.min_source_words), ("--max-source-words", args.max_source_words)) if v is not None]
+    if args.shape == "plain" and source:
+        raise ValueError(f"{source[0]}: only with --shape dialogue, article or input")
+    if args.shape != "plain" and args.prompts:
+        raise ValueError(f"--prompts: only with --shape plain (--shape {args.shape} has the model write its texts)")
     out = check_output_file(args.out, example="synth.jsonl")
     if args.prompts:
         read_prompt_file(Path(args.prompts))  # refuse a bad file before the model loads
@@ -55,7 +81,9 @@ def main(argv: list[str]) -> int:
                              min_prompt_words=args.min_prompt_words, max_prompt_words=args.max_prompt_words,
                              temperature=args.temperature, top_p=args.top_p, prompts=args.prompts,
                              prompts_sha256=file_sha256(args.prompts) if args.prompts else None,
-                             exclude=tuple(args.exclude), exclude_sha256=tuple(file_sha256(f) for f in args.exclude))
+                             exclude=tuple(args.exclude), exclude_sha256=tuple(file_sha256(f) for f in args.exclude),
+                             shape=args.shape, max_source_tokens=args.max_source_tokens,
+                             min_source_words=args.min_source_words, max_source_words=args.max_source_words)
     model, tokenizer = load_model_from_args(args)
     state = synthesize(model, tokenizer, settings, out, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in state.items() if k != "settings"} | {"out": str(out),
