@@ -162,6 +162,31 @@ def test_killed_and_grown_sweeps_resume_without_duplicates(tiny, tmp_path, monke
         _sweep(tiny, grown, configs, batch_size=1)
 
 
+def test_a_grown_sweep_keeps_the_batches_its_rows_were_made_in(tiny, tmp_path, monkeypatch):
+    """Growing the set must not re-cut the batches: a row's prediction depends on its companions, so
+    the old rows' batches are kept as recorded and only the new sequences form new batches."""
+    configs = S.build_configs(LAYERS, budgets=[3], routes_per_budget=0, strategies=["uniform_skip"])
+    first = [it for k, it in enumerate(tiny["items"]) if k % 2 == 0]  # every other sequence, then all of them
+    out = tmp_path / "grown"
+    batches: list[tuple[str, ...]] = []
+    real = E.generate_batch
+    monkeypatch.setattr(E, "generate_batch", lambda m, t, items, *a: batches.append(tuple(i.id for i in items))
+                        or real(m, t, items, *a))
+    _sweep(tiny, out, configs, items=first, batch_size=2)
+    made = set(batches)
+    batches.clear()
+    _sweep(tiny, out, configs, batch_size=2)
+    old = {it.id for it in first}
+    assert batches and all(not (set(b) & old) for b in batches)  # new sequences batched among themselves only
+    recorded = [tuple(b) for b in json.loads((out / "batches.json").read_text())["batches"]]
+    assert set(recorded) == made | set(batches) and recorded[:len(made)] == [b for b in recorded if b in made]
+    rows = {(r["config_id"], r["id"]): r["prediction"] for r in _lines(out / "per_sequence.jsonl")}
+    assert len(rows) == len(configs) * len(tiny["items"])
+    batches.clear()
+    _sweep(tiny, out, configs, batch_size=2)  # the same command again: nothing to do, the plan unchanged
+    assert batches == [] and [tuple(b) for b in json.loads((out / "batches.json").read_text())["batches"]] == recorded
+
+
 def test_reference_full_and_learned_checkpoints(tiny, tmp_path):
     m = tiny["model"]
     m.set_depth(DepthConfig(mode="learned", controller_input="fixed"))

@@ -4,7 +4,9 @@ Notable:
 - One evaluation loop serves `adalas eval` (one depth -> metrics.json) and `adalas sweep` (many depths ->
   sweep.jsonl). Prompts are tokenized once, sorted by length and cut into fixed batches
   (`plan_batches`); the plan depends only on the sequences and the batch size, so a rerun, a
-  resumed run and a sharded run see the same batches. Rank r of W takes batches r, r + W, ...,
+  resumed run and a sharded run see the same batches. It is recorded in DIR/batches.json: a grown
+  set keeps the recorded batches and cuts only its new sequences into new ones, so rows already
+  written never sit beside rows of another plan. Rank r of W takes batches r, r + W, ...,
   so every row has the same batch companions however many ranks run, and the same predictions.
 - Resume: rows are appended and flushed per batch (`io.RowStore`), keyed by (config_id, id) or id; a
   rerun skips the keys present. A batch with only some rows present is generated again whole (same
@@ -167,12 +169,39 @@ class Batch:
     items: tuple[EvalItem, ...]
 
 
-def plan_batches(items: Sequence[EvalItem], batch_size: int) -> list[Batch]:
-    """Batches of similar prompt length (less padding), in a fixed order: sorted by (length, index)."""
+def plan_batches(items: Sequence[EvalItem], batch_size: int,
+                 recorded: Sequence[Sequence[str]] = ()) -> list[Batch]:
+    """Batches of similar prompt length (less padding), in a fixed order: sorted by (length, index).
+
+    `recorded`: the batches (lists of ids) of an earlier run into the same directory. Each one whose
+    sequences are all still here is kept as it was, first and in its order; only the other sequences
+    are cut into new batches. A grown set then never re-cuts the batches that made the rows already
+    written (a row's prediction depends on its batch companions)."""
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    order = sorted(items, key=lambda it: (len(it.input_ids), it.index))
-    return [Batch(b, tuple(order[s:s + batch_size])) for b, s in enumerate(range(0, len(order), batch_size))]
+    by_id = {it.id: it for it in items}
+    kept = [tuple(by_id[i] for i in ids) for ids in recorded if ids and all(i in by_id for i in ids)]
+    taken = {it.id for batch in kept for it in batch}
+    order = sorted((it for it in items if it.id not in taken), key=lambda it: (len(it.input_ids), it.index))
+    cut = [tuple(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
+    return [Batch(b, batch) for b, batch in enumerate(kept + cut)]
+
+
+PLAN_FILE = "batches.json"  # the batch plan a directory's rows were made in (see plan_batches)
+
+
+def resume_plan(out_dir: Path, items: Sequence[EvalItem], batch_size: int) -> list[Batch]:
+    """The directory's batch plan for `items`: its recorded batches kept, new sequences in new
+    batches; recorded (atomically) before any row is generated."""
+    path = Path(out_dir) / PLAN_FILE
+    recorded = json.loads(path.read_text())["batches"] if path.is_file() else []
+    plan = plan_batches(items, batch_size, recorded)
+    ids = [[it.id for it in b.items] for b in plan]
+    known = {tuple(b) for b in recorded}
+    merged = recorded + [b for b in ids if tuple(b) not in known]  # batches of sequences left out stay recorded
+    if merged != recorded:
+        atomic_write_json(path, {"batch_size": batch_size, "batches": merged})
+    return plan
 
 
 def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:
@@ -489,8 +518,7 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
     if not items:
         raise ValueError("items: the evaluation set is empty")
     out_dir = check_output_dir(out_dir)
-    plan = plan_batches(items, batch_size)  # validated before anything is written
-    mine = shard(plan, rank, world_size)
+    plan_batches(items, batch_size)  # validated before anything is written
     t0 = time.perf_counter()
     identity = dict(identity or {})
     depth = model.depth
@@ -503,6 +531,8 @@ def run_eval(model, tokenizer, items: Sequence[EvalItem], out_dir: str | os.Path
                 **({"metrics": list(teacher_forced)} if teacher_forced else {}),
                 **({"data_sha256": identity["data_sha256"]} if identity.get("data_sha256") else {})}
     check_settings(out_dir, settings)
+    plan = resume_plan(out_dir, items, batch_size)
+    mine = shard(plan, rank, world_size)
     store = RowStore(out_dir, "per_sequence.jsonl", ("id",), rank, world_size)
     ref_store = RowStore(out_dir, "full_reference.jsonl", ("id",), rank, world_size) if reference == "full" else None
     todo = missing_items(mine, store) + (missing_items(mine, ref_store) if ref_store is not None else 0)

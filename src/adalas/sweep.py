@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from .config import DepthConfig, route_from_str, route_to_str
 from .data import file_sha256
 from .evaluate import (REFERENCES, EvalItem, Progress, Sampling, missing_items, plan_batches, plan_fingerprint,
-                       run_depth, shard, summarize)
+                       resume_plan, run_depth, shard, summarize)
 from .hub import weights_sha256
 from .io import (RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards,
                  read_jsonl)
@@ -265,13 +265,14 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     if len(set(ids)) != len(ids):
         raise ValueError(f"configs: duplicate config ids {sorted({i for i in ids if ids.count(i) > 1})}")
     out_dir = check_output_dir(out_dir)
-    plan = plan_batches(items, batch_size)  # validated before anything is written
-    mine = shard(plan, rank, world_size)
+    plan_batches(items, batch_size)  # validated before anything is written
     t_start = time.perf_counter()
     L = model.num_layers
     check_settings(out_dir, sweep_settings(model_id, data_id, max_new_tokens, reference, settings,
                                            batch_size=batch_size, model=model),
                    {c.config_id: c.definition() for c in configs})
+    plan = resume_plan(out_dir, items, batch_size)  # a grown set keeps the batches its rows were made in
+    mine = shard(plan, rank, world_size)
     store = RowStore(out_dir, "per_sequence.jsonl", ("config_id", "id"), rank, world_size)
     done = set(store.rows())
     todo = sum(missing_items(mine, store, {"config_id": c.config_id}, done) for c in configs)
