@@ -26,7 +26,7 @@ from .io import atomic_write_text, dumps_row, read_jsonl
 
 PROTOCOL_VERSION = 1
 TEXT_COLUMNS = ("prompt", "reference")  # the data's own text: never committed
-COPIED_FILES = ("sweep.jsonl", "settings.json", "sweep_meta.json")
+COPIED_FILES = ("sweep.jsonl", "settings.json", "sweep_meta.json", "batches.json")
 
 
 @dataclass(frozen=True)
