@@ -163,7 +163,7 @@ def table(configs: dict) -> list[str]:
     return lines
 
 
-def render(summary: dict) -> str:
+def render(summary: dict, targets_table: bool = True) -> str:
     md = ["# Real tasks: every config against full depth on the same rows", "",
           "Made by `adalas tasks report` from the committed rows (`<task>/per_sequence.jsonl`, references joined "
           "back by id after checking each file's sha256). Protocol: `PROTOCOL.md`; looks: `LOOKS.jsonl`. "
@@ -174,7 +174,7 @@ def render(summary: dict) -> str:
     for task, t in summary["tasks"].items():
         md += [f"## {task} ({t['n']} rows, cap {t['max_new_tokens']} new tokens, sha256 `{(t['data_sha256'] or '')[:12]}`)",
                "", *table(t["configs"]), ""]
-    if summary["targets"]:
+    if summary["targets"] and targets_table:
         md += ["## Targets (issue 29)", "", "| target | value [95% CI] | met |", "|---|---|---|"]
         for g in summary["targets"]:
             ci = f" [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]" if g["ci95"] else ""
@@ -223,8 +223,10 @@ README_START, README_END = "<!-- real-task tables: adalas tasks report -->", "<!
 
 def readme_tables(summary: dict, out_dir: Path) -> str:
     """The pooled and per-task tables, and the targets, as the README shows them."""
-    body = render(summary).split("\n", 4)[4].replace("## ", "#### ")  # drop the report's own title and preamble
-    return f"{README_START}\n_Made by `adalas tasks report` from `{out_dir.as_posix()}/`._\n\n{body}\n{README_END}"
+    body = render(summary, targets_table=False).split("\n", 4)[4].replace("## ", "#### ")  # no title, preamble
+    met = sum(t["met"] for t in summary["targets"])
+    return (f"{README_START}\n_Made by `adalas tasks report` from `{out_dir.as_posix()}/`; its `report.md` checks "
+            f"each target of issue 29 ({met} of {len(summary['targets'])} met)._\n\n{body}\n{README_END}")
 
 
 def update_readme(readme: Path, summary: dict, out_dir: Path) -> None:
