@@ -14,8 +14,6 @@ Notable (the rules are `results/tasks/PROTOCOL.md`'s):
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +124,3 @@ def join_references(rows: list[dict], data_file: str | Path, expected_sha256: st
         raise ValueError(f"{data_file}: no row with id {missing[0]!r} ({len(missing)} missing)")
     return [{**r, "reference": refs[str(r["id"])]} for r in rows]
 
-
-def remove_run_dir(run_dir: str | Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def settings_sha256(out_dir: str | Path) -> str | None:
-    path = Path(out_dir) / "settings.json"
-    return json.loads(path.read_text())["settings"].get("data_sha256") if path.is_file() else None

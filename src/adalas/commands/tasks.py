@@ -62,15 +62,15 @@ def main(argv: list[str]) -> int:
 def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace) -> None:
     """Log the look, run the sweep (resumable), publish the rows without the data's text."""
     from ..data import file_sha256
-    from ..hub import embedded_gguf
-    from ..sweep import build_configs, parse_budgets, parse_strategies
+    from ..hub import embedded_model_dir, model_sha256
+    from ..sweep import build_configs, checkpoint_num_layers, parse_budgets, parse_strategies
     from ..tasks import REAL_TASKS, git_commit, log_looks, publish
     from . import sweep
 
-    L = 30  # the embedded model's layers (the sweep checks the configs against the model it loads)
+    L = checkpoint_num_layers(embedded_model_dir(MODEL))
     configs = build_configs(L, parse_strategies(phase["strategies"]), parse_budgets(phase.get("budgets"), L),
                             adapted=phase.get("adapted", []))
-    base = file_sha256(embedded_gguf(MODEL))
+    base = model_sha256(MODEL)  # its GGUF file's sha256, recorded when it was converted
     data_sha = file_sha256(data_file)
     line = log_looks(Path(args.out) / "LOOKS.jsonl", task, data_sha,
                      [(c.config_id, c.weights or base) for c in configs], args.why, git_commit())
