@@ -34,6 +34,23 @@ def synth(model: Path, out: Path, *extra: str) -> dict:
     return json.loads(S.meta_path(out).read_text())
 
 
+def _dies_on_second_call(monkeypatch, name: str, out: Path):
+    """S.<name> raises KeyboardInterrupt on its second call, after appending a row to `out` that the
+    meta file never counted (a kill mid-round); returns the real function, to put back."""
+    real, calls = getattr(S, name), []
+
+    def dies_second_time(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            with open(out, "a") as f:
+                f.write('{"id": "half-written"}\n')
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(S, name, dies_second_time)
+    return real
+
+
 def test_same_seed_same_bytes_and_a_killed_run_resumes_to_them(chat_model, tmp_path, monkeypatch):
     a = synth(chat_model, tmp_path / "a.jsonl")
     synth(chat_model, tmp_path / "b.jsonl")
@@ -48,17 +65,7 @@ def test_same_seed_same_bytes_and_a_killed_run_resumes_to_them(chat_model, tmp_p
     assert other["done"] and (tmp_path / "c.jsonl").read_bytes() != (tmp_path / "a.jsonl").read_bytes()
 
     # a run killed after its first round (and after writing a row its meta file never counted)
-    real, calls = S.answer, []
-
-    def dies_second_time(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            with open(tmp_path / "k.jsonl", "a") as f:
-                f.write('{"id": "half-written"}\n')
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(S, "answer", dies_second_time)
+    real = _dies_on_second_call(monkeypatch, "answer", tmp_path / "k.jsonl")
     assert cli_main(["synth", "--model", str(chat_model), "--out", str(tmp_path / "k.jsonl"), "--n", "5",
                      "--batch-size", "4", "--max-prompt-tokens", "12", "--max-new-tokens", "6",
                      "--min-prompt-words", "2", "--no-progress"]) == 130
@@ -208,17 +215,7 @@ def test_shape_input_same_seed_same_bytes_and_a_killed_run_resumes_to_them(chat_
     assert a["settings"]["shape_sha256"] == S.shape_digest("input")
     assert set(S.SHAPE_COUNTERS) <= set(a)
 
-    real, calls = S.answer_inputs, []
-
-    def dies_second_time(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            with open(tmp_path / "k.jsonl", "a") as f:
-                f.write('{"id": "half-written"}\n')
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(S, "answer_inputs", dies_second_time)
+    real = _dies_on_second_call(monkeypatch, "answer_inputs", tmp_path / "k.jsonl")
     assert cli_main(["synth", "--model", str(chat_model), "--out", str(tmp_path / "k.jsonl"), "--shape", "input",
                      "--n", "5", *SHAPE_ARGS]) == 130
     assert not json.loads(S.meta_path(tmp_path / "k.jsonl").read_text())["done"]
