@@ -193,13 +193,14 @@ def chats(model, tokenizer, settings, requests, round_index):
     texts = []
     for j, req in enumerate(requests):
         a, b = re.search(r"between (\w+) and (\w+)", req.prompt).groups()
-        texts.append(f"{a}: hello {b}, round {round_index} row {j}\n{b}: hi {a}, round {round_index} row {j} fine")
+        texts.append((f"{a}: hello {b}, round {round_index} row {j}\n{b}: hi {a}, round {round_index} row {j} fine",
+                      True))
     return texts
 
 
 def summaries(model, tokenizer, rows, max_new_tokens):
     """A stand-in for the model's answers (the tiny model rarely ends one)."""
-    return [f"{instruction} {text[:12]}" for instruction, text in rows]
+    return [(f"{instruction} {text[:12]}", True) for instruction, text in rows]
 
 
 def test_shape_input_same_seed_same_bytes_and_a_killed_run_resumes_to_them(chat_model, tmp_path, monkeypatch):
@@ -209,11 +210,12 @@ def test_shape_input_same_seed_same_bytes_and_a_killed_run_resumes_to_them(chat_
     rows = read_rows(tmp_path / "a.jsonl")
     operations = S.shape_definition("input")["instructions"]
     assert len(rows) == 5 == a["rows"] and a["done"]
-    assert all(list(r) == ["id", "instruction", "input", "output"] and r["input"] and r["output"]
+    assert all(list(r) == ["id", "instruction", "input", "output", "finished"] and r["input"] and r["output"]
                and r["instruction"] in operations and r["id"].startswith("synth-input-0-") for r in rows)
     assert a["settings"]["shape"] == "input" and a["settings"]["max_source_tokens"] == 100
     assert a["settings"]["shape_sha256"] == S.shape_digest("input")
-    assert set(S.SHAPE_COUNTERS) <= set(a)
+    assert set(S.SHAPE_COUNTERS) | {"texts_cut"} <= set(a)
+    assert a["settings"]["max_new_tokens"] == 40 and a["settings"]["repetition_penalty"] == 1.15
 
     real = _dies_on_second_call(monkeypatch, "answer_inputs", tmp_path / "k.jsonl")
     assert cli_main(["synth", "--model", str(chat_model), "--out", str(tmp_path / "k.jsonl"), "--shape", "input",
@@ -290,30 +292,34 @@ def test_shape_dialogue_rows_and_every_filter_counted(chat_model, tmp_path, monk
     from adalas.data import load_examples as le
     builtin = le("builtin")[0]
     texts = iter([
-        "Ben: " + dialogue.replace("\n", " ") + "\nAnna: ok",        # an 8-gram of the test dialogue
-        "Ben: well " + builtin.context + "\nAnna: ok",                # an 8-gram of a built-in row
-        None,                                                         # unfinished
-        "Ben: this is a story, not a chat\nand it goes on without names",  # malformed
-        "Ben: shall we go to the lake on sunday morning\nAnna: yes",  # kept
-        "BEN: shall we go to the lake on sunday morning!\nAnna: no",  # duplicate (shared 8-gram)
-        "Ben: the printer is jammed again\nAnna: I will call someone",  # kept, then its answer leaks
-        "Ben: what a snowstorm\nAnna: stay home today",               # kept, then its answer never ends
-        "Ben: the bake sale is on friday\nAnna: I will bring a cake",  # kept
-    ] + [f"Ben: extra text number {i}\nAnna: fine {i}" for i in range(20)])
+        ("Ben: " + dialogue.replace("\n", " ") + "\nAnna: ok", True),      # an 8-gram of the test dialogue
+        ("Ben: well " + builtin.context + "\nAnna: ok", True),              # an 8-gram of a built-in row
+        ("Ben: and then we could", False),                                # cut by the cap: no whole message
+        ("Ben: this is a story, not a chat\nand it goes on without names", True),  # one message: malformed
+        ("Ben: shall we go to the lake on sunday morning\nAnna: yes", True),  # kept
+        ("BEN: shall we go to the lake on sunday morning!\nAnna: no", True),  # duplicate (shared 8-gram)
+        ("Ben: the printer is jammed again\nAnna: I will call someone", True),  # kept, then its answer leaks
+        ("Ben: what a snowstorm\nAnna: stay home today\nBen: stay ho", False),  # cut: two whole messages kept;
+                                                                          # its answer runs past the cap, kept
+        ("Ben: we go on and on and on and on and on and on and on and on\nAnna: yes", True),  # loops
+        ("Ben: the bake sale is on friday\nAnna: I will bring a cake", True),  # kept
+    ] + [(f"Ben: extra text number {i}\nAnna: fine {i}", True) for i in range(20)])
     monkeypatch.setattr(S, "write_sources", lambda m, t, s, requests, r: [next(texts) for _ in requests])
     def answers(model, tok, pairs, n):
-        return ["Summary: " + summary if "printer" in x else None if "snowstorm" in x else a
-                for (_, x), a in zip(pairs, summaries(model, tok, pairs, n))]
+        return [("Summary: " + summary, True) if "printer" in x else ("Ben and Anna stay", False)
+                if "snowstorm" in x else a for (_, x), a in zip(pairs, summaries(model, tok, pairs, n))]
 
     monkeypatch.setattr(S, "answer_inputs", answers)
     meta = shape_synth(chat_model, tmp_path / "f.jsonl", "dialogue", "--exclude", str(test), n=3)
-    kept = [r["input"] for r in read_rows(tmp_path / "f.jsonl")]
-    assert kept[:2] == ["Ben: shall we go to the lake on sunday morning\nAnna: yes",
-                        "Ben: the bake sale is on friday\nAnna: I will bring a cake"]
+    rows = read_rows(tmp_path / "f.jsonl")
+    assert [(r["input"], r["finished"]) for r in rows] == [
+        ("Ben: shall we go to the lake on sunday morning\nAnna: yes", True),
+        ("Ben: what a snowstorm\nAnna: stay home today", False),
+        ("Ben: the bake sale is on friday\nAnna: I will bring a cake", True)]
+    assert rows[1]["output"] == "Ben and Anna stay"
     assert (meta["dropped_test"], meta["dropped_builtin"], meta["dropped_unfinished"], meta["dropped_malformed"],
-            meta["dropped_duplicate"], meta["dropped_unfinished_answer"]) == (2, 1, 1, 1, 1, 1)
-    assert meta["unanswered_prompts"] == ["Ben: the printer is jammed again\nAnna: I will call someone",
-                                          "Ben: what a snowstorm\nAnna: stay home today"]
+            meta["dropped_duplicate"], meta["dropped_repetitive"], meta["texts_cut"]) == (2, 1, 1, 1, 1, 1, 2)
+    assert meta["unanswered_prompts"] == ["Ben: the printer is jammed again\nAnna: I will call someone"]
 
 
 def test_shape_requests_are_drawn_from_the_seed():
@@ -346,10 +352,13 @@ def test_well_formed_dialogues():
 def test_shape_settings_are_checked_and_recorded(chat_model, tmp_path, capsys):
     from adalas.commands import synth as command
 
-    assert (command.SHAPES, command.MAX_SOURCE_TOKENS, command.SOURCE_WORDS, command.SHAPE_TEMPERATURE) == (
-        S.SHAPES, S.MAX_SOURCE_TOKENS, S.SOURCE_WORDS, S.SHAPE_TEMPERATURE)
+    assert (command.SHAPES, command.MAX_SOURCE_TOKENS, command.SOURCE_WORDS, command.SHAPE_TEMPERATURE,
+            command.SHAPE_REPETITION_PENALTY, command.SHAPE_ANSWER_TOKENS) == (
+        S.SHAPES, S.MAX_SOURCE_TOKENS, S.SOURCE_WORDS, S.SHAPE_TEMPERATURE, S.SHAPE_REPETITION_PENALTY,
+        S.SHAPE_ANSWER_TOKENS)
     for extra, pattern in [(["--max-source-tokens", "9"], "--max-source-tokens: only with --shape"),
                            (["--shape", "dialogue", "--prompts", str(tmp_path / "p.txt")], "--prompts: only with"),
+                           (["--repetition-penalty", "1.2"], "--repetition-penalty: only with --shape"),
                            (["--shape", "input", "--min-source-words", "9", "--max-source-words", "3"],
                             "min_source_words (9) > max_source_words (3)")]:
         assert cli_main(["synth", "--model", str(chat_model), "--out", str(tmp_path / "x.jsonl"), *extra]) == 2
@@ -364,6 +373,11 @@ def test_shape_settings_are_checked_and_recorded(chat_model, tmp_path, capsys):
             S.SynthSettings(shape="input").max_source_tokens) == (30, 400, 320)
     assert (S.SynthSettings().temperature, S.SynthSettings(shape="article").temperature,
             S.SynthSettings(shape="input", temperature=0.9).temperature) == (1.0, 0.7, 0.9)
+    # the answer cap of a shape is its real task's (the protocol's); plain keeps 128
+    assert [S.SynthSettings(shape=k).max_new_tokens for k in S.SHAPES] == [128, 48, 64, 64]
+    assert (S.SynthSettings().repetition_penalty, S.SynthSettings(shape="dialogue").repetition_penalty) == (1.0, 1.15)
+    with pytest.raises(ValueError, match="repetition_penalty: only for a shape"):
+        S.SynthSettings(repetition_penalty=1.2)
     plain = synth(chat_model, tmp_path / "p.jsonl")
     assert plain["settings"]["shape"] == "plain" and plain["settings"]["max_source_tokens"] is None
     assert plain["settings"]["temperature"] == 1.0
@@ -379,7 +393,7 @@ def test_shape_settings_are_checked_and_recorded(chat_model, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
-def test_write_sources_samples_with_the_rounds_seed_and_puts_a_dialogue_one_message_a_line(monkeypatch):
+def test_write_sources_samples_with_the_rounds_seed_and_a_repetition_penalty(monkeypatch):
     seen = {}
 
     def complete(model, tokenizer, examples, max_new_tokens, **options):
@@ -389,9 +403,24 @@ def test_write_sources_samples_with_the_rounds_seed_and_puts_a_dialogue_one_mess
     monkeypatch.setattr(S, "_complete", complete)
     settings = S.SynthSettings(shape="dialogue", seed=3, batch_size=2, max_source_tokens=50)
     requests = S.shape_requests(settings, 7)
-    assert S.write_sources(None, None, settings, requests, 7) == ["Anna: hi there\nBen:  hello", None]
+    assert S.write_sources(None, None, settings, requests, 7) == [("Anna: hi there  \n\nBen:  hello", True),
+                                                                  ("Anna: and then", False)]
     assert seen == {"do_sample": True, "temperature": 0.7, "top_p": 0.95, "top_k": 0, "seed": S.round_seed(3, 7),
-                    "prompts": [r.prompt for r in requests], "cap": 50}
-    article = S.SynthSettings(shape="article", batch_size=2)
-    assert S.write_sources(None, None, article, S.shape_requests(article, 0), 0) == [
-        "Anna: hi there  \n\nBen:  hello", None]  # other shapes keep the model's text as it is (stripped)
+                    "repetition_penalty": 1.15, "prompts": [r.prompt for r in requests], "cap": 50}
+    seen.clear()
+    S.write_sources(None, None, S.SynthSettings(shape="input", repetition_penalty=1.0), requests, 0)
+    assert "repetition_penalty" not in seen
+
+
+def test_a_text_cut_by_its_cap_keeps_its_whole_messages_or_sentences():
+    from adalas.synth_shapes import loops, source_text
+
+    chat = "Anna: hi there  \n\n(Ben waves)\nBen:  hello\nAnna: see you at"
+    assert source_text("dialogue", chat, finished=True) == "Anna: hi there\nBen: hello\nAnna: see you at"
+    assert source_text("dialogue", chat, finished=False) == "Anna: hi there\nBen: hello"  # the last line is cut
+    article = 'The fair opened on Monday. "It was busy!" said Tara. Crowds are expected to'
+    assert source_text("article", article, finished=True) == article
+    assert source_text("article", article, finished=False) == 'The fair opened on Monday. "It was busy!" said Tara.'
+    assert source_text("input", "no sentence ends here", finished=False) == ""
+    assert source_text("input", "  Version 2.0 is out.  ", finished=True) == "Version 2.0 is out."
+    assert loops("a b c d e f g h x a b c d e f g h") and not loops("a b c d e f g h x a b c d e f g y")

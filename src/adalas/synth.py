@@ -24,41 +24,41 @@ Notable:
   instruction), `input` (a text of some kind about a topic, and one of a fixed list of operations
   on it as the instruction). Names, topics, kinds and operations (`synth_shapes.yaml`, written for
   adalas) are drawn per row from (seed, round, row); the text is sampled with the round's seed
-  (temperature 0.7 unless set: at 1.0 a 135M model writes word salad) and capped at
-  `max_source_tokens` (a dialogue then loses its blank lines: one message a line, as in SAMSum),
-  then answered greedily at full depth, in the prompt format evaluation uses. Filters, in order:
-  unfinished text; built-in and test (on the text, and on instruction + text, which is the user
-  turn; the instruction alone is not checked for an equal text, since a summary instruction equals
-  the test sets' by design); short; long (`min/max_source_words`); malformed (a dialogue whose lines
-  are not all 'Name: message' with two speakers or more); duplicate text; then an answer that did not
-  end within `max_new_tokens` (`dropped_unfinished_answer`), an empty one, or one that shares an
-  8-gram with a test set.
+  (temperature 0.7 and repetition penalty 1.15 unless set: at 1.0 a 135M model writes word salad, or
+  loops) and capped at `max_source_tokens`. A text cut by the cap keeps its whole messages or
+  sentences (`texts_cut`); a dialogue keeps its 'Name: message' lines, one a line, as in SAMSum
+  (`adalas.synth_shapes`). The row is answered greedily at full depth, in the prompt format
+  evaluation uses, capped at its real task's new-token cap; an answer cut by the cap is kept, with
+  `"finished": false`. Filters, in order: no whole message or sentence (`dropped_unfinished`);
+  built-in and test (on the text, and on instruction + text, which is the user turn; the
+  instruction alone is not checked for an equal text, since a summary instruction equals the test
+  sets' by design); short; long (`min/max_source_words`); a text that loops (a word 8-gram twice,
+  `dropped_repetitive`); malformed (a dialogue of fewer than two messages or one speaker); duplicate
+  text; then an empty answer, or one that shares an 8-gram with a test set.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from .data import TASKS, Example, adds_bos, file_sha256, load_examples, make_collator, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text
+from .synth_shapes import (MAX_SOURCE_TOKENS, SHAPE_ANSWER_TOKENS, SHAPE_REPETITION_PENALTY, SHAPE_TEMPERATURE,
+                           SHAPES, SOURCE_WORDS, Request, loops, shape_definition, shape_digest, source_text,
+                           well_formed)
+from .synth_shapes import shape_requests as _shape_requests
 
 NGRAM = 8
 DROP_COUNTERS = ("dropped_short", "dropped_long", "dropped_unfinished", "dropped_duplicate", "dropped_builtin",
                  "dropped_test", "dropped_unanswered")
-SHAPE_COUNTERS = ("dropped_malformed", "dropped_unfinished_answer")  # in the meta file of a shape other than plain
-SHAPES = ("plain", "dialogue", "article", "input")
-MAX_SOURCE_TOKENS = 320
-SOURCE_WORDS = {"dialogue": (30, 250), "article": (80, 400), "input": (20, 200)}  # (min, max) words of the text
-# sampling a whole text at 1.0 gives SmolLM2-135M mostly word salad; at 0.7 its chats and articles read as such
-SHAPE_TEMPERATURE = 0.7
+# in the meta file of a shape other than plain (texts_cut counts texts kept in part, not a drop)
+SHAPE_COUNTERS = ("dropped_malformed", "dropped_repetitive")
 _SLOT = "\ue000adalas-user-turn\ue000"
 
 
@@ -70,12 +70,13 @@ class SynthSettings:
     n: int = 1500
     seed: int = 0
     batch_size: int = 16
-    max_new_tokens: int = 128       # the answer
+    max_new_tokens: int | None = None  # the answer; None: 128 for plain, the real task's cap for a shape
     max_prompt_tokens: int = 96     # the sampled user turn
     min_prompt_words: int = 4
     max_prompt_words: int = 60
     temperature: float | None = None  # None: 1.0 for plain, SHAPE_TEMPERATURE for the other shapes
     top_p: float = 0.95
+    repetition_penalty: float | None = None  # sampling a shape's texts; None: 1.0 plain, SHAPE_REPETITION_PENALTY
     prompts: str | None = None      # a user's prompt file instead of sampling
     prompts_sha256: str | None = None
     exclude: tuple[str, ...] = ()   # evaluation files (e.g. the real test sets) whose text must not leak
@@ -92,6 +93,14 @@ class SynthSettings:
             raise ValueError(f"shape: choose from {', '.join(SHAPES)}, got {self.shape!r}")
         if self.temperature is None:
             object.__setattr__(self, "temperature", 1.0 if self.shape == "plain" else SHAPE_TEMPERATURE)
+        if self.max_new_tokens is None:
+            object.__setattr__(self, "max_new_tokens", SHAPE_ANSWER_TOKENS.get(self.shape, 128))
+        if self.shape == "plain" and self.repetition_penalty not in (None, 1.0):
+            raise ValueError("repetition_penalty: only for a shape other than plain")
+        if self.repetition_penalty is None:
+            object.__setattr__(self, "repetition_penalty", 1.0 if self.shape == "plain" else SHAPE_REPETITION_PENALTY)
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty: must be > 0, got {self.repetition_penalty}")
         source = ("max_source_tokens", "min_source_words", "max_source_words", "shape_sha256")
         if self.shape == "plain":
             given = [name for name in source if getattr(self, name) is not None]
@@ -255,89 +264,28 @@ def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> lis
 # ---------------------------------------------------------------------------------------------
 # Rows with the shape of real tasks: a text the model writes, and an instruction on it
 
-class Request(NamedTuple):
-    """One row to write: what the model is asked to write, and the instruction the row will carry."""
-    prompt: str
-    instruction: str
-
-
-@functools.cache
-def _shapes_file() -> dict:
-    import yaml
-
-    return yaml.safe_load((resources.files("adalas") / "synth_shapes.yaml").read_text(encoding="utf-8"))
-
-
-def shape_definition(shape: str) -> dict:
-    """What a shape draws from: names, topics, its prompt, kinds and instructions."""
-    if shape not in SHAPES or shape == "plain":
-        raise ValueError(f"shape: choose from {', '.join(SHAPES[1:])}, got {shape!r}")
-    spec = _shapes_file()
-    section = spec[shape]
-    return {"names": list(spec["names"]), "topics": list(spec["topics"]), "prompt": section["prompt"],
-            "kinds": list(section.get("kinds", [])),
-            "instructions": list(section["operations"]) if "operations" in section else [
-                TASKS[section["task"]].instruction]}
-
-
-def shape_digest(shape: str) -> str:
-    return hashlib.sha256(json.dumps(shape_definition(shape), sort_keys=True).encode()).hexdigest()
-
-
-def _draw(options: Sequence[str], seed: int, round_index: int, row: int, what: str) -> str:
-    """One of `options`, from (seed, round, row, what) alone (not Python's random: no version drift)."""
-    digest = hashlib.sha256(f"adalas-synth-shape:{seed}:{round_index}:{row}:{what}".encode()).digest()
-    return options[int.from_bytes(digest[:8], "little") % len(options)]
-
-
 def shape_requests(settings: SynthSettings, round_index: int) -> list[Request]:
     """The round's `batch_size` requests: names, topic, kind and instruction drawn per row."""
-    spec = shape_definition(settings.shape)
-    requests = []
-    for j in range(settings.batch_size):
-        key = (settings.seed, round_index, j)
-        name1 = _draw(spec["names"], *key, "name1")
-        fields = {"name1": name1, "name2": _draw([n for n in spec["names"] if n != name1], *key, "name2"),
-                  "topic": _draw(spec["topics"], *key, "topic")}
-        if spec["kinds"]:
-            fields["kind"] = _draw(spec["kinds"], *key, "kind")
-        requests.append(Request(spec["prompt"].format(**fields), _draw(spec["instructions"], *key, "instruction")))
-    return requests
+    return _shape_requests(settings.shape, settings.seed, settings.batch_size, round_index)
 
 
 @torch.no_grad()
 def write_sources(model, tokenizer, settings: SynthSettings, requests: Sequence[Request],
-                  round_index: int) -> list[str | None]:
-    """The texts the model writes for the requests, sampled with the round's seed; None where one did
-    not end within max_source_tokens. A dialogue's blank lines are dropped (one message a line)."""
-    replies = _complete(model, tokenizer, [Example("", r.prompt, "", "", "alpaca") for r in requests],
-                        settings.max_source_tokens, do_sample=True, temperature=settings.temperature,
-                        top_p=settings.top_p, top_k=0, seed=round_seed(settings.seed, round_index))
-    texts = [text if finished else None for text, finished in replies]
-    if settings.shape == "dialogue":  # one message a line, as SAMSum has them (the model leaves blank lines between)
-        texts = [None if t is None else "\n".join(line.strip() for line in t.split("\n") if line.strip())
-                 for t in texts]
-    return texts
+                  round_index: int) -> list[tuple[str, bool]]:
+    """(the text the model writes, whether it ended within max_source_tokens) for each request,
+    sampled with the round's seed (and a mild repetition penalty: the texts, not the answers)."""
+    options = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                   seed=round_seed(settings.seed, round_index))
+    if settings.repetition_penalty != 1.0:
+        options["repetition_penalty"] = settings.repetition_penalty
+    return _complete(model, tokenizer, [Example("", r.prompt, "", "", "alpaca") for r in requests],
+                     settings.max_source_tokens, **options)
 
 
-def answer_inputs(model, tokenizer, rows: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str | None]:
-    """Greedy answers to (instruction, input) rows, as evaluation prompts them (in the chat format: the
-    user turn is instruction + blank line + input); None where one did not end within max_new_tokens."""
-    replies = _complete(model, tokenizer, [Example("", i, x, "", "alpaca") for i, x in rows], max_new_tokens)
-    return [text if finished else None for text, finished in replies]
-
-
-_SPEAKER = re.compile(r"[^\s:][^:\n]{0,39}: \S")
-
-
-def well_formed(shape: str, text: str) -> bool:
-    """A dialogue is lines of 'Name: message' (every non-empty line), from two speakers or more."""
-    if shape != "dialogue":
-        return True
-    lines = [line.strip() for line in text.split("\n") if line.strip()]
-    if len(lines) < 2 or not all(_SPEAKER.match(line) for line in lines):
-        return False
-    return len({line.split(":", 1)[0] for line in lines}) >= 2
+def answer_inputs(model, tokenizer, rows: Sequence[tuple[str, str]], max_new_tokens: int) -> list[tuple[str, bool]]:
+    """(greedy answer, whether it ended within max_new_tokens) to (instruction, input) rows, as evaluation
+    prompts them (in the chat format: the user turn is instruction + blank line + input)."""
+    return _complete(model, tokenizer, [Example("", i, x, "", "alpaca") for i, x in rows], max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +316,7 @@ def meta_path(out: Path) -> Path:
 
 
 def _new_state(settings: SynthSettings) -> dict:
-    counters = DROP_COUNTERS + (SHAPE_COUNTERS if settings.shape != "plain" else ())
+    counters = DROP_COUNTERS + (SHAPE_COUNTERS + ("texts_cut",) if settings.shape != "plain" else ())
     return {"settings": asdict(settings), "rounds_done": 0, "rows": 0, "sampled": 0,
             **{k: 0 for k in counters}, "done": False, "wall_s": 0.0}
 
@@ -456,11 +404,11 @@ class PromptFilter:
     def count(self, why: str) -> None:
         self.state[why] = self.state.get(why, 0) + 1
 
-    def source_reason(self, instruction: str, text: str | None) -> str | None:
-        """Why a written text (dialogue, article, input text) is dropped, or None. The user turn
-        (instruction + text) and the text are checked for leaks; the instruction alone is ours."""
-        if text is None:
-            return "dropped_unfinished"
+    def source_reason(self, instruction: str, text: str) -> str | None:
+        """Why a row's input (from the model's dialogue, article or text) is dropped, or None. The user
+        turn (instruction + text) and the text are checked for leaks; the instruction alone is ours."""
+        if not text:
+            return "dropped_unfinished"  # a text cut by its cap with no whole message or sentence in it
         turn = f"{instruction}\n\n{text}"
         if self.builtin.seen(turn) or self.builtin.seen(text):
             return "dropped_builtin"
@@ -471,17 +419,24 @@ class PromptFilter:
             return "dropped_short"
         if n > self.settings.max_source_words:
             return "dropped_long"
+        if loops(text):
+            return "dropped_repetitive"
         if not well_formed(self.settings.shape, text):
             return "dropped_malformed"
         if self.kept.seen(text):
             return "dropped_duplicate"
         return None
 
-    def keep_sources(self, requests: Sequence[Request], texts: Sequence[str | None]) -> list[tuple[int, str, str]]:
-        """(row in the round, instruction, text) of the texts that pass."""
+    def keep_sources(self, requests: Sequence[Request],
+                     written: Sequence[tuple[str, bool]]) -> list[tuple[int, str, str]]:
+        """(row in the round, instruction, row input) of the model's texts that pass; a text cut by its
+        cap keeps its whole messages or sentences (counted in texts_cut)."""
         kept = []
-        for j, (request, text) in enumerate(zip(requests, texts)):
+        for j, (request, (raw, finished)) in enumerate(zip(requests, written)):
             self.state["sampled"] += 1
+            if not finished:
+                self.count("texts_cut")
+            text = source_text(self.settings.shape, raw, finished)
             why = self.source_reason(request.instruction, text)
             if why is None:
                 self.kept.add(text)
@@ -515,15 +470,15 @@ def _shape_round(model, tokenizer, settings: SynthSettings, filt: PromptFilter, 
     kept = kept[:settings.n - state["rows"]]
     answers = answer_inputs(model, tokenizer, [(i, x) for _, i, x in kept], settings.max_new_tokens) if kept else []
     new = []
-    for (j, instruction, text), a in zip(kept, answers):
-        why = ("dropped_unfinished_answer" if a is None else "dropped_unanswered" if not a
-               else "dropped_test" if filt.test.seen(a) else None)
+    for (j, instruction, text), (a, finished) in zip(kept, answers):
+        why = "dropped_unanswered" if not a else "dropped_test" if filt.test.seen(a) else None
         if why:
             filt.count(why)
             state.setdefault("unanswered_prompts", []).append(text)
             continue
+        # an answer cut by the cap is kept (evaluation cuts at the same cap) and says so
         new.append({"id": f"synth-{settings.shape}-{settings.seed}-{r:05d}-{j:02d}", "instruction": instruction,
-                    "input": text, "output": a})
+                    "input": text, "output": a, "finished": finished})
     return new
 
 

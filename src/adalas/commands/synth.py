@@ -19,6 +19,8 @@ from ..io import check_output_file
 SHAPES = ("plain", "dialogue", "article", "input")
 MAX_SOURCE_TOKENS = 320
 SHAPE_TEMPERATURE = 0.7
+SHAPE_REPETITION_PENALTY = 1.15
+SHAPE_ANSWER_TOKENS = {"dialogue": 48, "article": 64, "input": 64}
 SOURCE_WORDS = {"dialogue": (30, 250), "article": (80, 400), "input": (20, 200)}
 
 
@@ -38,13 +40,17 @@ def build_parser():
     p.add_argument("--max-source-words", type=int, default=None, help="for a shape: more words are dropped "
                    "(default " + ", ".join(f"{k} {hi}" for k, (_, hi) in SOURCE_WORDS.items()) + ")")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default 128)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length cap (default 128; a shape: its real task's cap, " +
+                        ", ".join(f"{k} {v}" for k, v in SHAPE_ANSWER_TOKENS.items()) + ")")
     p.add_argument("--max-prompt-tokens", type=int, default=96, help="sampled user turn cap (plain; default 96)")
     p.add_argument("--min-prompt-words", type=int, default=4, help="(plain)")
     p.add_argument("--max-prompt-words", type=int, default=60, help="(plain)")
     p.add_argument("--temperature", type=float, default=None,
                    help=f"for sampling prompts or texts (default 1.0 for plain, {SHAPE_TEMPERATURE} for the other shapes)")
     p.add_argument("--top-p", type=float, default=0.95, help="for sampling prompts or texts (default 0.95)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help=f"for sampling a shape's texts (default {SHAPE_REPETITION_PENALTY}; answers are greedy)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
                    help="evaluation files whose text must not leak: a prompt or answer sharing a word 8-gram with "
@@ -60,6 +66,8 @@ def main(argv: list[str]) -> int:
     from ..synth import SynthSettings, meta_path, read_prompt_file, synthesize
 
     args = build_parser().parse_args(argv)
+    if args.shape == "plain" and args.repetition_penalty is not None:
+        raise ValueError("--repetition-penalty: only with --shape dialogue, article or input")
     check_counts(("--n", args.n, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                  ("--max-prompt-tokens", args.max_prompt_tokens, 1), ("--batch-size", args.batch_size, 1),
                  ("--min-prompt-words", args.min_prompt_words, 1), ("--max-prompt-words", args.max_prompt_words, 1),
@@ -79,7 +87,8 @@ def main(argv: list[str]) -> int:
     settings = SynthSettings(model=args.model, n=args.n, seed=args.seed, batch_size=args.batch_size,
                              max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                              min_prompt_words=args.min_prompt_words, max_prompt_words=args.max_prompt_words,
-                             temperature=args.temperature, top_p=args.top_p, prompts=args.prompts,
+                             temperature=args.temperature, top_p=args.top_p,
+                             repetition_penalty=args.repetition_penalty, prompts=args.prompts,
                              prompts_sha256=file_sha256(args.prompts) if args.prompts else None,
                              exclude=tuple(args.exclude), exclude_sha256=tuple(file_sha256(f) for f in args.exclude),
                              shape=args.shape, max_source_tokens=args.max_source_tokens,
