@@ -10,7 +10,8 @@ of each output:
 - `generate`: cached greedy generation (tokens, every step's logits, per-layer usage, head
   evaluations), through the fast path and without it, at batch 3 (left padding, rows finishing at
   different steps) and batch 1, and sampled;
-- `speculative`: self-speculative decoding for static routes (a fixed draft and "auto").
+- `speculative`: self-speculative decoding for static routes (a fixed draft and "auto");
+- `grouped`: mode `sequence` batched by route (`generate_grouped`: one-route and mixed batches).
 
 Run it before and after a change to the engine and compare; `tests/test_depth_fingerprint.py` pins
 the committed file (`depth_fingerprint.json`):
@@ -45,6 +46,7 @@ from test_families import NEWER  # noqa: E402
 from adalas import AdalasForCausalLM, DepthConfig  # noqa: E402
 from adalas.config import route_from_str  # noqa: E402
 from adalas.routers import SequenceController, confidence  # noqa: E402
+from adalas.sequence.router import generate_grouped  # noqa: E402
 
 FILE = Path(__file__).resolve().parent / "depth_fingerprint.json"
 FAMILIES: dict[str, Callable] = {**BUILDERS, **NEWER}
@@ -272,9 +274,31 @@ def op_speculative(m, r: Record) -> None:
             r.error(f"spec.{tag}", e)
 
 
+def op_grouped(m, r: Record) -> None:
+    """Mode `sequence` batched by route (`generate_grouped`): one-route batches and mixed leftovers."""
+    if m.depth.mode != "sequence":
+        return
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (3, 6, 9, 3, 9)]
+    for size in (2, 3):
+        steps: list[torch.Tensor] = []
+        orig = m.logits_from_state
+        m.logits_from_state = lambda h: steps.append(orig(h)) or steps[-1]
+        m.reset_usage()
+        try:
+            out = generate_grouped(m, prompts, batch_size=size, max_new_tokens=5, min_new_tokens=5, pad_token_id=0)
+        finally:
+            m.logits_from_state = orig
+        for s, logits in enumerate(steps):
+            r.tensor(f"grouped{size}.step{s}", logits)
+        r.value(f"grouped{size}.sequences", out.sequences)
+        r.value(f"grouped{size}.choices", out.choices)
+        r.value(f"grouped{size}.layer_usage", [float(x) for x in m.layer_usage()])
+
+
 OPS: dict[str, Callable[[AdalasForCausalLM, Record], None]] = {
     "forward": op_forward, "labels": op_labels, "train": op_train, "generate": op_generate,
-    "speculative": op_speculative}
+    "speculative": op_speculative, "grouped": op_grouped}
 
 
 def cases(families=None, depths=None):
