@@ -1,158 +1,192 @@
-"""`adalas study`: the whole pipeline on the tiny model `--quick` builds (train, sweeps, oracle, router,
-study.json, report.md, plots), a second run that trains and generates nothing, a run and some rows
-made again after they were lost, and the plan's checks and the analysis' arithmetic on small cases."""
+"""`adalas study`: the whole pipeline on the tiny model `--quick` builds (train, held-out choices, sweeps
+of the built-in stand-in and three stand-in task sets with every look logged first, E3's pre-registered
+test, E4's router, study.json, report.md, plots), a second run that trains and generates nothing, a
+study run in parts that reuses the stores, and the plans' checks."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from adalas.cli import main
 from adalas.study import VERDICTS, load_plan, plan_names, readme_study, tiny_rows
-from adalas.study.common import curve_scores
 
 EXPERIMENTS = ("E1", "E2", "E3", "E4")
+TASKS = ("samsum", "cnn_dailymail", "user_oriented")
 
 
-def _study(out: Path, runs: Path) -> float:
+def _study(out: Path, runs: Path, *extra: str) -> float:
     t0 = time.perf_counter()
-    assert main(["study", "--quick", "--out", str(out), "--runs", str(runs), "--no-progress"]) == 0
+    assert main(["study", "--quick", "--out", str(out), "--runs", str(runs), "--no-progress", *extra]) == 0
     return time.perf_counter() - t0
+
+
+def _looked(looks: Path) -> set[tuple[str, str]]:
+    if not looks.is_file():
+        return set()
+    return {(line["task"], c["config_id"]) for line in map(json.loads, looks.read_text().splitlines())
+            for c in line["configs"]}
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """One `adalas study --quick` into a fresh directory: (out, runs, wall seconds)."""
+    """One `adalas study --quick` into a fresh directory: (out, runs, wall seconds, the sweeps it ran).
+    Every sweep of a stand-in task set must find its configs in LOOKS.jsonl when it starts."""
+    import adalas.sweep
+
     root = tmp_path_factory.mktemp("study")
+    out, runs, sweeps = root / "out", root / "runs", []
+    real_sweep = adalas.sweep.run_sweep
+
+    def checked(model, tokenizer, items, configs, out_dir, **kw):
+        task = next((t for t in TASKS if f"/{t}-cap" in str(out_dir)), None)
+        if task:
+            missing = {c.config_id for c in configs} - {cid for t, cid in _looked(out / "LOOKS.jsonl") if t == task}
+            assert not missing, f"{task}: swept before its look was logged: {missing}"
+        sweeps.append((task, [c.config_id for c in configs]))
+        return real_sweep(model, tokenizer, items, configs, out_dir, **kw)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADALAS_CACHE", str(root / "cache"))
-        wall = _study(root / "out", root / "runs")
+        mp.setattr(adalas.sweep, "run_sweep", checked)
+        wall = _study(out, runs)
     print(f"adalas study --quick: {wall:.0f} s")
-    return root / "out", root / "runs", wall
+    return out, runs, wall, sweeps
 
 
-def _rows(path: Path) -> dict[tuple, str]:
-    """per_sequence.jsonl lines by (config_id, id)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        out[r["config_id"], r["id"]] = line
-    return out
-
-
-def test_quick_study_writes_every_experiment_with_intervals_runs_and_a_verdict(quick):
-    out, runs, _ = quick
+def test_quick_study_writes_every_experiment_on_the_real_task_stand_ins(quick):
+    out, runs, _, sweeps = quick
     doc = json.loads((out / "study.json").read_text())
-    plan = load_plan("quick", out=out, runs_dir=runs)
+    assert set(doc["tasks"]) == {"builtin", *TASKS} and all(len(t["sha256"]) == 64 for t in doc["tasks"].values())
+    assert [t["test_set"] for t in doc["tasks"].values()] == [False, True, True, True]
     for name in EXPERIMENTS:
         e = doc[name]
-        assert e["verdict"] in VERDICTS, (name, e["verdict"])
+        assert e["verdict"] in VERDICTS[:3], (name, e["verdict"], e["reason"])
         assert e["reason"] and e["decided_by"] and all(isinstance(s, str) for s in e["decided_by"])
-        assert e["n"] == 19 and "avg_layers" in e["depth_unit"]
-        assert e["runs"], name
-        for r in e["runs"]:
-            assert r["name"] and r["command"].startswith("adalas ") and r["wall_s"] >= 0
-            assert len(r["data_sha256"]) == 64
-    assert [r["name"] for r in doc["runs"]] == [r.name for r in plan.runs]
-    assert all(r["command"].startswith("adalas train ") and r["steps"] for r in doc["runs"])
+        assert e["n"] == 19 and "avg_layers" in e["depth_unit"] and e["tasks"] == doc["tasks"]
+        r = e["rests_on"]
+        assert r["place"] == "pooled" and set(r["tasks"]) == set(TASKS) and r["rows"] == 19 and r["test"]
+        assert len(r["model_sha256"]) == 64
+        assert e["runs"] and all(x["command"].startswith("adalas ") and x["wall_s"] >= 0 for x in e["runs"])
+    assert all(len(x["data_sha256"]) == 64 for x in doc["E1"]["runs"])
 
-    def interval(d):  # a paired difference with its 95% interval
-        lo, hi = d["ci95"]
-        assert lo <= d["diff"] + 1e-12 and d["diff"] <= hi + 1e-12 and d["n"] == 19
+    e1 = doc["E1"]
+    assert e1["seeds"] == {"6": [0, 1], "5": [0]}
+    six = e1["comparisons"][0]
+    assert six["candidates"] == {"skip": ["skip6-u", "skip6-b"], "exit": ["exit6-lora", "exit6-head"]}
+    assert len(six["chosen"]["skip"]) == len(six["chosen"]["exit"]) == 2  # one choice per seed and arm
+    choice = json.loads((out / "E1" / "choice.json").read_text())
+    for c in choice["chosen"]:  # the lowest held-out KD of the arm's candidates for that seed
+        assert c["run"] == min(c["candidates"], key=c["candidates"].get)
+    pooled = six["places"]["pooled"]
+    for key in ("skip_minus_exit", "recall_skip_minus_exit", "off_the_shelf_skip_minus_exit"):
+        assert pooled[key]["ci95"][0] <= pooled[key]["diff"] + 1e-12 <= pooled[key]["ci95"][1] + 2e-12
+    assert set(six["places"]) == {"builtin", *TASKS, "pooled"} and len(pooled["per_seed"]) == 2
+    assert all({"recall", "tokens", "stop_share", "vs_full"} <= set(s) for s in pooled["configs"].values())
 
-    for c in doc["E1"]["comparisons"]:
-        assert c["equal_depth"] and c["skip"]["avg_layers"] == c["depth"] and len(c["skip"]["ci95"]) == 2
-        interval(c["skip_minus_exit"])
-        interval(c["off_the_shelf"]["skip_minus_exit"])
     e2 = doc["E2"]
-    assert len(e2["curves"]["hidden_states"]) == len(e2["curves"]["fixed"]) == 3
-    assert {p["cost_alpha"] for p in e2["curves"]["fixed"]} == {0.5, 4.0, 16.0}
-    assert [p["avg_layers"] for p in e2["curves"]["dropout_uniform_skip"]] == [2, 3, 4, 5, 6, 7, 8]
-    if e2["overall"] is not None:
-        interval(e2["overall"])
-        for a in e2["at_common_depths"]:
-            interval(a["hidden_minus_fixed"])
+    assert e2["lr_grid"] == [0.03, 0.3] and set(e2["lr_chosen"]) == {"hidden_states", "fixed"}
+    assert all(lr in e2["lr_grid"] for lr in e2["lr_chosen"].values())
+    assert e2["seeds"] == {"hidden_states": [0, 1], "fixed": [0, 1]}
+    assert len(e2["places"]["pooled"]["points"]) == 2 * 2 * 2  # arms x cost weights x seeds
+    usage = e2["layer_usage"]["hidden-a2-s0"]
+    assert len(usage["training_gumbel"]) == len(usage["evaluation_argmax"]) == 8
+    c = e2["places"]["pooled"]["compare"]
+    if c["common_range"]:
+        assert {"no_better", "worse", "upper_one_sided_95", "per_seed"} <= set(c)
+
     e3 = doc["E3"]
-    assert e3["k"] == 10 and len(e3["configs"]) == 10
-    null = e3["oracle"]["null_control"]
-    assert null["k"] == 10 and null["configs"] == ["full", *(f"full_sample#{s}" for s in range(1, 10))]
-    assert e3["oracle"]["bootstrap"]["resamples"] == 40 and len(e3["oracle"]["match_fraction_null_adjusted_ci95"]) == 2
-    assert e3["paper_fraction"] == 0.233 and e3["differences"]
+    assert e3["k"] == 6 and e3["candidates"][0] == "full" and "route:skip-3-5" in e3["candidates"]
+    assert e3["null_control"]["configs"] == ["full", *(f"full_sample#{s}" for s in range(1, 6))]
+    assert len(e3["model_sha256"]) == 64  # the run's adapter_model.safetensors
+    assert [t["budget_layers"] for t in e3["preregistered"]] == [3.0, 5.0] and e3["preregistered"][0]["role"] == "primary"
+    assert all(t["resamples"] == 200 and len(t["ci95"]) == 2 for t in e3["preregistered"])
+    assert e3["verdict"] == e3["preregistered"][0]["verdict"] and doc["preregistered"] == e3["preregistered"]
+    cands = e3["places"]["pooled"]["candidates"]
+    assert [c["config_id"] for c in cands] == e3["candidates"]
+    assert all(c["never_made_for"] == (c["f_ratio"]["ratio"] < 0.5) for c in cands)
+    assert e3["crossing"]["censored"] + 0 >= 0 and "censored" in e3["crossing"]["note"]
+    prereg = json.loads((out / "E3" / "preregistered.json").read_text())
+    assert prereg["sha256"] == doc["study"]["preregistered_sha256"]
+
     e4 = doc["E4"]
-    assert [t["target"] for t in e4["targets"]] == [5.0, 6.0, 7.0]
-    for t in e4["targets"]:
-        interval({**t["minus_best_fixed_mix"], "n": 19})
-        assert len(t["router"]["ci95"]) == 2
-    assert e4["speed"]["full_tokens_per_s"] > 0 and e4["speed"]["router_tokens_per_s"] > 0
+    for t in e4["places"]["pooled"]["targets"]:
+        x = t["minus_best_fixed_mix"]
+        assert x["resamples"] == 200 and sum(x["mixes"].values()) == 200
+    assert e4["speed"]["full"]["tokens_per_s"] > 0
+
+    # every stand-in task set was swept only after its look was logged (the fixture checks it at each
+    # sweep), once per config and model, and its rows are published without the data's text
+    looks = [json.loads(line) for line in (out / "LOOKS.jsonl").read_text().splitlines()]
+    assert {x["task"] for x in looks} == set(TASKS) and all(x["why"] and x["data_sha256"] for x in looks)
+    pairs = [(x["task"], c["config_id"], c["model_sha256"]) for x in looks for c in x["configs"]]
+    assert len(pairs) == len(set(pairs))
+    assert any(t == "samsum" for t, _ in sweeps)
+    published = list((out / "rows").rglob("per_sequence.jsonl"))
+    assert published and not any('"prompt"' in p.read_text() or '"reference"' in p.read_text() for p in published)
 
     report = (out / "report.md").read_text()
     for name in EXPERIMENTS:
         assert f"## {name}" in report and f"**{doc[name]['verdict']}**" in report
-    assert "95% CI" in report
-    for png in ("e1.png", "e2.png", "e4.png", "E3/rouge_vs_layers.png"):
+    assert "What each verdict rests on" in report and "Pre-registered" in report
+    for png in ("e1.png", "e2.png", "e4.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    # what the training runs wrote stays out of the results directory
     assert not any(p.name.endswith(".safetensors") and "router" not in str(p) for p in out.rglob("*"))
 
 
-def test_a_second_run_trains_and_generates_nothing_and_lost_work_is_redone(quick, tmp_path, monkeypatch):
-    out, runs, first = quick
+def test_a_second_run_trains_and_generates_nothing(quick, tmp_path, monkeypatch):
+    out, runs, first, _ = quick
     monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))
     records = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
-    checkpoints = {p: p.stat().st_mtime_ns for p in runs.rglob("model.safetensors")}
     stages = json.loads((out / "stages.json").read_text())
-    rows = {d: (out / d / "per_sequence.jsonl").read_bytes() for d in ("adapted", "E3")}
-
+    rows = {p: p.read_bytes() for p in (runs / "rows").rglob("per_sequence.jsonl")}
+    looks = (out / "LOOKS.jsonl").read_bytes()
     again = _study(out, runs)
     assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == records
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("model.safetensors")} == checkpoints
     assert json.loads((out / "stages.json").read_text()) == stages  # no stage did any work
-    assert {d: (out / d / "per_sequence.jsonl").read_bytes() for d in rows} == rows
-    assert again < first
+    assert {p: p.read_bytes() for p in (runs / "rows").rglob("per_sequence.jsonl")} == rows
+    assert (out / "LOOKS.jsonl").read_bytes() == looks and again < first
 
-    # a lost record of a finished run: adopted from the run directory, not trained again
-    (out / "train" / "exit-6.json").unlink()
-    # a run killed after its first checkpoint, and a config's lost rows
-    import shutil
 
-    (out / "train" / "exit-5.json").unlink()
-    (runs / "exit-5" / "adalas_training.json").unlink()
-    shutil.rmtree(runs / "exit-5" / "checkpoint-6")
-    path = out / "E3" / "per_sequence.jsonl"
-    before = _rows(path)
-    path.write_text("".join(line + "\n" for key, line in before.items() if key[0] != "full_sample#9"))
-    _study(out, runs)
-    assert (out / "train" / "exit-6.json").read_bytes() == records["exit-6.json"]
-    record = json.loads((out / "train" / "exit-5.json").read_text())
-    assert record["resumed_from"] == "checkpoint-3" and record["steps"] == 6
-    assert _rows(path) == before  # the same rows, generated again with the same seed and batch companions
+def test_a_study_in_parts_reuses_the_stores_and_reports_what_it_has(quick, tmp_path, monkeypatch):
+    """A new results directory over the same runs: E3 alone adopts its run and finds its rows in the
+    stores (nothing trained or generated, no new look); E1, E2 and E4 are `not run`, saying why."""
+    _, runs, _, _ = quick
+    monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    _study(out, runs, "--experiments", "E3")
     doc = json.loads((out / "study.json").read_text())
-    assert doc["E3"]["oracle"]["null_control"]["k"] == 10
-    assert set(json.loads((out / "stages.json").read_text())) - set(stages) == set()  # the same stages, more time
+    assert doc["E3"]["verdict"] in VERDICTS[:3]
+    for name in ("E1", "E2", "E4"):
+        assert doc[name]["verdict"] == "not run" and doc[name]["reason"]
+    assert not (out / "stages.json").exists()  # no stage did any work: nothing trained, no row made
+    assert not (out / "LOOKS.jsonl").exists()  # every config it needed was already in the stores
+    assert "Not run yet" in (out / "report.md").read_text() and "| E3 |" in readme_study(doc)
+    assert main(["study", "--quick", "--out", str(out), "--runs", str(runs), "--experiments", "E5"]) == 2
 
 
 def test_packaged_plans_parse_every_run_as_training_would(tmp_path):
+    from adalas.study.plan import e1_runs, e2_pilots
+
     assert {"quick", "smollm2-135m"} <= set(plan_names())
     real = load_plan("smollm2-135m", out=tmp_path / "out", runs_dir=tmp_path / "runs")
-    assert real.model == "smollm2-135m" and real.eval["data"] == "builtin" and real.eval["limit"] is None
-    assert all(r.recipe and r.recipe.startswith("smollm2-135m-") for r in real.runs)
-    e3 = real.experiments["E3"]
-    assert len(e3["uniform_skip"]) >= 6 and len(e3["early_exit"]) == 3  # K = 10: 9 full_sample runs
-    assert len(real.experiments["E2"]["hidden_states"]) >= 3 and len(real.experiments["E2"]["fixed"]) >= 3
+    assert real.model == "smollm2-135m" and real.layers == 30 and real.tasks.caps is None
+    assert real.eval["batch_size"] == real.tasks.batch_size == 16 and real.looks.name == "LOOKS.jsonl"
+    e3 = real.e3
+    assert e3.k == 10 and e3.candidates[:8] == ("full", *(f"uniform@{b}" for b in (5, 7, 10, 15, 20, 24, 27)))
+    assert {c for c in e3.candidates[8:]} == {"shipped:smollm2-135m-adapted-24", "shipped:smollm2-135m-adapted-20"}
+    pre = real.prereg
+    assert [(t.budget_layers, t.role) for t in pre.tests] == [(7.0, "primary"), (18.0, "secondary")]
+    assert pre.resamples == 1000 and pre.margin_share == 0.05
+    assert len(real.e2.lr_grid) == 4 and len(real.e2.seeds) >= 2 and real.e2.pilot_steps == 24
+    assert [(d.depth, len(d.seeds), len(d.skip), len(d.exit)) for d in real.e1.depths] == [(20, 2, 3, 3), (24, 1, 3, 3)]
+    assert len(e1_runs(real)) == 18 and len(e2_pilots(real)) == 8
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # checking writes nothing
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(bogus=1), r"unknown field\(s\) bogus"),
-    (lambda d: d["experiments"]["E1"]["pairs"][0].update(skip="nope"), r"E1.pairs.skip: no run named 'nope'"),
-    (lambda d: d["runs"][1]["overrides"].update(output_dir="x"), r"run skip-6: output_dir is the study's"),
-    (lambda d: d["runs"][1]["overrides"].update(depth="{bad"), r"run skip-6: .*depth"),
-    (lambda d: d["experiments"]["E2"].update(fixed=["fixed-a4"]), r"E2.fixed: needs 2 or more runs"),
-])
-def test_a_bad_plan_is_refused_naming_what_is_wrong(tmp_path, edit, message):
+def _edit_quick(tmp_path, edit) -> Path:
     import yaml
 
     from adalas.study import plan_path
@@ -161,86 +195,39 @@ def test_a_bad_plan_is_refused_naming_what_is_wrong(tmp_path, edit, message):
     edit(doc)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(doc))
+    return bad
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(bogus=1), r"unknown field\(s\) bogus"),
+    (lambda d: d["experiments"]["E1"]["depths"][0]["skip"].append("exit6-lora"), r"the same number of candidates"),
+    (lambda d: d["experiments"]["E1"]["depths"][0].update(skip=["nope", "skip6-b"]), r"no run named 'nope'"),
+    (lambda d: d["runs"][1]["overrides"].update(output_dir="x"), r"run skip6-u: output_dir is the study's"),
+    (lambda d: d["experiments"]["E2"].update(seeds=[0]), r"E2.seeds: expected a list of 2 or more"),
+    (lambda d: d["experiments"]["E3"]["candidates"].append("uniform@5"), r"not in the route pool of 'dropout'"),
+    (lambda d: d["preregistered"]["tests"][1].update(role="primary"), r"exactly one primary test"),
+    (lambda d: d.pop("tiny"), r"tasks.caps: the real tasks' caps are the protocol's"),
+])
+def test_a_bad_plan_is_refused_naming_what_is_wrong(tmp_path, edit, message):
     with pytest.raises(ValueError, match=message):
-        load_plan(bad, out=tmp_path / "out", runs_dir=tmp_path / "runs")
+        load_plan(_edit_quick(tmp_path, edit), out=tmp_path / "out", runs_dir=tmp_path / "runs")
 
 
-def test_a_curve_is_interpolated_per_sequence_between_its_two_neighbours():
-    curve = [(2.0, np.array([0.0, 1.0])), (4.0, np.array([1.0, 0.0])), (8.0, np.array([1.0, 1.0]))]
-    np.testing.assert_allclose(curve_scores(curve, 3.0), [0.5, 0.5])  # half of each config
-    np.testing.assert_allclose(curve_scores(curve, 4.0), [1.0, 0.0])
-    np.testing.assert_allclose(curve_scores(curve, 7.0), [1.0, 0.75])
-    assert curve_scores(curve, 1.9) is None and curve_scores(curve, 8.1) is None
+def test_a_changed_preregistered_test_is_refused_once_e3_has_started(tmp_path):
+    from adalas.study.e3 import record_preregistration
 
-
-def test_tiny_rows_hold_out_evaluation_pairs():
-    train, held = tiny_rows()
-    pairs = lambda rows: {(r["instruction"], r["input"]) for r in rows}  # noqa: E731
-    assert not pairs(train) & pairs(held) and len(held) == 19 and len({r["id"] for r in held}) == 19
-
-
-def test_a_study_run_in_parts_reports_what_it_has_and_adopts_runs_trained_alike(quick, tmp_path, monkeypatch):
-    """--experiments E1 on trained runs (one of them trained elsewhere by an equivalent command) evaluates
-    only E1 and marks the rest `not run`; E3,E4 then adds theirs, and E1 stays as it was."""
-    import shlex
-    import shutil
-
-    from adalas.study import same_training
-
-    _, runs, _ = quick
-    monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))
     plan = load_plan("quick", out=tmp_path / "out", runs_dir=tmp_path / "runs")
-    for name in ("base", "skip-6", "exit-6", "skip-5", "exit-5", "dropout"):  # as if trained here
-        shutil.copytree(runs / name, tmp_path / "runs" / name)
-        argv = plan.by_name[name].argv(plan.overrides, plan.runs_dir)
-        made_path = tmp_path / "runs" / name / "adalas_training.json"
-        made = {**json.loads(made_path.read_text()), "command": "adalas train " + shlex.join(argv)}
-        if name == "skip-6":  # ... but by its recipe into another directory, logging to tensorboard
-            made["command"] += " " + shlex.join(["--output_dir", "runs/elsewhere", "--report_to", "tensorboard"])
-        made_path.write_text(json.dumps(made))
-    argv = plan.by_name["skip-6"].argv(plan.overrides, plan.runs_dir)
-    made = json.loads((tmp_path / "runs" / "skip-6" / "adalas_training.json").read_text())
-    assert same_training(made["command"], argv)
-    assert not same_training("adalas train " + shlex.join([*argv, "--learning_rate", "0.5"]), argv)
-    assert not same_training("adalas warmup " + shlex.join(argv), argv)
+    first = record_preregistration(plan)
+    assert record_preregistration(plan) == first
+    changed = load_plan(_edit_quick(tmp_path, lambda d: d["preregistered"].update(resamples=500)),
+                        out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    with pytest.raises(ValueError, match="pre-registered test changed"):
+        record_preregistration(changed)
 
-    base = ["study", "--quick", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--no-progress"]
-    assert main([*base, "--experiments", "E1"]) == 0
-    doc = json.loads((tmp_path / "out" / "study.json").read_text())
-    assert doc["E1"]["verdict"] in VERDICTS[:3] and doc["E1"]["n"] == 19
-    for name in ("E2", "E3", "E4"):
-        assert doc[name]["verdict"] == "not run" and doc[name]["reason"]
-    assert doc["E2"]["reason"].startswith("runs not trained yet:") and "hidden-a0.05" in doc["E2"]["reason"]
-    assert doc["E3"]["reason"] == doc["E4"]["reason"] == "runs not trained yet: dropout"
-    assert not (tmp_path / "out" / "E3").exists()  # nothing of E3 was evaluated
-    record = json.loads((tmp_path / "out" / "train" / "skip-6.json").read_text())
-    assert record["adopted_from"] == made["command"] and record["wall_s"] == made["wall_s"]
-    stages = json.loads((tmp_path / "out" / "stages.json").read_text())
-    assert not [s for s in stages if s.startswith("train:")]  # nothing trained again
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "**not run**" in report and "Not run yet" in report and "which trains alike" in report
-    e1 = doc["E1"]
-    readme = readme_study(doc)
-    assert "| E2 |" in readme and "**not run**" in readme and "| 6 | " in readme and "| 5 | " in readme
-    assert "- E3:" not in readme
 
-    assert main([*base, "--experiments", "E3,E4"]) == 0
-    doc = json.loads((tmp_path / "out" / "study.json").read_text())
-    assert doc["E1"] == e1 and doc["E2"]["verdict"] == "not run"
-    assert doc["E3"]["verdict"] in VERDICTS[:3] and doc["E4"]["verdict"] in VERDICTS[:3]
-    assert "- E3: " in readme_study(doc) and "- E4: " in readme_study(doc)
-    e3 = doc["E3"]
-
-    for name in [*plan.experiments["E2"]["hidden_states"], *plan.experiments["E2"]["fixed"]]:
-        shutil.copytree(runs / name, tmp_path / "runs" / name)  # trained with the plan's own command
-    assert main([*base, "--experiments", "E2"]) == 0  # evaluated into the sweep that holds E1's rows
-    doc = json.loads((tmp_path / "out" / "study.json").read_text())
-    assert doc["E3"] == e3 and doc["E2"]["verdict"] in VERDICTS[:3]
-    # E1 as it was, but for the shared sweep's wall time, which now includes E2's configs
-    assert {k: v for k, v in doc["E1"].items() if k != "runs"} == {k: v for k, v in e1.items() if k != "runs"}
-    before, after = ({r["name"]: r for r in d["runs"]} for d in (e1, doc["E1"]))
-    assert before.keys() == after.keys() and after["sweep:adapted"]["wall_s"] > before["sweep:adapted"]["wall_s"]
-    assert all(after[name] == run for name, run in before.items() if name != "sweep:adapted")
-    summarized = {json.loads(line)["config_id"] for line in (tmp_path / "out" / "adapted" / "sweep.jsonl").open()}
-    assert {"learned:skip-6", "base@exit-5", "learned:hidden-a0.05"} <= summarized
-    assert main([*base, "--experiments", "E5"]) == 2
+def test_tiny_rows_keep_training_choice_evaluation_and_task_rows_apart():
+    rows = tiny_rows()
+    pairs = {k: {(r["instruction"], r["input"]) for r in v} for k, v in rows.items()}
+    names = list(pairs)
+    assert all(not pairs[a] & pairs[b] for i, a in enumerate(names) for b in names[i + 1:])
+    assert len(rows["eval"]) == len(rows["heldout"]) == len(rows["tasks"]) == 19

@@ -4,13 +4,15 @@
     adalas study --quick          # the same pipeline on a tiny random Llama, about a minute
     adalas study --plan my.yaml --out results/my-study --runs runs/my-study
     adalas study --experiments E1         # only what E1 needs (another invocation can do E3,E4 beside it)
+    adalas study --estimate               # the compute plan: thread-hours per experiment, nothing run
 
-Trains every run of the plan that has no record yet (into --runs/<name>, resuming from its latest
-checkpoint), sweeps the base model, the adapted checkpoints and the layer-dropout model over the
-evaluation set (rows resume), fits the cross-fitted per-sequence router, and writes to --out:
-study.json (E1-E4: numbers, 95% intervals, n, the depth unit, the runs, a verdict each), report.md,
-e1.png, e2.png, e4.png, and the sweeps (adapted/, E3/ with its own report) they come from. A killed
-study resumes where it stopped: rerun the same command.
+Trains every run the named experiments need (into --runs/<name>, resuming from its latest checkpoint),
+makes each choice on the plan's held-out rows, evaluates on the built-in set and the three real test
+sets (each look logged in LOOKS.jsonl before it runs; rows in one store per model, set, cap, batch and
+dtype), and writes to --out: study.json (E1-E4: numbers per set and pooled, 95% intervals, the seeds,
+the pre-registered test, the runs, a verdict each and what it rests on), report.md, e1.png, e2.png,
+e4.png, and rows/ (the stores' rows without the data's text). A killed study resumes where it
+stopped: rerun the same command.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def build_parser():
     p.add_argument("--device", default="cpu", help="evaluation device: cpu, cuda, cuda:N (training: the recipes')")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; with --quick: 1, "
                                                 "several times faster for a tiny model on a shared machine)")
+    p.add_argument("--estimate", action="store_true", help="print the compute plan (thread-hours per experiment) "
+                                                             "and exit; nothing is trained or evaluated")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -44,6 +48,10 @@ def main(argv: list[str]) -> int:
         import torch
         torch.set_num_threads(args.threads or 1)
     plan = load_plan(args.plan or ("quick" if args.quick else "smollm2-135m"), out=args.out, runs_dir=args.runs)
+    if args.estimate:
+        from ..study.compute import render
+        print(render(plan), end="")
+        return 0
     experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
     doc = run_study(plan, device=args.device, progress=not args.no_progress, experiments=experiments)
     print()

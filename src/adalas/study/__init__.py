@@ -1,42 +1,41 @@
 """`adalas study`: the paper's training experiments (E1-E4), described as data and run end to end.
 
-A plan (`adalas/studies/<name>.yaml`, or any YAML path) lists training runs, each a recipe plus
-overrides (the paper's runs as overrides of one recipe), and what each experiment compares:
-- E1: adapted layer skipping against adapted early exit at equal depth (paired over sequences).
-- E2: per-token learned controllers reading the hidden state against ones that see a constant
-  (`fixed`), over several cost weights: two curves (average layers, ROUGE-L) compared at common
-  depths by interpolation, beside uniform skipping of the layer-dropout model.
-- E3: the per-sequence oracle on the layer-dropout model over full + uniform skipping + early exit,
-  with its null control (K - 1 sampled full-depth runs), and the interval of its null-adjusted match.
-- E4: the cross-fitted per-sequence router on E3's sweep against uniform skipping, the best fixed mix
-  (hindsight) and the oracle at matched depth, with its real decode speed.
+A plan (`adalas/studies/<name>.yaml`, or any YAML path) lists run templates (a recipe plus
+overrides), what each experiment compares, where it is evaluated and the pre-registered test:
+- E1: adapted layer skipping against adapted early exit at equal depth, each arm choosing among the
+  same number of candidates on held-out self-written rows, two seeds where the plan says so.
+- E2: per-token controllers reading the hidden state against ones that see a constant, each arm's
+  learning rate chosen from one grid by held-out pilots, two or more seeds per cost weight.
+- E3: the per-sequence oracle on a model made for its K candidates, against the null control's
+  best of K full-depth runs, decided by the test written in the plan before any sweep ran.
+- E4: a per-sequence router fit on held-out rows against uniform skipping and the best fixed mix
+  (re-chosen in every resample) at matched depth, with its real decode speed.
+Every experiment is evaluated on the three real test sets (verdicts rest on them pooled) and on the
+built-in set; each look at a test set is logged in `LOOKS.jsonl` before it runs.
 
-Read in this order: `plan.py` (the plan and its checks), `tiny.py` (--quick's model), `runs.py`
-(training), `sweeps.py` (evaluation), `common.py` (what the analyses share), `e1.py` ... `e4.py`
-(one experiment each: its evaluation where it has its own, its analysis, plot and report section),
-`report.py` (report.md and the README table), `pipeline.py` (`run_study` and `analyse`).
+Read in this order: `spec.py` and `plan.py` (the plan, its checks and its concrete runs),
+`routes.py` (routes by name), `tiny.py` (--quick's model), `runs.py` (training), `heldout.py` (the
+choices), `sweeps.py` (stores of rows, looks), `rows.py` (rows per set and pooled), `prereg.py` (E3's
+test), `common.py`, `e1.py` ... `e4.py` (one experiment each), `report.py`, `pipeline.py`, and
+`compute.py` (the compute plan: thread-hours per experiment).
 
 Notable:
-- Everything resumes. A run trains into `<runs_dir>/<name>` through `adalas.train.run` with
-  `--resume_from_checkpoint true`, and is done once `<out>/train/<name>.json` (its command, data
-  hash, steps, wall time) exists; a changed plan is refused rather than mixed. Evaluations are
-  sweeps (`adalas.sweep.run_sweep`, rows appended and skipped when present): `<out>/adapted` (the
-  base model at full depth and at the E1 routes, and every E1/E2 checkpoint) and `<out>/E3` (the
-  dropout model). A stage whose rows are all there loads no model.
+- Everything resumes: a run is done once `<out>/train/<name>.json` records it (a changed plan is
+  refused rather than mixed); choices are files (`E1/choice.json`, `E2/lr_choice.json`); rows are
+  appended to stores and skipped when present.
 - The analysis reads files only (`analyse`), so `study.json`, `report.md` and the plots can be
-  redrawn from a copied results directory. Every comparison is a paired bootstrap over the same
-  sequences (`adalas.stats`); a verdict names the interval that decides it.
+  redrawn from a copied results directory (the rows published there carry no data text).
 - `--quick` builds a tiny random Llama and its own rows (`build_tiny`) and runs the same pipeline.
 """
 from __future__ import annotations
 
 from .common import DEPTH_UNIT, VERDICTS
 from .pipeline import analyse, run_study
-from .plan import EXPERIMENTS, Plan, Run, load_plan, null_k, plan_names, plan_path, plan_ref, runs_for
+from .plan import EXPERIMENTS, Plan, Run, load_plan, plan_names, plan_path, plan_ref
 from .report import findings_table, readme_study, write_report
 from .runs import same_training, train_runs
 from .tiny import build_tiny, tiny_rows
 
 __all__ = ["DEPTH_UNIT", "EXPERIMENTS", "VERDICTS", "Plan", "Run", "analyse", "build_tiny", "findings_table",
-           "load_plan", "null_k", "plan_names", "plan_path", "plan_ref", "readme_study", "run_study", "runs_for",
-           "same_training", "tiny_rows", "train_runs", "write_report"]
+           "load_plan", "plan_names", "plan_path", "plan_ref", "readme_study", "run_study", "same_training",
+           "tiny_rows", "train_runs", "write_report"]

@@ -1,197 +1,185 @@
-"""E3: the per-sequence oracle on the layer-dropout model over full + uniform skipping + early exit,
-with its null control (K - 1 sampled full-depth runs), and a bootstrap interval of its null-adjusted
-match. Its figure and its own report are `adalas.report`'s, drawn from the sweep directory `<out>/E3`."""
+"""E3: the per-sequence oracle on a model made for its candidates, decided by the pre-registered test.
+
+The model (a run of the plan whose route pool holds every candidate route, or a shipped alias) runs
+its K candidates and K - 1 sampled full-depth runs (the null control) on the built-in set and the
+three real tasks, and its candidates on the held-out rows (E4's router learns there). The analysis
+gives each candidate's own score (one below half of full depth's is a budget the model was never made
+for), the pre-registered D(b) tests on the real tasks pooled (`prereg.py`; per task and built-in are
+secondary), the budget-matched null and the crossing depth with its censored resamples.
+"""
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 import numpy as np
 
-from ..oracle import match_depth, oracle_curve
+from ..io import atomic_write_json
 from ..paper import PAPER
-from ..report import read_json, read_scores, read_sweep
-from .common import DEPTH_UNIT, point
-from .plan import Plan, null_k
+from ..report import read_json
+from . import routes
+from .common import DEPTH_UNIT
+from .plan import Plan, e3_runs
+from .prereg import Pooled, crossing, preregistered_test
+from .rows import POOLED, Rows, read_rows, summary
+from .sweeps import Evaluator, eval_sets, heldout_set
 
-FULL_SAMPLE_NOTE = "temperature 0.7, top-p 0.9, seeds 1..K-1"
+NEVER_MADE_FOR = 0.5  # a candidate whose own score is below this share of full depth's
 
 
-def e3_configs(plan: Plan, num_layers: int) -> list:
-    """Full, uniform skipping, early exit, random routes (keeping layer 0) and K - 1 `full_sample` runs."""
+def model_path(plan: Plan) -> str:
+    return str(plan.runs_dir / plan.e3.model) if e3_runs(plan) else plan.e3.model
+
+
+def candidate_configs(plan: Plan) -> list:
+    """The K candidates as sweep configs, full depth first."""
+    configs = [routes.sweep_config(c, plan.layers) for c in plan.e3.candidates]
+    return sorted(configs, key=lambda c: c.config_id != "full")
+
+
+def sample_configs(plan: Plan) -> list:
     from ..sweep import build_configs
 
-    e3, L = plan.experiments["E3"], num_layers
-    rnd = e3.get("random_route") or {}
-    configs = build_configs(L, ["uniform_skip"], e3["uniform_skip"])
-    configs += build_configs(L, ["early_exit"], e3["early_exit"])[1:]
-    if rnd.get("budgets") and rnd.get("per_budget"):
-        configs += build_configs(L, ["random_route"], rnd["budgets"], rnd["per_budget"], plan.eval["seed"],
-                                 keep_first=True)[1:]
-    configs += build_configs(L, [], [], null_k=null_k(plan))[1:]
-    return configs
+    return build_configs(plan.layers, [], [], null_k=plan.e3.k)[1:]
 
 
-def _match_interval(e3_dir: Path, oracle: dict, resamples: int, seed: int) -> dict:
-    """Percentile-bootstrap interval (over sequences) of the oracle's match fraction after the null
-    gain: each resample recomputes the oracle curve, the full score and the null control's gain."""
-    from ..sequence import load_sweep
-
-    table = load_sweep(e3_dir, ["full", "uniform_skip", "early_exit"])
-    cols = table.columns(oracle["configs"])
-    full_col = table.config_ids.index("full")
-    scores = read_scores(e3_dir)
-    null = oracle.get("null_control")
-    if not null:
-        return {"ci95": None, "resamples": 0, "never_matched": None}
-    alts = np.array([[scores[c][s] for c in null["configs"]] for s in table.ids])  # (N, K) full + samples
-    L, N = table.num_layers, len(table.ids)
-    w = table.weights if table.weights is not None else np.ones(N)
-    rng = np.random.default_rng(seed)
-    fractions, never = [], 0
-    for _ in range(resamples):
-        idx = rng.integers(0, N, size=N)
-        s = table.scores[idx][:, cols]
-        full = float(table.scores[idx, full_col].mean())
-        gain = float(alts[idx].max(axis=1).mean()) - full
-        curve = oracle_curve(s, table.layers[idx][:, cols], weights=w[idx])
-        m = match_depth(curve, full + gain)
-        never += m is None
-        fractions.append((L if m is None else m) / L)
-    lo, hi = np.percentile(fractions, [2.5, 97.5])
-    return {"ci95": [float(lo), float(hi)], "resamples": resamples, "never_matched": never,
-            "note": "a resample whose null-adjusted oracle never reaches full depth counts as 100% of the layers"}
+def record_preregistration(plan: Plan) -> dict:
+    """`<out>/E3/preregistered.json`, written before E3's first sweep; a changed test is refused."""
+    path = plan.out / "E3" / "preregistered.json"
+    doc = read_json(path)
+    if doc is not None:
+        if doc["sha256"] != plan.prereg_sha256:
+            raise ValueError(f"{path}: the plan's pre-registered test changed since E3's sweeps started (sha256 "
+                             f"{doc['sha256'][:12]}, now {plan.prereg_sha256[:12]}); restore it")
+        return doc
+    p = plan.prereg
+    doc = {"sha256": plan.prereg_sha256, "plan_sha256": plan.sha256,
+           "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "statistic": p.statistic, "rule": p.rule, "margin_share": p.margin_share, "resamples": p.resamples,
+           "seed": p.seed, "tests": [{"test": t.test, "budget_layers": t.budget_layers, "role": t.role} for t in p.tests]}
+    atomic_write_json(path, doc)
+    return doc
 
 
-def analyse_e3(plan: Plan, records: dict, e3_dir: Path) -> dict:
-    spec = plan.experiments["E3"]
-    rows = read_sweep(e3_dir)
-    by = {r["config_id"]: r for r in rows}
-    oracle = read_json(e3_dir / "oracle.json")
-    L = oracle["num_layers"]
-    null = oracle.get("null_control")
-    gain = None if not null else null["score"] - null["full_score"]
-    top = oracle["curve"][-1]["score"] if oracle["curve"] else oracle["full_score"]
-    rnd: dict[int, list[float]] = {}
-    for r in rows:
-        if r["strategy"] == "random_route":
-            rnd.setdefault(int(r["budget"]), []).append(r["rougeL"])
-    interval = _match_interval(e3_dir, oracle, int(spec.get("bootstrap", 200)), plan.eval["seed"])
-    adj, goal = oracle.get("match_avg_layers_null_adjusted"), float(spec.get("goal_fraction", 0.6))
-    floor = min(r["avg_layers"] for r in rows if r["config_id"] in oracle["configs"]) / L
+def run_e3(plan: Plan, ev: Evaluator, stages) -> None:
+    path = model_path(plan)
+    record_preregistration(plan)
+    cands, samples = candidate_configs(plan), sample_configs(plan)
+    why = f"adalas study {plan.name}: E3's K = {plan.e3.k} candidates and null control on {path}"
+    for es in eval_sets(plan):
+        ev.timed(stages, f"sweep:E3:{es.name}", path, cands + samples, es, why)
+    ev.timed(stages, "sweep:E3:heldout", path, cands, heldout_set(plan), why)
+
+
+def e3_rows(plan: Plan, ev: Evaluator, sets=None) -> Rows:
+    path = model_path(plan)
+    return read_rows({es.name: ev.published(path, es) for es in (sets or eval_sets(plan))})
+
+
+def pooled_table(plan: Plan, rows: Rows, where: str) -> Pooled:
+    cids = [c.config_id for c in candidate_configs(plan)]
+    alts = ["full", *(c.config_id for c in sample_configs(plan))]
+    full = rows.rows("full", where)
+    weights = np.array([max(int(r["output_tokens"]) - 1, 0) for r in full], dtype=float)
+    strata = rows.strata(where) or [where] * len(full)
+    return Pooled(np.stack([rows.column(c, where) for c in cids], axis=1),
+                  np.stack([rows.column(c, where, "layers_used") for c in cids], axis=1),
+                  weights if weights.sum() > 0 else np.ones(len(full)),
+                  np.stack([rows.column(c, where) for c in alts], axis=1), np.array(strata), 0)
+
+
+def analyse_e3(plan: Plan, records: dict, ev: Evaluator) -> dict:
+    rows = e3_rows(plan, ev)
+    cids = [c.config_id for c in candidate_configs(plan)]
+    pre = plan.prereg
+    places = {}
+    for where in rows.places():
+        table = pooled_table(plan, rows, where)
+        margin = pre.margin_share * table.full_mean
+        own = {c: summary(rows, c, where) for c in cids}
+        places[where] = {
+            "n": len(table.weights), "full": own["full"]["f"], "margin": margin,
+            "null_best_of_k": float(table.alternatives.max(axis=1).mean()),
+            "candidates": [{"config_id": c, "avg_layers": s["avg_layers"], "rougeL": s["f"],
+                            "precision": s["precision"], "recall": s["recall"], "tokens": s["tokens"],
+                            "stop_share": s["stop_share"], "f_ratio": s["f_ratio"],
+                            "never_made_for": s["f_ratio"]["ratio"] < NEVER_MADE_FOR} for c, s in own.items()],
+            "tests": [{"test": t.test, "role": t.role, **preregistered_test(table, t.budget_layers, margin,
+                                                                          pre.resamples, pre.seed)}
+                      for t in pre.tests],
+        }
+    pooled = places.get(POOLED)
+    basis = pooled or places[next(iter(places))]
+    primary = next(t for t in basis["tests"] if t["role"] == "primary")
+    cross = crossing(pooled_table(plan, rows, POOLED if pooled else next(iter(places))), pre.resamples, pre.seed)
     out = {
-        "finding": PAPER["findings"]["E3"], "depth_unit": DEPTH_UNIT, "n": oracle["n_sequences"], "model": spec["run"],
-        "k": oracle["n_configs"], "configs": oracle["configs"],
-        "full": point(by["full"]),
-        "uniform_skip": [point(r) for r in rows if r["strategy"] == "uniform_skip"],
-        "early_exit": [point(r) for r in rows if r["strategy"] == "early_exit"],
-        "random_routes": [{"budget": b, "mean": float(np.mean(v)), "n_routes": len(v),
-                           "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-                          for b, v in sorted(rnd.items(), reverse=True)],
-        "oracle": {"full_score": oracle["full_score"], "score_with_every_layer": top,
-                   "gain_at_full_depth": top - oracle["full_score"], "null_control": null, "null_gain": gain,
-                   "match_avg_layers": oracle["match_avg_layers"], "match_fraction": oracle["match_fraction"],
-                   "match_avg_layers_null_adjusted": adj,
-                   "match_fraction_null_adjusted": None if adj is None else adj / L,
-                   "match_fraction_null_adjusted_ci95": interval["ci95"], "bootstrap": interval,
-                   "shallowest_candidate_fraction": floor},
-        "paper_fraction": spec.get("paper_fraction", 0.233), **base_model_oracle(spec), "goal_fraction": goal,
-        "differences": [
-            f"model: {plan.model} ({L} layers), adapted by LoRA + self-distillation with layer dropout "
-            f"(run {spec['run']}), against OPT-IML-1.3B (24 layers) fine-tuned on each task",
-            f"candidates: the full model, uniform skipping to {', '.join(map(str, sorted(spec['uniform_skip'])))} and "
-            f"early exit at {', '.join(map(str, sorted(spec['early_exit'])))} layers (the shallowest at "
-            f"{100 * floor:.0f}% of the depth: the oracle cannot go below it), against uniform skipping to 4, 8, 12 "
-            f"of 24 layers (17-50%)",
-            f"data: {plan.eval['data']}, {oracle['n_sequences']} sequences, {plan.eval['max_new_tokens']} new tokens "
-            f"(greedy), against the Alpaca test split",
-            "a null control (the same best-of-K over K full-depth runs) is subtracted here; the paper has none",
-        ],
+        "finding": PAPER["findings"]["E3"], "depth_unit": DEPTH_UNIT, "n": basis["n"], "k": plan.e3.k,
+        "model": model_path(plan), "model_sha256": e3_model_sha256(plan, records),
+        "weights_sha256": _weights_sha(plan), "candidates": cids, "null_control": {
+            "k": plan.e3.k, "configs": ["full", *(c.config_id for c in sample_configs(plan))],
+            "sampling": "temperature 0.7, top-p 0.9, seeds 1..K-1"},
+        "places": places, "crossing": cross, "paper_fraction": plan.e3.paper_fraction,
+        "preregistered": [{"test": t["test"], "budget_layers": t["budget_layers"], "difference": t["difference"],
+                           "ci95": t["ci95"], "resamples": t["resamples"], "verdict": t["verdict"], "role": t["role"]}
+                          for t in basis["tests"]],
+        "verdict": primary["verdict"],
+        "reason": f"pre-registered: D({primary['budget_layers']:g}) 95% CI [{primary['ci95'][0]:+.3f}, "
+                  f"{primary['ci95'][1]:+.3f}] against -m = {-primary['margin']:+.3f}",
+        "decided_by": [sentence(primary, POOLED if pooled else next(iter(places)))],
+        "runs": [records[n] for n in (plan.e3.model,) if n in records],
     }
-    ci = interval["ci95"]
-    interval_of = "the interval of the null-adjusted match"
-    if not null or ci is None:
-        verdict, why = "inconclusive", "no null control (full_sample rows) to subtract"
-    elif ci[1] <= goal:
-        verdict, why = "reproduced", f"{interval_of} lies at or below {100 * goal:.0f}% of the layers"
-    elif ci[0] > goal:
-        verdict, why = "not reproduced", (f"{interval_of} lies above {100 * goal:.0f}% of the layers (a resample that "
-                                          f"never matches counts as 100%)")
-    else:
-        verdict, why = "inconclusive", f"{interval_of} straddles {100 * goal:.0f}% of the layers"
-    out["decided_by"] = [_e3_sentence(out, L)]
-    out.update(verdict=verdict, reason=why, runs=[records[spec["run"]]])
     return out
 
 
-def base_model_oracle(spec: dict) -> dict:
-    """The base model's oracle: read from `off_the_shelf_oracle` (an oracle.json, e.g. adalas reproduce's)
-    when that file exists, else the plan's `off_the_shelf_fraction` and `off_the_shelf_source`."""
-    path = spec.get("off_the_shelf_oracle")
-    doc = read_json(Path(path)) if path else None
-    if doc is None:
-        return {"off_the_shelf_fraction": spec.get("off_the_shelf_fraction"),
-                "off_the_shelf_fraction_null_adjusted": None, "off_the_shelf_source": spec.get("off_the_shelf_source")}
-    adj = doc.get("match_avg_layers_null_adjusted")
-    return {"off_the_shelf_fraction": doc.get("match_fraction"),
-            "off_the_shelf_fraction_null_adjusted": None if adj is None else adj / doc["num_layers"],
-            "off_the_shelf_source": f"{path}: {doc['n_sequences']} sequences, K = {doc['n_configs']}"
-                                    + ("" if doc.get("null_control") else ", no null control")}
+def sentence(t: dict, where: str) -> str:
+    return (f"{where}: the oracle at {t['budget_layers']:g} layers scores {t['oracle']:.3f} against the null's best "
+            f"of K {t['null_best']:.3f}: D = {t['difference']:+.3f} (95% CI {t['ci95'][0]:+.3f} to {t['ci95'][1]:+.3f}, "
+            f"{t['resamples']} resamples within task, n = {t['n']}); m = {t['margin']:.3f}: {t['verdict']}")
 
 
-def _e3_sentence(e3: dict, L: int) -> str:
-    """The oracle's match before and after the null gain, with the interval, beside the paper's."""
-    o = e3["oracle"]
-    pct = lambda x: f"{x:.2f} of {L} layers ({100 * x / L:.1f}%)"  # noqa: E731
-    raw = "never" if o["match_avg_layers"] is None else f"with {pct(o['match_avg_layers'])}"
-    shelf = e3["off_the_shelf_fraction"]
-    shelf_adj = e3.get("off_the_shelf_fraction_null_adjusted")
-    tail = (f" The paper: {100 * e3['paper_fraction']:.1f}%"
-            + (f"; the base model off the shelf: {100 * shelf:.1f}%" if shelf else "")
-            + (f" ({100 * shelf_adj:.1f}% with its null gain subtracted)" if shelf_adj is not None else "") + ".")
-    if not o["null_control"]:
-        return f"The oracle matches full depth {raw}, with no null control (no full_sample rows): uncontrolled.{tail}"
-    adj, b = o["match_avg_layers_null_adjusted"], o["bootstrap"]
-    text = (f"With the null gain ({o['null_gain']:+.3f}) taken off, the oracle "
-            + ("never reaches full depth" if adj is None else f"matches full depth with {pct(adj)}"))
-    if b["ci95"] is not None:
-        text += (f" (95% CI {100 * b['ci95'][0]:.1f}% to {100 * b['ci95'][1]:.1f}% of the layers over "
-                 f"{b['resamples']} resamples of the sequences"
-                 + (f"; {b['never_matched']} of them never match" if b["never_matched"] else "") + ")")
-    return text + f"; without it, it matches {raw}.{tail}"
+def e3_model_sha256(plan: Plan, records: dict) -> str | None:
+    """The sha256 of E3's model's adapter_model.safetensors (a study run's, or the shipped alias')."""
+    from ..data import file_sha256
+    from ..hub import adapter_dir
+
+    if plan.e3.model in records:
+        return records[plan.e3.model].get("adapter_sha256")
+    d = adapter_dir(plan.e3.model)
+    return file_sha256(Path(d) / "adapter_model.safetensors") if d else None
+
+
+def _weights_sha(plan: Plan) -> str | None:
+    from ..hub import model_sha256
+
+    return model_sha256(model_path(plan))
 
 
 def e3_section(e3: dict) -> list[str]:
-    o = e3["oracle"]
-    md = ["![E3](E3/rouge_vs_layers.png)", "",
-           f"The oracle chooses, for each of {e3['n']} sequences, among K = {e3['k']} configs "
-           f"({', '.join(e3['configs'])}), after the fact: an in-sample upper bound, not a method "
-           "(details: [E3/report.md](E3/report.md)).", "",
-           "| | layers | % of the depth |", "|---|---|---|"]
-    L = e3["full"]["avg_layers"]
-
-    def row(label, x):
-        return f"| {label} | {'never' if x is None else f'{x:.2f}'} | {'–' if x is None else f'{100 * x / L:.1f}%'} |"
-    md += [row("oracle matches full depth", o["match_avg_layers"]),
-           row("... with the null gain subtracted", o["match_avg_layers_null_adjusted"])]
-    ci = o["match_fraction_null_adjusted_ci95"]
-    md += [f"| ... its 95% CI ({o['bootstrap']['resamples']} resamples of the sequences) | | "
-           + ("–" if ci is None else f"{100 * ci[0]:.1f}% to {100 * ci[1]:.1f}%") + " |",
-           f"| the paper (OPT-IML-1.3B, Alpaca) | | {100 * e3['paper_fraction']:.1f}% |",
-           "| off the shelf (the base model) | | "
-           + ("–" if not e3["off_the_shelf_fraction"] else f"{100 * e3['off_the_shelf_fraction']:.1f}%")
-           + ("" if e3["off_the_shelf_fraction_null_adjusted"] is None
-              else f"; {100 * e3['off_the_shelf_fraction_null_adjusted']:.1f}% with its null gain subtracted")
-           + (f" ({e3['off_the_shelf_source']})" if e3["off_the_shelf_source"] else "") + " |",
-           f"| the goal | | at most {100 * e3['goal_fraction']:.0f}% |", ""]
-    if o["null_control"]:
-        md += [f"With every layer allowed the oracle scores {o['score_with_every_layer']:.3f}, "
-               f"{o['gain_at_full_depth']:+.3f} over the full model's {o['full_score']:.3f}; choosing each sequence's "
-               f"best of {o['null_control']['k']} full-depth runs ({FULL_SAMPLE_NOTE}) gains {o['null_gain']:+.3f} "
-               "by selection alone (the null control).", ""]
-    if e3["random_routes"]:
-        md += ["Random routes (mean ± SD over routes): " + "; ".join(
-            f"{r['budget']} layers {r['mean']:.3f} ± {r['sd']:.3f} ({r['n_routes']} routes)"
-            for r in e3["random_routes"]) + ".", ""]
-    md += ["What differs from the paper:", ""] + [f"- {d}" for d in e3["differences"]]
+    md = [f"Model `{e3['model']}` (adapter sha256 `{(e3['model_sha256'] or '–')[:12]}`), K = {e3['k']} candidates "
+          f"({', '.join(e3['candidates'])}); the null control is each row's best of the greedy full-depth run and "
+          f"{e3['k'] - 1} sampled ones ({e3['null_control']['sampling']}). The oracle chooses after the fact: an "
+          "upper bound, not a method.", "", "Pre-registered (written in the plan before any sweep ran):", ""]
+    md += ["| place | test | D = oracle - null best of K [95% CI] | budget-matched null: D [95% CI] | m | verdict |",
+           "|---|---|---|---|---|---|"]
+    for where, p in e3["places"].items():
+        for t in p["tests"]:
+            md.append(f"| {where} | {t['test']} ({t['role']}) | {t['difference']:+.3f} [{t['ci95'][0]:+.3f}, "
+                      f"{t['ci95'][1]:+.3f}] | {t['difference_budget_matched']:+.3f} [{t['ci95_budget_matched'][0]:+.3f}, "
+                      f"{t['ci95_budget_matched'][1]:+.3f}] | {t['margin']:.3f} | {t['verdict']} |")
+    c = e3["crossing"]
+    ci = ["not reached" if x is None else f"{x:.2f}" for x in c["ci95"]]
+    md += ["", f"Crossing depth (secondary): {'never' if c['point'] is None else format(c['point'], '.2f')} layers "
+           f"(95% CI {ci[0]} to {ci[1]}); {c['censored']} of {c['resamples']} resamples never cross (censored, not "
+           "counted as full depth).", "", "Each candidate's own score (ROUGE-L F; * = below half of full depth's: a "
+           "budget the model was never made for):", ""]
+    places = list(e3["places"])
+    md += ["| candidate | " + " | ".join(places) + " |", "|---|" + "---|" * len(places)]
+    for k, cid in enumerate(e3["candidates"]):
+        cells = []
+        for where in places:
+            c = e3["places"][where]["candidates"][k]
+            cells.append(f"{c['rougeL']:.3f} R {c['recall']:.3f}, {c['tokens']:.0f} tok, {c['avg_layers']:.1f} layers"
+                         + (" *" if c["never_made_for"] else ""))
+        md.append(f"| `{cid}` | " + " | ".join(cells) + " |")
     md += ["", f"- {e3['decided_by'][0]}", "", f"Verdict: **{e3['verdict']}**: {e3['reason']}.", ""]
     return md

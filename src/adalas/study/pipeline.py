@@ -1,5 +1,6 @@
-"""The study end to end: build (quick), train, evaluate, analyse and report (`run_study`), and
-study.json from files alone (`analyse`), so that it can be redrawn from a copied results directory."""
+"""The study end to end: build (quick), train, choose on held-out rows, evaluate, analyse and report
+(`run_study`), and study.json from files alone (`analyse`), so that it can be redrawn from a copied
+results directory (the published rows, the choices and the run records)."""
 from __future__ import annotations
 
 import time
@@ -7,27 +8,33 @@ from typing import Sequence
 
 from ..io import atomic_write_json
 from ..paper import PAPER
-from ..report import read_sweep
 from .common import DEPTH_UNIT
-from .e1 import analyse_e1
-from .e2 import analyse_e2
-from .e3 import analyse_e3, e3_configs
+from .e1 import analyse_e1, run_e1
+from .e2 import analyse_e2, lr_choice, run_e2
+from .e3 import analyse_e3, candidate_configs, model_path, run_e3, sample_configs
 from .e4 import analyse_e4, run_e4
-from .plan import EXPERIMENTS, Plan, null_k, plan_ref, runs_for
+from .plan import EXPERIMENTS, Plan, e1_runs, e2_finals, e2_pilots, e3_runs, plan_ref, prerequisites
 from .report import write_report
-from .runs import Stages, check_training_data, log, read_records, train_runs
-from .sweeps import Evaluator, adapted_configs, model_layers, rows_complete, sweep_complete, with_budgets
+from .rows import POOLED, REAL, read_rows
+from .runs import Stages, check_training_data, read_records, train_runs
+from .sweeps import Evaluator, eval_sets
 from .tiny import build_tiny
+
+
+def known_runs(plan: Plan) -> list:
+    """Every concrete run whose command is known now (E2's finals once the pilots chose their rates)."""
+    choice = lr_choice(plan)
+    return [*prerequisites(plan), *e1_runs(plan), *e2_pilots(plan),
+            *(e2_finals(plan, choice["chosen"]) if choice else []), *e3_runs(plan)]
 
 
 def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
               experiments: Sequence[str] = EXPERIMENTS) -> dict:
-    """Build (quick), train, evaluate, analyse and report; returns the study.json document.
-
-    `experiments` limits the work (training and evaluation) to what those experiments need, so that
-    parts of a long study can run, and land, on their own; the analysis covers every experiment whose
-    files are complete, from this invocation or an earlier one."""
-    from ..oracle import run_oracle
+    """Train, choose, evaluate, analyse and report what `experiments` need (E4 needs E3's sweeps, so it
+    runs them); the analysis covers every experiment whose files are complete, from this invocation or
+    an earlier one. Returns the study.json document."""
+    from ..sweep import checkpoint_num_layers
+    from ..hub import resolve
 
     unknown = [e for e in experiments if e not in EXPERIMENTS]
     if unknown or not experiments:
@@ -35,45 +42,25 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
     t_start = time.perf_counter()
     if plan.tiny:
         build_tiny(plan.tiny_dir, layers=int(plan.tiny.get("layers", 8)))
-    names = runs_for(plan, experiments)
-    check_training_data(plan, names)
+    wanted = {"E1": e1_runs(plan), "E2": e2_pilots(plan), "E3": e3_runs(plan), "E4": e3_runs(plan)}
+    check_training_data(plan, [*prerequisites(plan), *(r for e in experiments for r in wanted[e])])
     plan.out.mkdir(parents=True, exist_ok=True)
     stages = Stages(plan.out)
-    train_runs(plan, stages, names)
-    records = read_records(plan)
-
+    train_runs(plan, stages, prerequisites(plan))
+    layers = checkpoint_num_layers(resolve(plan.model)[1]) if resolve(plan.model)[1] else None
+    if layers is not None and layers != plan.layers:
+        raise ValueError(f"plan {plan.path}: layers is {plan.layers}, the model {plan.model!r} has {layers}")
     ev = Evaluator(plan, device, progress)
-    L = model_layers(plan.model)
-    if {"E1", "E2"} & set(experiments):
-        n = len(ev.items)
-        adapted = plan.out / "adapted"
-        # the runs asked for, and those an earlier invocation evaluated here: the sweep's summary is
-        # rewritten from the configs it is given, so leaving those out would drop their lines
-        kept = rows_complete(adapted, n)
-        runs = {k: v for k, v in records.items() if k in names or f"learned:{k}" in kept}
-        configs = with_budgets(adapted_configs(plan, runs), L)
-        if not sweep_complete(adapted, [c.config_id for c in configs], n):
-            log(f"sweep {adapted}: {len(configs)} configs x {n} sequences")
-            t0 = time.perf_counter()
-            ev.sweep(plan.model, configs, adapted)
-            stages.add("sweep:adapted", time.perf_counter() - t0)
-
-    if {"E2", "E3", "E4"} & set(experiments):
-        dropout = str(plan.runs_dir / plan.experiments["E3"]["run"])
-        e3 = e3_configs(plan, L)
-        e3_dir = plan.out / "E3"
-        if not sweep_complete(e3_dir, [c.config_id for c in e3], len(ev.items)):
-            log(f"sweep {e3_dir}: {len(e3)} configs x {len(ev.items)} sequences (K = {null_k(plan)})")
-            t0 = time.perf_counter()
-            ev.sweep(dropout, e3, e3_dir)
-            stages.add("sweep:E3", time.perf_counter() - t0)
-        run_oracle(e3_dir, strategies=["uniform_skip", "early_exit"])
-        run_oracle(e3_dir, out=e3_dir / "oracle_all_routes.json",
-                   strategies=["uniform_skip", "early_exit", "random_route"])
-        if "E4" in experiments:
-            run_e4(plan, ev, e3, stages)
-
-    doc = analyse(plan, read_records(plan), Stages(plan.out).totals)  # and those another invocation has adopted since
+    if "E1" in experiments:
+        run_e1(plan, ev, stages)
+    if "E2" in experiments:
+        run_e2(plan, ev, stages)
+    if {"E3", "E4"} & set(experiments):
+        train_runs(plan, stages, e3_runs(plan))
+        run_e3(plan, ev, stages)
+    if "E4" in experiments:
+        run_e4(plan, ev, stages)
+    doc = analyse(plan, Stages(plan.out).totals)  # with what other invocations have added since
     doc["study"]["wall_s_this_invocation"] = round(time.perf_counter() - t_start, 1)
     doc["study"]["experiments_this_invocation"] = list(experiments)
     atomic_write_json(plan.out / "study.json", doc)
@@ -81,26 +68,45 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
     return doc
 
 
-def missing(plan: Plan, records: dict, name: str) -> str | None:
-    """What experiment `name` still lacks (runs, sweep configs, files), or None when it can be analysed."""
-    ex, adapted, e3_dir = plan.experiments, plan.out / "adapted", plan.out / "E3"
-    runs = [n for n in runs_for(plan, [name]) if n not in records]
+def _rows_missing(ev: Evaluator, path: str, cids: Sequence[str]) -> str | None:
+    for es in eval_sets(ev.plan):
+        d = ev.published(path, es)
+        if not (d / "per_sequence.jsonl").is_file():
+            return f"not evaluated yet: {es.name}"
+        rows = read_rows({es.name: d})
+        lacking = [c for c in cids if not rows.has(c, [es.name])]
+        if lacking:
+            return f"not evaluated yet on {es.name}: {', '.join(lacking)}"
+    return None
+
+
+def missing(plan: Plan, records: dict, name: str, ev: Evaluator) -> str | None:
+    """What experiment `name` still lacks (runs, choices, rows), or None when it can be analysed."""
+    from ..report import read_json
+
+    if name == "E1":
+        runs = [r.name for r in e1_runs(plan) if r.name not in records]
+        if runs:
+            return f"runs not trained yet: {', '.join(runs)}"
+        choice = read_json(plan.out / "E1" / "choice.json")
+        if choice is None:
+            return "no held-out choice yet (E1/choice.json)"
+        return _rows_missing(ev, plan.model, [f"learned:{c['run']}" for c in choice["chosen"]])
+    if name == "E2":
+        choice = lr_choice(plan)
+        if choice is None:
+            return f"pilots not chosen yet: {', '.join(r.name for r in e2_pilots(plan) if r.name not in records) or 'scoring'}"
+        runs = [r.name for r in e2_finals(plan, choice["chosen"]) if r.name not in records]
+        if runs:
+            return f"runs not trained yet: {', '.join(runs)}"
+        return _rows_missing(ev, plan.model, [f"learned:{r.name}" for r in e2_finals(plan, choice["chosen"])])
+    runs = [r.name for r in e3_runs(plan) if r.name not in records]
     if runs:
         return f"runs not trained yet: {', '.join(runs)}"
-    done = {r["config_id"] for r in read_sweep(adapted)} if (adapted / "sweep.jsonl").is_file() else set()
-    if name == "E1":
-        e1 = [n for p in ex["E1"]["pairs"] for n in (p["skip"], p["exit"])]
-        want = ["full"] + [f"base@{n}" for n in e1] + [f"learned:{n}" for n in e1]
-    elif name == "E2":
-        want = [f"learned:{n}" for n in [*ex["E2"]["hidden_states"], *ex["E2"]["fixed"]]]
-    else:
-        want = []
-    if [c for c in want if c not in done]:
-        return f"not evaluated yet: {', '.join(c for c in want if c not in done)} (in {adapted})"
-    files = {"E2": e3_dir / "oracle.json", "E3": e3_dir / "oracle.json", "E4": plan.out / "E4" / "router_crossfit.json"}
-    if name in files and not files[name].is_file():
-        return f"not evaluated yet: {files[name]} is missing"
-    return None
+    why = _rows_missing(ev, model_path(plan), [c.config_id for c in candidate_configs(plan) + sample_configs(plan)])
+    if why or name == "E3":
+        return why
+    return None if read_json(plan.out / "E4" / "choices.json") else "the router has not routed the sets yet"
 
 
 def not_run(name: str, why: str) -> dict:
@@ -109,35 +115,62 @@ def not_run(name: str, why: str) -> dict:
             "decided_by": ["–"], "runs": []}
 
 
-def analyse(plan: Plan, records: dict, stages: dict) -> dict:
-    """study.json: E1-E4 (numbers, 95% intervals, n, the depth unit, the runs, a verdict) and the study's
-    settings. An experiment whose runs or evaluations are not all there is marked `not run`, with what
-    it lacks."""
+def task_identities(plan: Plan) -> dict:
+    """{set: {"sha256", "n", "max_new_tokens"}}: the three real test sets and the built-in set."""
+    from ..data import data_sha256, load_examples
+
+    return {es.name: {"sha256": data_sha256(es.data), "n": len(load_examples(es.data)), "max_new_tokens": es.max_new_tokens,
+                      "test_set": es.test} for es in eval_sets(plan)}
+
+
+def rests_on(plan: Plan, name: str, e: dict, tasks: dict) -> dict:
+    """What a verdict rests on: the model and its hash, the rows, the seeds and the test."""
+    from ..hub import model_sha256
+
+    on_e3 = name in ("E3", "E4")
+    seeds = {"E1": {str(d.depth): list(d.seeds) for d in plan.e1.depths},
+             "E2": {arm: list(plan.e2.seeds) for arm, _ in plan.e2.arms}}.get(name, {})
+    test = {"E1": "paired 95% interval of skipping minus early exit (seeds averaged per row), resampled within task",
+            "E2": "one-sided 95% test: hidden-state curve minus fixed-input curve below +m over common depths",
+            "E3": "; ".join(f"{t.test} ({t.role}): {plan.prereg.rule}" for t in plan.prereg.tests),
+            "E4": "router minus the best fixed mix re-chosen in each resample, paired 95% interval"}[name]
+    return {"model": model_path(plan) if on_e3 else plan.model,
+            "model_sha256": e.get("model_sha256") if on_e3 else model_sha256(plan.model),
+            "place": POOLED, "tasks": {t: tasks[t] for t in REAL}, "rows": e.get("n"), "seeds": seeds, "test": test,
+            "secondary": "each task alone and the built-in set"}
+
+
+def analyse(plan: Plan, stages: dict) -> dict:
+    """study.json: E1-E4 (numbers, 95% intervals, n, the runs, a verdict, what it rests on), the tasks,
+    and the study's settings. An experiment whose runs or rows are not all there is marked `not run`."""
+    from ..data import data_sha256
     from ..run_settings import versions
 
-    adapted, e3_dir = plan.out / "adapted", plan.out / "E3"
-    from ..data import data_sha256
-
-    eval_sha = data_sha256(plan.eval["data"])
-    analysers = {"E1": lambda: analyse_e1(plan, records, adapted), "E2": lambda: analyse_e2(plan, records, adapted, e3_dir),
-                 "E3": lambda: analyse_e3(plan, records, e3_dir), "E4": lambda: analyse_e4(plan, records, e3_dir)}
+    ev = Evaluator(plan)
+    records = read_records(plan, known_runs(plan))
+    tasks = task_identities(plan)
+    analysers = {"E1": analyse_e1, "E2": analyse_e2, "E3": analyse_e3, "E4": analyse_e4}
     doc = {}
     for name, analyse_one in analysers.items():
-        why = missing(plan, records, name)
-        doc[name] = not_run(name, why) if why else analyse_one()
-    evals = {"E1": [("sweep:adapted", adapted)], "E2": [("sweep:adapted", adapted), ("sweep:E3", e3_dir)],
-             "E3": [("sweep:E3", e3_dir)], "E4": [("sweep:E3", e3_dir), ("E4:router", None), ("E4:speed", None)]}
-    for name, stage_list in evals.items():
-        if doc[name]["verdict"] == "not run":
-            continue
-        for stage, _ in stage_list:
-            doc[name]["runs"].append({"name": stage, "command": f"adalas study --plan {plan_ref(plan)} (stage {stage})",
-                                      "data": plan.eval["data"], "data_sha256": eval_sha,
-                                      "wall_s": stages.get(stage, 0.0)})
+        why = missing(plan, records, name, ev)
+        doc[name] = not_run(name, why) if why else analyse_one(plan, records, ev)
+        if not why:
+            doc[name].update(tasks=tasks, rests_on=rests_on(plan, name, doc[name], tasks))
+            doc[name]["runs"] = doc[name]["runs"] + [
+                {"name": stage, "command": f"adalas study --plan {plan_ref(plan)} --experiments {name}",
+                 "data": next(es.data for es in eval_sets(plan) if stage.endswith(":" + es.name)),
+                 "data_sha256": data_sha256(next(es.data for es in eval_sets(plan) if stage.endswith(":" + es.name))),
+                 "wall_s": wall} for stage, wall in stages.items()
+                if stage.startswith(f"sweep:{name}:") and not stage.endswith(":heldout")]
+    doc["tasks"] = tasks
+    doc["preregistered"] = doc["E3"].get("preregistered") or [
+        {"test": t.test, "budget_layers": t.budget_layers, "difference": None, "ci95": None, "resamples": plan.prereg.resamples,
+         "role": t.role} for t in plan.prereg.tests]
     doc["runs"] = list(records.values())
-    doc["study"] = {"plan": plan_ref(plan), "plan_sha256": plan.sha256,
-                    "description": plan.description, "model": plan.model, "eval": plan.eval,
-                    "eval_data_sha256": eval_sha, "k": null_k(plan), "depth_unit": DEPTH_UNIT,
-                    "stages_s": stages, "train_wall_s": round(sum(r["wall_s"] or 0.0 for r in records.values()), 1),
+    doc["study"] = {"plan": plan_ref(plan), "plan_sha256": plan.sha256, "preregistered_sha256": plan.prereg_sha256,
+                    "description": plan.description, "model": plan.model, "layers": plan.layers, "eval": plan.eval,
+                    "heldout": str(plan.heldout), "heldout_sha256": data_sha256(str(plan.heldout)),
+                    "k": plan.e3.k, "depth_unit": DEPTH_UNIT, "stages_s": stages,
+                    "train_wall_s": round(sum(r.get("wall_s") or 0.0 for r in records.values()), 1),
                     "versions": versions()}
     return doc

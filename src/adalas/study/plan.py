@@ -1,17 +1,22 @@
-"""The study's plan: a YAML file (`adalas/studies/<name>.yaml`, or any path) of training runs, each a
-recipe plus overrides (the paper's runs as overrides of one recipe), and what each experiment
-compares.
+"""The study's plan: a YAML file (`adalas/studies/<name>.yaml`, or any path) of run templates, each a
+recipe plus overrides (the paper's runs as overrides of one recipe), what each experiment compares,
+where it is evaluated, and the pre-registered test.
 
 Notable:
-- `load_plan` checks everything before anything is written: fields, run names, the experiments'
-  references to runs, and every run's `adalas train` arguments, parsed as training will parse them.
-- `runs_for` says which runs some experiments need, so that parts of a long study can run alone.
+- `load_plan` checks everything before anything is written: fields, run names, routes (resolved
+  against `layers`), the experiments' specs (`spec.py`), that E3's model was trained on every
+  candidate route, and the `adalas train` arguments of every concrete run, parsed as training will.
+- Concrete runs come from templates: E1 trains each candidate once per seed (`<template>-s<seed>`);
+  E2 trains pilots over the learning-rate grid (`<template>-pilot-lr<lr>`) and then one run per cost
+  weight and seed at the rate the pilots chose (`<template>-a<alpha>-s<seed>`); E3 trains its model's
+  run as it stands; a template no experiment names is a prerequisite (`--quick`'s base), trained as is.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,22 +24,17 @@ from typing import Any, Sequence
 import yaml
 
 from ..io import check_output_dir
-
+from . import routes
+from .spec import (E1Spec, E2Spec, E3Spec, E4Spec, Preregistered, parse_e1, parse_e2, parse_e3, parse_e4,
+                   parse_preregistered)
 
 EXPERIMENTS = ("E1", "E2", "E3", "E4")
 
-
-PLAN_KEYS = {"description", "model", "out", "runs_dir", "tiny", "eval", "overrides", "runs", "experiments"}
+PLAN_KEYS = {"description", "model", "layers", "out", "runs_dir", "store", "shared_rows", "tiny", "eval", "tasks",
+             "looks", "heldout", "overrides", "runs", "experiments", "preregistered"}
 EVAL_KEYS = {"data", "limit", "max_new_tokens", "batch_size", "prompt_format", "seed"}
-EVAL_DEFAULTS = {"data": "builtin", "limit": None, "max_new_tokens": 32, "batch_size": 8, "prompt_format": "auto",
+EVAL_DEFAULTS = {"data": "builtin", "limit": None, "max_new_tokens": 32, "batch_size": 16, "prompt_format": "auto",
                  "seed": 0}
-EXPERIMENT_KEYS = {
-    "E1": {"pairs"},
-    "E2": {"hidden_states", "fixed", "baseline", "margin"},
-    "E3": {"run", "uniform_skip", "early_exit", "random_route", "bootstrap", "goal_fraction", "paper_fraction",
-           "off_the_shelf_oracle", "off_the_shelf_fraction", "off_the_shelf_source"},
-    "E4": {"targets", "folds", "speed", "feature_layers"},
-}
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,19 @@ class Run:
         return [*head, *to_argv({**shared, **self.overrides}), "--output_dir", str(runs_dir / self.name),
                 "--resume_from_checkpoint", "true"]
 
+    def variant(self, suffix: str, **overrides: Any) -> "Run":
+        return replace(self, name=f"{self.name}-{suffix}", overrides={**self.overrides, **overrides})
+
+
+@dataclass(frozen=True)
+class TasksSpec:
+    """The real test sets: read by path from `data_dir`, caps from the protocol (`tasks.REAL_TASKS`)
+    unless a tiny plan overrides them (`caps`)."""
+
+    data_dir: Path
+    batch_size: int
+    caps: dict[str, int] | None
+
 
 @dataclass
 class Plan:
@@ -61,12 +74,23 @@ class Plan:
     sha256: str
     description: str
     model: str
+    layers: int
     out: Path
     runs_dir: Path
+    store: Path  # one sweep directory per (model sha256, evaluation set, cap, batch, dtype)
+    shared_rows: Path | None  # the real-task runs (`adalas tasks run`) whose rows a store starts from
     eval: dict
+    tasks: TasksSpec
+    looks: Path
+    heldout: Path
     overrides: dict
-    runs: list[Run]
-    experiments: dict
+    templates: list[Run]
+    e1: E1Spec
+    e2: E2Spec
+    e3: E3Spec
+    e4: E4Spec
+    prereg: Preregistered
+    prereg_sha256: str
     tiny: dict | None = None
     by_name: dict[str, Run] = field(default_factory=dict)
 
@@ -91,6 +115,11 @@ def plan_path(name_or_path: str | Path) -> Path:
             return c
     raise ValueError(f"--plan: {text!r}: no such file and no packaged plan of that name; packaged: "
                      f"{', '.join(plan_names())}")
+
+
+def plan_ref(plan: "Plan") -> str:
+    """How `--plan` names it: a packaged plan by name, another by its path."""
+    return plan.name if plan.path.parent.resolve() == plan_dir().resolve() else str(plan.path)
 
 
 def _substitute(value: Any, names: dict[str, str]) -> Any:
@@ -118,42 +147,48 @@ def _unknown(keys: Any, allowed: set[str], where: str) -> None:
         raise ValueError(f"{where}: unknown field(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed))}")
 
 
-def plan_ref(plan: "Plan") -> str:
-    """How `--plan` names it: a packaged plan by name, another by its path."""
-    return plan.name if plan.path.parent.resolve() == plan_dir().resolve() else str(plan.path)
-
-
-def load_plan(name_or_path: str | Path, out: str | Path | None = None, runs_dir: str | Path | None = None) -> Plan:
-    """Read and check a plan: fields, run names, the experiments' references to runs, and every run's
-    `adalas train` arguments (parsed as training would parse them). Nothing is written."""
-    path = plan_path(name_or_path)
+def _read(path: Path) -> tuple[bytes, dict]:
     raw = path.read_bytes()
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise ValueError(f"plan {path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    where = f"plan {path}"
-    doc = _mapping(doc, where)
-    _unknown(doc, PLAN_KEYS, where)
-    for key in ("model", "runs", "experiments"):
+    doc = _mapping(doc, f"plan {path}")
+    _unknown(doc, PLAN_KEYS, f"plan {path}")
+    for key in ("model", "layers", "runs", "experiments", "preregistered", "heldout"):
         if key not in doc:
-            raise ValueError(f"{where}: missing field {key!r}")
-    runs_path = Path(runs_dir if runs_dir is not None else doc.get("runs_dir", "runs/study"))
-    out_path = Path(out if out is not None else doc.get("out", "results/study"))
-    check_output_dir(out_path, "--out")
-    check_output_dir(runs_path, "--runs")
-    doc = _substitute(doc, {"runs": str(runs_path), "tiny": str(runs_path / "tiny")})
+            raise ValueError(f"plan {path}: missing field {key!r}")
+    return raw, doc
 
-    eval_spec = _mapping(doc.get("eval"), f"{where}: eval")
-    _unknown(eval_spec, EVAL_KEYS, f"{where}: eval")
-    eval_spec = {**EVAL_DEFAULTS, **eval_spec}
+
+def _eval_spec(doc: dict, where: str) -> dict:
+    spec = _mapping(doc.get("eval"), f"{where}: eval")
+    _unknown(spec, EVAL_KEYS, f"{where}: eval")
+    spec = {**EVAL_DEFAULTS, **spec}
     for key in ("max_new_tokens", "batch_size", "limit"):
-        if eval_spec[key] is not None and (not isinstance(eval_spec[key], int) or eval_spec[key] < 1):
-            raise ValueError(f"{where}: eval.{key}: must be an integer >= 1, got {eval_spec[key]!r}")
+        if spec[key] is not None and (not isinstance(spec[key], int) or spec[key] < 1):
+            raise ValueError(f"{where}: eval.{key}: must be an integer >= 1, got {spec[key]!r}")
+    return spec
 
-    runs, seen = [], set()
+
+def _tasks_spec(doc: dict, tiny: bool, where: str) -> TasksSpec:
+    from ..tasks import REAL_TASKS
+
+    spec = _mapping(doc.get("tasks"), f"{where}: tasks")
+    _unknown(spec, {"data_dir", "batch_size", "caps"}, f"{where}: tasks")
+    caps = spec.get("caps")
+    if caps is not None and not tiny:
+        raise ValueError(f"{where}: tasks.caps: the real tasks' caps are the protocol's (results/tasks/PROTOCOL.md); "
+                         f"only a tiny plan may set its own")
+    if caps is not None and set(caps) != set(REAL_TASKS):
+        raise ValueError(f"{where}: tasks.caps: one cap for each of {', '.join(REAL_TASKS)}")
+    return TasksSpec(Path(spec.get("data_dir", "../shared/data")), int(spec.get("batch_size", 16)), caps)
+
+
+def _templates(doc: dict, layers: int, where: str) -> list[Run]:
     if not isinstance(doc["runs"], list) or not doc["runs"]:
         raise ValueError(f"{where}: runs: expected a non-empty list")
+    runs, seen = [], set()
     for k, r in enumerate(doc["runs"]):
         r = _mapping(r, f"{where}: runs[{k}]")
         _unknown(r, {"name", "recipe", "overrides"}, f"{where}: runs[{k}]")
@@ -165,83 +200,111 @@ def load_plan(name_or_path: str | Path, out: str | Path | None = None, runs_dir:
         seen.add(name)
         overrides = {str(key).replace("-", "_"): v for key, v in _mapping(r.get("overrides"), f"run {name}").items()}
         if "output_dir" in overrides:
-            raise ValueError(f"{where}: run {name}: output_dir is the study's ({runs_path}/{name}); remove it")
+            raise ValueError(f"{where}: run {name}: output_dir is the study's; remove it")
+        if "depth" in overrides:
+            try:
+                overrides["depth"] = routes.resolve_depth(overrides["depth"], layers)
+            except ValueError as e:
+                raise ValueError(f"{where}: run {name}: depth: {e}") from None
         runs.append(Run(name, r.get("recipe"), overrides))
-    shared = {str(k).replace("-", "_"): v for k, v in _mapping(doc.get("overrides"), f"{where}: overrides").items()}
+    return runs
 
-    experiments = _mapping(doc["experiments"], f"{where}: experiments")
-    _unknown(experiments, set(EXPERIMENT_KEYS), f"{where}: experiments")
-    for name, keys in EXPERIMENT_KEYS.items():
-        if name not in experiments:
+
+def load_plan(name_or_path: str | Path, out: str | Path | None = None, runs_dir: str | Path | None = None) -> Plan:
+    """Read and check a plan (see the module's notes). Nothing is written."""
+    path = plan_path(name_or_path)
+    raw, doc = _read(path)
+    where = f"plan {path}"
+    runs_path = Path(runs_dir if runs_dir is not None else doc.get("runs_dir", "runs/study"))
+    out_path = Path(out if out is not None else doc.get("out", "results/study"))
+    check_output_dir(out_path, "--out")
+    check_output_dir(runs_path, "--runs")
+    doc = _substitute(doc, {"runs": str(runs_path), "tiny": str(runs_path / "tiny"), "out": str(out_path)})
+    layers = doc["layers"]
+    if not isinstance(layers, int) or layers < 2:
+        raise ValueError(f"{where}: layers: expected the model's layer count, got {layers!r}")
+    templates = _templates(doc, layers, where)
+    names = {r.name for r in templates}
+    ex = _mapping(doc["experiments"], f"{where}: experiments")
+    _unknown(ex, set(EXPERIMENTS), f"{where}: experiments")
+    for name in EXPERIMENTS:
+        if name not in ex:
             raise ValueError(f"{where}: experiments: missing {name}")
-        _unknown(_mapping(experiments[name], f"{where}: {name}"), keys, f"{where}: {name}")
+    try:
+        e1, e2, e3, e4 = (parse_e1(ex["E1"], names), parse_e2(ex["E2"], names), parse_e3(ex["E3"], names, layers),
+                          parse_e4(ex["E4"]))
+        prereg = parse_preregistered(doc["preregistered"], layers)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    tiny = _mapping(doc.get("tiny"), f"{where}: tiny") or None
     plan = Plan(name=path.stem, path=path, sha256=hashlib.sha256(raw).hexdigest(),
-                description=str(doc.get("description", "")), model=str(doc["model"]), out=out_path,
-                runs_dir=runs_path, eval=eval_spec, overrides=shared, runs=runs, experiments=experiments,
-                tiny=_mapping(doc.get("tiny"), f"{where}: tiny") or None)
-    plan.by_name = {r.name: r for r in runs}
-    _check_experiments(plan, where)
+                description=str(doc.get("description", "")), model=str(doc["model"]), layers=layers, out=out_path,
+                runs_dir=runs_path, store=Path(doc.get("store", "runs/rows")),
+                shared_rows=None if doc.get("shared_rows", "runs/tasks") is None else Path(doc.get("shared_rows",
+                                                                                                     "runs/tasks")),
+                eval=_eval_spec(doc, where), tasks=_tasks_spec(doc, tiny is not None, where),
+                looks=Path(doc.get("looks", "results/tasks/LOOKS.jsonl")), heldout=Path(doc["heldout"]),
+                overrides={str(k).replace("-", "_"): v for k, v in _mapping(doc.get("overrides"),
+                                                                             f"{where}: overrides").items()},
+                templates=templates, e1=e1, e2=e2, e3=e3, e4=e4, prereg=prereg,
+                prereg_sha256=hashlib.sha256(json.dumps(doc["preregistered"], sort_keys=True).encode()).hexdigest(),
+                tiny=tiny)
+    plan.by_name = {r.name: r for r in templates}
+    _check_route_pool(plan, where)
     from ..train_args import parse_args
 
-    for run in runs:  # every run's arguments, exactly as training will parse them
+    lr = plan.e2.lr_grid[0]  # the finals' rate is the pilots' choice; any rate parses alike
+    for run in [*prerequisites(plan), *e1_runs(plan), *e2_pilots(plan), *e2_finals(plan, {a: lr for a, _ in plan.e2.arms}),
+                *e3_runs(plan)]:
         try:
-            parse_args(run.argv(shared, runs_path))
+            parse_args(run.argv(plan.overrides, runs_path))
         except ValueError as e:
             raise ValueError(f"{where}: run {run.name}: {e}") from None
     return plan
 
 
-def _check_experiments(plan: Plan, where: str) -> None:
-    ex = plan.experiments
-
-    def known(name: Any, what: str) -> None:
-        if name not in plan.by_name:
-            raise ValueError(f"{where}: {what}: no run named {name!r}; runs: {', '.join(plan.by_name)}")
-
-    pairs = ex["E1"].get("pairs") or []
-    if not pairs:
-        raise ValueError(f"{where}: E1.pairs: expected a list of {{depth, skip, exit}}")
-    for p in pairs:
-        _unknown(_mapping(p, f"{where}: E1.pairs"), {"depth", "skip", "exit"}, f"{where}: E1.pairs")
-        known(p.get("skip"), "E1.pairs.skip")
-        known(p.get("exit"), "E1.pairs.exit")
-    for key in ("hidden_states", "fixed"):
-        names = ex["E2"].get(key) or []
-        if len(names) < 2:
-            raise ValueError(f"{where}: E2.{key}: needs 2 or more runs (one per cost weight) for a curve")
-        for n in names:
-            known(n, f"E2.{key}")
-    known(ex["E2"].get("baseline"), "E2.baseline")
-    known(ex["E3"].get("run"), "E3.run")
-    if ex["E2"]["baseline"] != ex["E3"]["run"]:
-        raise ValueError(f"{where}: E2.baseline: must be E3.run ({ex['E3']['run']!r}): its uniform skipping comes "
-                         f"from E3's sweep")
-    for key in ("uniform_skip", "early_exit"):
-        if not ex["E3"].get(key):
-            raise ValueError(f"{where}: E3.{key}: expected a list of budgets (layers kept)")
-    if not ex["E4"].get("targets"):
-        raise ValueError(f"{where}: E4.targets: expected a list of average depths")
+def _check_route_pool(plan: Plan, where: str) -> None:
+    """E3's model was made for its candidates: a run of the plan must list every candidate route
+    (other than full depth) in its depth's `route_pool`."""
+    run = plan.by_name.get(plan.e3.model)
+    if run is None:
+        return
+    pool = [sorted(s) for s in (run.overrides.get("depth") or {}).get("route_pool") or []]
+    for c in plan.e3.candidates:
+        skips = routes.skip_layers(c, plan.layers)
+        if skips and sorted(skips) not in pool:
+            raise ValueError(f"{where}: E3.candidates: {c!r} (skips {skips}) is not in the route pool of "
+                             f"{run.name!r}: the model would not be made for it")
 
 
-def null_k(plan: Plan) -> int:
-    """K of E3's headline oracle: the full model, uniform skipping and early exit at their budgets."""
-    e3 = plan.experiments["E3"]
-    return 1 + len(set(e3["uniform_skip"])) + len(set(e3["early_exit"]))
+# ---------------------------------------------------------------------------------------------
+# Concrete runs
+
+def e1_runs(plan: Plan, depths: Sequence[int] | None = None) -> list[Run]:
+    """Every E1 candidate once per seed of its depth, named `<template>-s<seed>`."""
+    return [plan.by_name[t].variant(f"s{s}", seed=s) for d in plan.e1.depths if depths is None or d.depth in depths
+            for t in (*d.skip, *d.exit) for s in d.seeds]
 
 
-def _compared(plan: Plan, experiments: Sequence[str]) -> set[str]:
-    ex, names = plan.experiments, set()
-    if "E1" in experiments:
-        names |= {n for p in ex["E1"]["pairs"] for n in (p["skip"], p["exit"])}
-    if "E2" in experiments:
-        names |= {*ex["E2"]["hidden_states"], *ex["E2"]["fixed"], ex["E2"]["baseline"]}
-    if {"E2", "E3", "E4"} & set(experiments):
-        names.add(ex["E3"]["run"])
-    return names
+def e2_pilots(plan: Plan) -> list[Run]:
+    """Each arm at the middle cost weight, once per rate of the grid, for `pilot_steps` steps."""
+    e2 = plan.e2
+    return [plan.by_name[t].variant(f"pilot-lr{lr:g}", cost_alpha=e2.pilot_alpha, controller_learning_rate=lr,
+                                    max_steps=e2.pilot_steps, seed=e2.pilot_seed)
+            for _, t in e2.arms for lr in e2.lr_grid]
 
 
-def runs_for(plan: Plan, experiments: Sequence[str]) -> list[str]:
-    """The runs the given experiments need, in plan order: those they compare (E2, E3 and E4 all need
-    E3's dropout run) and every run that no experiment compares (a prerequisite, such as --quick's base)."""
-    names, anywhere = _compared(plan, experiments), _compared(plan, EXPERIMENTS)
-    return [r.name for r in plan.runs if r.name in names or r.name not in anywhere]
+def e2_finals(plan: Plan, chosen: dict[str, float]) -> list[Run]:
+    """Each arm at each cost weight and seed, at the rate its pilots chose (`chosen`: input -> rate)."""
+    return [plan.by_name[t].variant(f"a{alpha:g}-s{s}", cost_alpha=alpha, controller_learning_rate=chosen[arm], seed=s)
+            for arm, t in plan.e2.arms for alpha in plan.e2.cost_alphas for s in plan.e2.seeds]
+
+
+def e3_runs(plan: Plan) -> list[Run]:
+    return [plan.by_name[plan.e3.model]] if plan.e3.model in plan.by_name else []
+
+
+def prerequisites(plan: Plan) -> list[Run]:
+    """Templates that no experiment names (trained first, as they stand)."""
+    named = {t for d in plan.e1.depths for t in (*d.skip, *d.exit)} | {t for _, t in plan.e2.arms} | {plan.e3.model}
+    return [r for r in plan.templates if r.name not in named]

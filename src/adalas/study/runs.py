@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..io import atomic_write_json
 from ..report import read_json
-from .plan import Plan
+from .plan import Plan, Run
 
 
 def log(text: str) -> None:
@@ -35,13 +35,12 @@ def record_path(plan: Plan, name: str) -> Path:
     return plan.out / "train" / f"{name}.json"
 
 
-def check_training_data(plan: Plan, names: Sequence[str] | None = None) -> None:
-    """Every run still to train (of `names`, default all) has its local training data (before anything
-    is written)."""
+def check_training_data(plan: Plan, runs: Sequence[Run]) -> None:
+    """Every run still to train has its local training data (before anything is written)."""
     from ..train_args import parse_args
 
-    for r in plan.runs:
-        if (names is not None and r.name not in names) or record_path(plan, r.name).is_file():
+    for r in runs:
+        if record_path(plan, r.name).is_file():
             continue
         cfg, _ = parse_args(r.argv(plan.overrides, plan.runs_dir))
         data = Path(cfg.data).expanduser()
@@ -73,14 +72,21 @@ def same_training(command: str, argv: list[str]) -> bool:
     return asdict(a) == asdict(b) and strip(ta) == strip(tb)
 
 
-def read_records(plan: Plan) -> dict[str, dict]:
-    """The records of every run trained so far (any invocation), by name."""
-    return {r.name: rec for r in plan.runs if (rec := read_json(record_path(plan, r.name))) is not None}
+def adapter_sha256(run_dir: Path) -> str | None:
+    """The sha256 of a LoRA run's `adapter/adapter_model.safetensors` (what a shipped alias records)."""
+    from ..data import file_sha256
+
+    path = run_dir / "adapter" / "adapter_model.safetensors"
+    return file_sha256(path) if path.is_file() else None
 
 
-def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -> list[dict]:
-    """Train every run (of `names`, default all) whose record is missing, in plan order; returns their
-    records in plan order.
+def read_records(plan: Plan, runs: Sequence[Run]) -> dict[str, dict]:
+    """The records of those runs trained so far (any invocation), by name."""
+    return {r.name: rec for r in runs if (rec := read_json(record_path(plan, r.name))) is not None}
+
+
+def train_runs(plan: Plan, stages: Stages, runs: Sequence[Run]) -> dict[str, dict]:
+    """Train every run whose record is missing, in order; returns their records by name.
 
     A run directory whose `adalas_training.json` already records this command, or one that trained
     exactly alike (`same_training`) to the same steps on the same data (hash), finished: it is adopted,
@@ -90,10 +96,8 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
     from ..train import run
     from ..train_args import parse_args
 
-    records = []
-    for r in plan.runs:
-        if names is not None and r.name not in names:
-            continue
+    records = {}
+    for r in runs:
         argv = r.argv(plan.overrides, plan.runs_dir)
         command = "adalas train " + shlex.join(argv)
         path, run_dir = record_path(plan, r.name), plan.runs_dir / r.name
@@ -102,7 +106,7 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
             if rec.get("command") != command:
                 raise ValueError(f"run {r.name}: {path} records another command: the plan changed; use another "
                                  f"--out, or delete {path} and {run_dir} to retrain it")
-            records.append(rec)
+            records[r.name] = rec
             continue
         cfg, targs = parse_args(argv)
         made = read_json(run_dir / TRAINING_FILE) or {}
@@ -123,7 +127,9 @@ def train_runs(plan: Plan, stages: Stages, names: Sequence[str] | None = None) -
                "output_dir": str(run_dir), "data": cfg.data, "data_sha256": made.get("data_sha256") or data_sha256(cfg.data),
                "steps": made.get("steps"), "wall_s": made.get("wall_s"),
                "resumed_from": resumed.name if resumed else None, "adopted_from": adopted,
-               "depth": read_json(run_dir / "adalas_depth.json"), "cost_alpha": cfg.cost_alpha}
+               "depth": read_json(run_dir / "adalas_depth.json"), "cost_alpha": cfg.cost_alpha,
+               "controller_learning_rate": cfg.controller_learning_rate, "seed": targs.seed,
+               "adapter_sha256": adapter_sha256(run_dir)}
         atomic_write_json(path, rec)
-        records.append(rec)
+        records[r.name] = rec
     return records

@@ -1,15 +1,58 @@
-"""Evaluation: sweeps over the same sequences (`adalas.sweep.run_sweep`, rows appended and skipped when
-present). `<out>/adapted` holds the base model at full depth and at the E1 routes and every E1/E2
-checkpoint at its saved depth; E3's sweep of the dropout model is `e3.e3_configs`'. A stage whose rows
-are all there loads no model (`sweep_complete`)."""
+"""Evaluation: sweeps over the built-in set, the three real test sets and the held-out rows.
+
+Notable:
+- One store of rows per (model sha256, evaluation set, cap, batch, dtype): `<store>/<sha12>/<set>-cap<c>
+  -b<b>-float32`, a sweep directory (`adalas.sweep.run_sweep`: rows appended, a resumed run skips
+  what is there). Every experiment that runs a config of that model on that set adds to it.
+- A real-task store starts from the real-task runs' rows (`shared_rows`, `adalas tasks run`) of the
+  configs it shares with them when their settings are the same (model, weights, data, cap, batch,
+  dtype, prompt format): those rows are not made again.
+- Before a sweep of a real test set starts, its configs with missing rows are logged in `LOOKS.jsonl`
+  (`tasks.log_looks`: a config already logged there is the same look and adds no line).
+- A copy of each store without the data's text goes to `<out>/rows/...` (`tasks.publish`); the
+  analysis reads those copies only.
+"""
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .plan import Plan
-from .runs import record_path
+
+DTYPE = "float32"  # reported evaluation stays fp32
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str  # "builtin" (the plan's `eval` set), a real task's name, or "heldout"
+    data: str  # what the loader reads
+    max_new_tokens: int
+    batch_size: int
+    test: bool  # a real test set: looks logged, chosen candidates only
+
+
+def eval_sets(plan: Plan) -> list[EvalSet]:
+    """The plan's evaluation set (secondary), then the three real tasks (the verdicts' rows)."""
+    from ..tasks import REAL_TASKS
+
+    ev, tasks = plan.eval, plan.tasks
+    out = [EvalSet("builtin", ev["data"], ev["max_new_tokens"], ev["batch_size"], False)]
+    for name, t in REAL_TASKS.items():
+        cap = tasks.caps[name] if tasks.caps else t.max_new_tokens
+        out.append(EvalSet(name, str(tasks.data_dir / t.file), cap, tasks.batch_size, True))
+    return out
+
+
+def heldout_set(plan: Plan) -> EvalSet:
+    return EvalSet("heldout", str(plan.heldout), plan.eval["max_new_tokens"], plan.eval["batch_size"], False)
+
+
+def store_key(model_sha: str, es: EvalSet) -> str:
+    return f"{model_sha[:12]}/{es.name}-cap{es.max_new_tokens}-b{es.batch_size}-{DTYPE}"
 
 
 def rows_complete(sweep_dir: Path, n: int) -> set[str]:
@@ -23,25 +66,50 @@ def rows_complete(sweep_dir: Path, n: int) -> set[str]:
     return {c for c, seen in ids.items() if len(seen) == n}
 
 
-def sweep_complete(sweep_dir: Path, config_ids: Sequence[str], n: int) -> bool:
-    """Whether every config has its n rows in per_sequence.jsonl and its line in sweep.jsonl (then no
-    model needs loading)."""
-    from ..io import read_jsonl
+def seed_store(source: Path, store: Path, settings: dict, configs: Sequence) -> list[str]:
+    """Start an empty store from `source`'s rows of the configs defined alike there, when the two were
+    made with the same settings (then the rows are the same rows: same batches, same weights).
+    Returns the config ids copied."""
+    from ..io import atomic_write_json, atomic_write_text, dumps_row, read_jsonl
 
-    if not (sweep_dir / "sweep.jsonl").is_file():
-        return False
-    summarized = {r["config_id"] for r in read_jsonl(sweep_dir / "sweep.jsonl")}
-    return set(config_ids) <= summarized & rows_complete(sweep_dir, n)
+    if (store / "settings.json").is_file() or not (source / "settings.json").is_file():
+        return []
+    recorded = json.loads((source / "settings.json").read_text())
+    if recorded.get("settings") != settings:
+        return []
+    shared = {c.config_id: c.definition() for c in configs
+              if recorded.get("configs", {}).get(c.config_id) == json.loads(json.dumps(c.definition()))}
+    if not shared or not (source / "batches.json").is_file():
+        return []
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "batches.json", store / "batches.json")
+    rows = [r for r in read_jsonl(source / "per_sequence.jsonl") if r["config_id"] in shared]
+    atomic_write_text(store / "per_sequence.jsonl", "".join(dumps_row(r) + "\n" for r in rows))
+    atomic_write_json(store / "settings.json", {"settings": settings,
+                                                "configs": {k: recorded["configs"][k] for k in shared}})
+    return sorted(shared)
+
+
+@contextmanager
+def store_lock(store: Path) -> Iterator[None]:
+    """One process at a time in a store (two lanes of the study may sweep the same model and set)."""
+    import fcntl
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.parent / f".{store.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Evaluator:
-    """The evaluation set and the models, loaded once and only when a stage has rows to make."""
+    """The evaluation sets and the models, loaded once and only when a sweep has rows to make."""
 
     def __init__(self, plan: Plan, device: str = "cpu", progress: bool = False):
         self.plan, self.device, self.progress = plan, device, progress
-        self._tok, self._items, self._models = None, None, {}
-        self.data_id = {"name": plan.eval["data"], "split": "test"}
-        self.settings = {"prompt_format": plan.eval["prompt_format"], "max_prompt_tokens": None, "dtype": "float32"}
+        self._tok, self._items, self._models = None, {}, {}
 
     @property
     def tokenizer(self):
@@ -53,64 +121,63 @@ class Evaluator:
     def model(self, path: str):
         if path not in self._models:
             from ..model import AdalasForCausalLM
-            if Path(path).parent == self.plan.runs_dir and not Path(path).is_dir():
-                raise ValueError(f"{path}: the run's model directory is gone but its rows are missing; delete "
-                                 f"{record_path(self.plan, Path(path).name)} to retrain it")
             self._models = {path: AdalasForCausalLM.from_pretrained(path, device=self.device)}  # one at a time
         return self._models[path]
 
-    @property
-    def items(self):
-        if self._items is None:
+    def items(self, es: EvalSet):
+        if es.name not in self._items:
             from ..evaluate import load_items
-            ev = self.plan.eval
-            self._items = load_items(ev["data"], self.tokenizer, limit=ev["limit"], prompt_format=ev["prompt_format"],
-                                     max_new_tokens=ev["max_new_tokens"])
-        return self._items
+            self._items[es.name] = load_items(es.data, self.tokenizer, prompt_format=self.plan.eval["prompt_format"],
+                                              max_new_tokens=es.max_new_tokens)
+        return self._items[es.name]
 
-    def sweep(self, model_path: str, configs, out: Path) -> list[dict]:
-        from ..sweep import run_sweep
+    def published(self, model_path: str, es: EvalSet) -> Path:
+        from ..hub import model_sha256
+        return self.plan.out / "rows" / store_key(model_sha256(model_path), es)
 
-        ev = self.plan.eval
-        return run_sweep(self.model(model_path), self.tokenizer, self.items, configs, out,
-                         max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], model_id=model_path,
-                         data_id=self.data_id, settings=self.settings, progress=self.progress)
+    def sweep(self, model_path: str, configs: Sequence, es: EvalSet, why: str) -> bool:
+        """Run `configs` (the first: the model at full depth) of the model at `model_path` over `es` into
+        its store, the look logged first for a test set, and publish the store without the data's text
+        (`published`); returns whether any row was made."""
+        from ..hub import model_sha256
 
+        sha = model_sha256(model_path)
+        store = self.plan.store / store_key(sha, es)
+        with store_lock(store):  # another invocation (the other lane) may add to the same store
+            return self._sweep(model_path, sha, store, configs, es, why)
 
-def adapted_configs(plan: Plan, records: dict[str, dict]) -> list:
-    """The base model at full depth and at each E1 run's own depth (off the shelf), then every E1 and
-    E2 checkpoint at its saved depth (config ids `base@<run>`, `learned:<run>`): those of `records`."""
-    from ..config import DepthConfig
-    from ..sweep import SweepConfig
+    def _sweep(self, model_path: str, sha: str, store: Path, configs: Sequence, es: EvalSet, why: str) -> bool:
+        from ..data import data_sha256
+        from ..sweep import run_sweep, sweep_settings
+        from ..tasks import git_commit, log_looks, publish
 
-    e1, e2 = plan.experiments["E1"], plan.experiments["E2"]
-    e1_names = [n for p in e1["pairs"] for n in (p["skip"], p["exit"]) if n in records]
-    names = e1_names + [n for n in [*e2["hidden_states"], *e2["fixed"]] if n in records]
-    configs = [SweepConfig("full", "full", None, DepthConfig())]
-    for n in e1_names:
-        depth = DepthConfig.parse(json.dumps(records[n]["depth"]))
-        strategy = "early_exit" if depth.mode == "early_exit" else "route"
-        configs.append(SweepConfig(f"base@{n}", strategy, None, depth))
-    for n in dict.fromkeys(names):
-        depth = DepthConfig.parse(json.dumps(records[n]["depth"]))
-        configs.append(SweepConfig(f"learned:{n}", "learned", None, depth, checkpoint=str(plan.runs_dir / n)))
-    return configs
+        out = self.plan.out / "rows" / store_key(sha, es)
+        items = self.items(es)
+        todo = [c for c in configs if c.config_id not in rows_complete(store, len(items))]
+        if todo:
+            model = self.model(model_path)
+            data_id = {"name": es.data, "split": "test"}
+            settings = {"prompt_format": self.plan.eval["prompt_format"], "max_prompt_tokens": None, "dtype": DTYPE,
+                        **({"data_sha256": d} if (d := data_sha256(es.data)) else {})}
+            full = sweep_settings(model_path, data_id, es.max_new_tokens, "data", settings,
+                                  batch_size=es.batch_size, model=model)
+            if es.test and self.plan.shared_rows is not None:
+                seed_store(self.plan.shared_rows / es.name, store, full, configs)
+                todo = [c for c in configs if c.config_id not in rows_complete(store, len(items))]
+            if es.test and todo:
+                log_looks(self.plan.looks, es.name, settings.get("data_sha256") or "", [(c.config_id, c.weights or sha)
+                                                                                       for c in todo], why, git_commit())
+            run_sweep(model, self.tokenizer, items, configs, store, max_new_tokens=es.max_new_tokens,
+                      batch_size=es.batch_size, model_id=model_path, data_id=data_id, settings=settings,
+                      progress=self.progress)
+        if todo or not (out / "per_sequence.jsonl").is_file():
+            publish(store, out)
+        return bool(todo)
 
+    def timed(self, stages, stage: str, model_path: str, configs: Sequence, es: EvalSet, why: str) -> None:
+        """`sweep`, its wall time added to `stages` when it made rows."""
+        import time
 
-def with_budgets(configs: list, num_layers: int) -> list:
-    """Fill each config's budget from its static route (None for per-token modes)."""
-    from dataclasses import replace
-
-    out = []
-    for c in configs:
-        route = c.depth.static_route(num_layers)
-        out.append(replace(c, budget=sum(route) if route else (num_layers if c.strategy == "full" else None)))
-    return out
-
-
-def model_layers(path: str) -> int:
-    from transformers import AutoConfig
-
-    from ..hub import resolve
-
-    return int(AutoConfig.from_pretrained(resolve(path)[0]).num_hidden_layers)
+        t0 = time.perf_counter()
+        if self.sweep(model_path, configs, es, why):
+            stages.add(stage, time.perf_counter() - t0)
