@@ -1,18 +1,20 @@
 """The engine: the depth loop, for every mode and family, in one place.
 
-A router (`adalas.routers`) says which tokens run a layer; a family (`adalas.families`) says how a
-layer computes; this module runs the layers. It never imports the model: its functions take the
-model as their first argument and read only `family`, `depth`, `router`, `usage`, `gather_tokens`,
-`gradient_checkpointing`, `checkpointing`, `training`, `device`, `dtype` and `num_layers` from it.
+A router (`adalas.routers`) says what each layer does for the tokens of a step (an
+`adalas.actions.Action`: run, skip, run some tokens, or run under straight-through gates); a family
+(`adalas.families`) says how a layer computes; this module runs the layers. It never imports the
+model: its functions take the model as their first argument and read only `family`, `depth`,
+`router`, `usage`, `gather_tokens`, `gradient_checkpointing`, `checkpointing`, `training`, `device`,
+`dtype` and `num_layers` from it.
 
 - `StepContext`: what every layer of one step shares (positions, rotary tables, mask, cache, ...).
-- The routed pass (`routed_pass`, and `routed_step` for one cached step): asks the router at every
-  layer; used by `forward` (training, teacher forcing), the prefill of per-token modes and their
-  decode steps. One layer body (`_layer_body`) serves every path.
-- The planned pass (`planned_pass`, `prefill`): a `DecodePlan` resolved once per generation for
-  routes known before a decode step (static routes, one route per sequence), so a decode step is a
-  plain loop over layers; used by the sampling loop (`adalas.generation`) and self-speculative
-  decoding (`adalas.speculative`).
+- `depth_pass`: the one depth loop, over per-layer actions. Its policy is a router, asked at every
+  layer (`forward`: training, teacher forcing; the prefill and decode steps of per-token modes), or a
+  `DecodePlan`, a router resolved ahead of time where the route is known before a decode step
+  (static routes, one route per sequence): the sampling loop (`adalas.generation`) and
+  self-speculative decoding (`adalas.speculative`) then ask no router. `cached_step` wraps it with
+  the cache's bookkeeping; `prefill` runs a static route's prompt. One layer body (`_layer_body`)
+  serves every action.
 - Cache setup (`new_cache`) and the step's attention mask (`build_attention_mask`, `step_mask`).
 
 Where compute is saved: a layer that no token runs costs only its key/value projection
@@ -37,12 +39,13 @@ import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .actions import RUN, Action, DecodePlan, Kind
 from .cache import KVCache
 from .cost import CostModel
 from .families import Family
@@ -119,77 +122,96 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-# -- the routed pass ------------------------------------------------------------------------------
-def routed_pass(model, input_ids, position_ids, attention_mask, prompt, cache, sequence_state, collect=False,
-                output_hidden_states=False, count_active=None):
-    """Every layer, asking the router at each: returns (final state (B, T, D), layer gates (B, T, L) when
-    `collect`, the hidden states entering each layer plus the last when `output_hidden_states`).
-    `prompt`: True (every token is a prompt token), or (B, T) bool. `cache`: None for an uncached pass
-    (`attention_mask` then gives the padding), else the step writes slots from `cache.length` (the
-    caller appends the mask and advances). `count_active` (active (B,), n_active): count this decode
-    step in `model.usage`."""
+# -- the depth loop -------------------------------------------------------------------------------
+class LayerPass(NamedTuple):
+    h: torch.Tensor  # (B, T, D) the last state
+    gates: torch.Tensor | None  # (B, T, L) layer gates, when collected
+    hidden: tuple | None  # the states entering each layer, plus the last, when asked for
+
+
+def depth_pass(model, policy, positions: torch.Tensor, tokens: torch.Tensor | None = None, *,
+               h: torch.Tensor | None = None, cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
+               prompt: torch.Tensor | bool = False, state: Any = None, row_ids: torch.Tensor | None = None,
+               start: int = 0, stop: int | None = None, capture: dict[int, Any] | None = None, collect: bool = False,
+               output_hidden_states: bool = False, count_active: tuple | None = None) -> LayerPass:
+    """The depth loop: layers start..stop-1 of one step over (B, T) tokens at `positions`, each doing
+    the action `policy` gives it (a router, asked at every layer; or a `DecodePlan`, a router resolved
+    ahead of time, which also stops above its last layer that does anything).
+
+    Starts from the embeddings of `tokens`, or from `h` (B, T, D), the state entering layer `start`.
+    `cache`: None for an uncached pass (`attention_mask` then gives the padding), else the step
+    writes slots from `cache.length` (the caller appends the mask and advances: `cached_step`).
+    `prompt`: True (every token is a prompt token), or (B, T) bool; prompt tokens run every layer
+    unless skip_prompt. `state`: the router's per-sequence state. `capture`: {k: None} gets the
+    state after k layers. `collect`: the layer gates (B, T, L); `output_hidden_states`: the states.
+    `count_active` (active (B,), n_active): count this decode step in `model.usage`."""
     fam = model.family
-    B, T = input_ids.shape
-    h = fam.embed(input_ids, position_ids)
+    if h is None:
+        h = fam.embed(tokens, positions)  # (B, T, D)
+    B, T = positions.shape
     ctx = StepContext(
-        family=fam, position_ids=position_ids, input_ids=input_ids,
-        row_ids=torch.arange(B, device=input_ids.device), rotary=fam.rotary(h, position_ids),
-        mask=build_attention_mask(model, attention_mask, cache, T), prompt=prompt,
-        full=False if model.depth.skip_prompt else prompt, cache=cache,
-        sequence_state=sequence_state, initial=h, windows=fam.windows,
+        family=fam, position_ids=positions, input_ids=tokens if tokens is not None else positions,
+        row_ids=torch.arange(B, device=positions.device) if row_ids is None else row_ids,
+        rotary=fam.rotary(h, positions),
+        mask=build_attention_mask(model, attention_mask, None, T) if cache is None else step_mask(model, cache, T),
+        prompt=prompt, full=False if model.depth.skip_prompt else prompt, cache=cache, sequence_state=state,
+        initial=h, windows=fam.windows,
         real=None if cache is not None or attention_mask is None else attention_mask.bool())
-    gates: list[torch.Tensor] = []
+    layers = list(fam.layers())
+    end = len(layers) if policy.stop is None else policy.stop
+    end = end if stop is None else min(stop, end)
+    full = ctx.full
+    gates: list[torch.Tensor] | None = [] if collect else None
     hidden = [h] if output_hidden_states else None
-    for i, layer in enumerate(fam.layers()):
-        if ctx.full is True:  # prompt-only step: every layer runs; per-sequence routers read the prompt
-            model.router.observe(i, h, ctx)
-            run = True
+    for i in range(start, end):
+        if capture is not None and i in capture:
+            capture[i] = h
+        if full is True:  # prompt-only step: every layer runs; per-sequence routers read the prompt
+            policy.observe(i, h, ctx)
+            action = RUN
         else:
-            run = _with_prompt(model.router.decide(i, h, ctx), ctx.full)
+            action = policy.decide(i, h, ctx)
+            if full is not False:
+                action = action.with_full(full)
         if count_active is not None:
-            model.usage.count_layer(i, run, *count_active)
-        h = _apply_layer(model, i, layer, h, ctx, run)
-        if collect:
-            gates.append(_as_gate(run, h))
+            model.usage.count_layer(i, action.count(*count_active))
+        h = _apply(model, i, layers[i], h, ctx, action)
+        if gates is not None:
+            gates.append(action.gate(h))
         if hidden is not None:
             hidden.append(h)
+    if capture is not None:
+        for layer_idx in capture:
+            if layer_idx >= end and capture[layer_idx] is None:
+                capture[layer_idx] = h  # layers above `end` leave the state unchanged
     if count_active is not None and "head_evals" in ctx.scratch:
         evals, (active, _) = ctx.scratch["head_evals"][:, -1], count_active  # (B,)
         model.usage.add_head_evals((evals if active is None else evals * active).sum())
-    return h, (torch.stack(gates, dim=-1) if collect else None), (tuple(hidden) if hidden else None)
+    return LayerPass(h, torch.stack(gates, dim=-1) if gates is not None else None,
+                     tuple(hidden) if hidden is not None else None)
 
 
-def routed_step(model, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache,
-                attention_mask: torch.Tensor, prompt: bool, sequence_state: Any = None,
-                active: torch.Tensor | None = None, n_active: int | None = None, count: bool = False) -> torch.Tensor:
-    """One cached routed step over new tokens (prefill or decode); returns the final states (B, T, D)."""
-    cache.append_mask(attention_mask)
-    h, _, _ = routed_pass(model, input_ids, position_ids, None, prompt, cache, sequence_state,
-                          count_active=(active, n_active) if count else None)
-    cache.advance(input_ids.shape[1])
+def cached_step(model, policy, cache: KVCache, positions: torch.Tensor, tokens: torch.Tensor,
+                attention_mask: torch.Tensor, all_valid: bool | None = None, **kwargs: Any) -> torch.Tensor:
+    """One cached step over new tokens (prefill or decode): records their mask (`all_valid=True`: it
+    has no zero), runs `depth_pass`, advances the cache. Returns the final states (B, T, D)."""
+    cache.append_mask(attention_mask, all_valid=all_valid)
+    h = depth_pass(model, policy, positions, tokens, cache=cache, **kwargs).h
+    cache.advance(tokens.shape[1])
     return h
 
 
-def _with_prompt(run, prompt):
-    """Tokens in `prompt` (`ctx.full`: the prompt, none under skip_prompt) run every layer."""
-    if prompt is False or run is True:
-        return run
-    if prompt is True:
-        return True
-    if isinstance(run, bool):
-        return prompt if not run else True
-    if run.dtype == torch.bool:
-        return run | prompt
-    return torch.where(prompt, torch.ones_like(run), run)
-
-
-def _apply_layer(model, i: int, layer: nn.Module, h: torch.Tensor, ctx: StepContext, run) -> torch.Tensor:
-    if run is True:
+def _apply(model, i: int, layer: nn.Module, h: torch.Tensor, ctx: StepContext, action: Action) -> torch.Tensor:
+    """Layer i under `action`: whole; skipped (`_skip`); on the runners' rows or tokens (`_gathered`,
+    `_gathered_tokens`); or mixed by straight-through gates."""
+    kind = action.kind
+    if kind is Kind.RUN:
         return _layer(model, i, layer, h, ctx)
-    if run is False:
+    if kind is Kind.SKIP:
         _skip(model, i, layer, h, ctx)
         return h
-    if run.dtype != torch.bool:  # straight-through gates (training)
+    run = action.rows  # (B, T)
+    if kind is Kind.GATED:  # straight-through gates (training)
         stored = run.detach() > 0.5 if model.depth.masks_skipped_kv else None
         return h + run.unsqueeze(-1) * (_layer(model, i, layer, h, ctx, stored) - h)
     if ctx.cache is not None and ctx.num_tokens == 1:
@@ -424,70 +446,7 @@ def _windowed(ctx: StepContext, mask: torch.Tensor | None, window: int, T: int, 
     return mask.masked_fill(~band, float("-inf"))
 
 
-def _as_gate(run, h: torch.Tensor) -> torch.Tensor:
-    B, T = h.shape[:2]
-    if isinstance(run, bool):
-        return h.new_full((B, T), 1.0 if run else 0.0)
-    return run.to(h.dtype) if run.dtype == torch.bool else run
-
-
-# -- the planned pass (lean decoding) ------------------------------------------------------------
-# Layer actions of a DecodePlan.
-RUN = 0  # the whole layer
-SKIP = 1  # skipped: nothing computed, nothing stored (no later token of the sequence runs this layer)
-MIXED = 2  # some rows run it, the others skip it (one route per sequence)
-
-
-class DecodePlan:
-    """Per layer, what a cached step does, fixed for a whole generation (resolved once, so a decode
-    step needs no router). `routes` (B or 1, L) bool: which rows run which layer (usage counting).
-    Only for routes fixed per sequence: then a skipped (token, layer) stores no keys/values whatever
-    `kv_fill` says, since no later token of that sequence runs the layer to read them."""
-
-    def __init__(self, routes: torch.Tensor):
-        self.routes = routes
-        self.actions: list[int] = []
-        self.run_rows: list[torch.Tensor | None] = []
-        for column in routes.unbind(1):  # (B,) per layer
-            n_run = int(column.sum())
-            action = RUN if n_run == column.numel() else SKIP if n_run == 0 else MIXED
-            self.actions.append(action)
-            self.run_rows.append(column if action == MIXED else None)
-        # layers above the last one that does anything are not visited at all
-        self.stop = max((i + 1 for i, a in enumerate(self.actions) if a != SKIP), default=0)
-
-    @classmethod
-    def static(cls, route: list[bool], device=None) -> "DecodePlan":
-        return cls(torch.tensor([route], dtype=torch.bool, device=device))
-
-    def with_actions(self, actions: list[int]) -> "DecodePlan":
-        """A copy with other actions for a static plan (a self-speculative draft)."""
-        plan = DecodePlan.__new__(DecodePlan)
-        plan.routes = torch.tensor([[a == RUN for a in actions]], dtype=torch.bool, device=self.routes.device)
-        plan.actions, plan.run_rows = list(actions), [None] * len(actions)
-        plan.stop = max((i + 1 for i, a in enumerate(actions) if a != SKIP), default=0)
-        return plan
-
-
-def decode_plan(model, sequence_state: Any, batch_size: int) -> DecodePlan | None:
-    """The plan of the model's depth for decode steps, or None for modes that decide per token."""
-    L, depth = model.num_layers, model.depth
-    static = depth.static_route(L)
-    if static is not None:
-        return DecodePlan.static(static, model.device)
-    routes = _sequence_routes(sequence_state, batch_size, L)
-    return DecodePlan(routes) if routes is not None else None
-
-
-def _sequence_routes(state: Any, batch_size: int, num_layers: int) -> torch.Tensor | None:
-    """(B, L) bool when the router fixed one route per sequence: a per-sequence router's state is
-    its routes (random_budget) or holds them as `.routes` (sequence, after the prefill)."""
-    routes = getattr(state, "routes", state)
-    if isinstance(routes, torch.Tensor) and routes.dtype == torch.bool and routes.shape == (batch_size, num_layers):
-        return routes
-    return None
-
-
+# -- the cache and the step's mask ---------------------------------------------------------------
 def new_cache(model, batch_size: int, max_length: int, prompt_length: int | None = None) -> KVCache:
     """A cache for prompt + new tokens. A static route's skipped layers never store a generated token
     (under either kv_fill): they get room for the prompt only (none with skip_prompt)."""
@@ -514,44 +473,10 @@ def step_mask(model, cache: KVCache, T: int) -> torch.Tensor | None:
     return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
-def planned_pass(model, cache: KVCache, positions: torch.Tensor, plan: DecodePlan, row_ids: torch.Tensor,
-                 tokens: torch.Tensor | None = None, h: torch.Tensor | None = None, start: int = 0,
-                 stop: int | None = None, capture: dict[int, Any] | None = None) -> torch.Tensor:
-    """Layers start..stop-1 of one cached step over (B, T) new tokens, writing cache slots from
-    `cache.length` (the caller appends the mask and advances). Starts from the token embeddings, or
-    from `h` (B, T, D), the state entering layer `start`. `capture`: {k: None} gets the state after k
-    layers. Returns the last state (B, T, D)."""
-    fam = model.family
-    if h is None:
-        h = fam.embed(tokens, positions)  # (B, T, D)
-    T = positions.shape[1]
-    ctx = StepContext(family=fam, position_ids=positions, input_ids=tokens if tokens is not None else positions,
-                      row_ids=row_ids, rotary=fam.rotary(h, positions), mask=step_mask(model, cache, T),
-                      prompt=False, cache=cache, windows=fam.windows)
-    layers = fam.layers()
-    end = plan.stop if stop is None else min(stop, plan.stop)
-    for i in range(start, end):
-        if capture is not None and i in capture:
-            capture[i] = h
-        action = plan.actions[i]
-        if action == RUN:
-            h = _layer_body(model, i, layers[i], h, ctx, None)
-        elif action == MIXED:
-            h = _gathered(model, i, layers[i], h, ctx, plan.run_rows[i])
-    if capture is not None:
-        for layer_idx in capture:
-            if layer_idx >= end and capture[layer_idx] is None:
-                capture[layer_idx] = h  # layers above `end` leave the state unchanged
-    return h
-
-
 def prefill(model, cache: KVCache, input_ids: torch.Tensor, positions: torch.Tensor,
             attention_mask: torch.Tensor, row_ids: torch.Tensor, capture: dict[int, Any] | None = None) -> torch.Tensor:
     """The prompt through a static route's model: every layer (or the route, with skip_prompt)."""
     depth, L = model.depth, model.num_layers
     route = depth.static_route(L) if depth.skip_prompt else [True] * L
-    plan = DecodePlan.static(route, input_ids.device)
-    cache.append_mask(attention_mask)
-    h = planned_pass(model, cache, positions, plan, row_ids, tokens=input_ids, capture=capture)
-    cache.advance(input_ids.shape[1])
-    return h
+    return cached_step(model, DecodePlan.static(route, input_ids.device), cache, positions, input_ids, attention_mask,
+                       row_ids=row_ids, capture=capture)

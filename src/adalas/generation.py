@@ -16,15 +16,15 @@ row continues from its last position. The cache is preallocated for prompt + max
 
 The fast path (always, where it applies) serves every mode whose route is known before a decode
 step: static routes (full, static_skip, early_exit, route) and one route per sequence
-(random_budget, sequence). It resolves the route once into a `DecodePlan`, so a decode step is a
-plain loop over layers with no router call and no per-layer bookkeeping (usage is counted once, at
-the end); a skipped layer costs one branch and nothing else: with one route per sequence no later
-token reads the keys/values it would store, so `kv_fill` "propagate" and "mask" compute the same
-thing (`DepthConfig.stores_skipped_kv`). That is the engine's planned pass (`adalas.engine`): the
-same layer body as its routed pass, with the family's fused projection weights
-(`Family.fused_weights`: built for the call and freed when it returns, unless a `Family.hold_fused`
-block keeps them across calls). Per-token modes (stochastic, learned, confidence_exit) use the routed pass. `draft_depth=` switches to self-speculative
-decoding (`adalas.speculative`).
+(random_budget, sequence). The router resolves the route once into a `DecodePlan` (`Router.plan`),
+so a decode step asks no router and does no per-layer bookkeeping (usage is counted once, at the
+end); a skipped layer computes nothing: with one route per sequence no later token reads the
+keys/values it would store, so `kv_fill` "propagate" and "mask" compute the same thing
+(`DepthConfig.stores_skipped_kv`). Both go through the engine's one depth loop (`adalas.engine`),
+the plan with the family's fused projection weights (`Family.fused_weights`: built for the call and
+freed when it returns, unless a `Family.hold_fused` block keeps them across calls). Per-token modes
+(stochastic, learned, confidence_exit) ask the router at every layer of every step. `draft_depth=`
+switches to self-speculative decoding (`adalas.speculative`).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from transformers import (GenerationConfig, LogitsProcessorList, MinNewTokensLen
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .cache import KVCache
-from .engine import decode_plan, new_cache, planned_pass, positions_from_mask, prefill, routed_step
+from .engine import cached_step, new_cache, positions_from_mask, prefill
 from .speculative import generate_speculative
 
 # GenerationConfig fields this loop implements (any value), or that do not change what a decoder-only
@@ -185,8 +185,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 
     `draft_depth` (a DepthConfig, dict, JSON, or "auto") and `num_draft_tokens` (k, or None to adapt
     it): self-speculative decoding, see `adalas.speculative`. `_fast_path=False` (internal, not
-    an option: tests and `adalas bench decode` compare the two) runs every step through the engine's
-    routed pass with the original weights."""
+    an option: tests and `adalas bench decode` compare the two) asks the router at every layer of
+    every step, with the original weights (no `DecodePlan`, no fused copies)."""
     if synced_gpus:
         raise ValueError("generate: synced_gpus=True is not supported by adalas (each rank decodes on its own)")
     for name in _UNSET_ONLY:
@@ -297,9 +297,10 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
         h = prefill(model, cache, input_ids, positions, attention_mask, row_ids)
     else:
         cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
-        h = routed_step(model, input_ids, positions, cache, attention_mask, prompt=True, sequence_state=state)
+        h = cached_step(model, model.router, cache, positions, input_ids, attention_mask, prompt=True, state=state,
+                        row_ids=row_ids)
     logits = model.logits_from_state(h[:, -1])
-    plan = decode_plan(model, state, B) if fast_path else None
+    plan = model.router.plan(state, device) if fast_path else None
     row_steps = torch.zeros(B, dtype=torch.long, device=device)  # decode steps per row while active
     next_pos = positions[:, -1] + 1
     ids = input_ids
@@ -329,13 +330,12 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
         active = ~finished
         n_active = int(active.sum())
         model.usage.add_tokens(n_active)
-        if plan is None:
-            h = routed_step(model, token[:, None], next_pos[:, None], cache, ones, prompt=False,
-                            sequence_state=state, active=active, n_active=n_active, count=True)
-        else:
-            cache.append_mask(ones, all_valid=True)
-            h = planned_pass(model, cache, next_pos[:, None], plan, row_ids, tokens=token[:, None])
-            cache.advance(1)
+        if plan is None:  # the router at every layer; usage counted per layer
+            h = cached_step(model, model.router, cache, next_pos[:, None], token[:, None], ones, all_valid=True,
+                            state=state, row_ids=row_ids, count_active=(active, n_active))
+        else:  # usage counted once, at the end, from the plan's routes
+            h = cached_step(model, plan, cache, next_pos[:, None], token[:, None], ones, all_valid=True,
+                            row_ids=row_ids)
             row_steps += active
         logits = model.logits_from_state(h[:, -1])
         next_pos = next_pos + 1

@@ -4,7 +4,7 @@ Notable:
 - This is the face, not the loop: loading and saving (safetensors, the depth config, controllers,
   the sequence router), switching the depth (`set_depth`), usage counters (read from `usage.Usage`),
   the Trainer's and peft's hooks (activation checkpointing, embeddings), `forward` and `generate`.
-- The depth loop is `adalas.engine` (`routed_pass` for `forward`); decisions come from
+- The depth loop is `adalas.engine` (`depth_pass`, asking the router, for `forward`); decisions come from
   `adalas.routers`; the sampling loop is `adalas.generation`.
 - Prompt tokens (label -100, or every token of a forward without labels, or the prefill) run every
   layer unless `skip_prompt=True`.
@@ -23,7 +23,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import DEPTH_FILE, DepthConfig
-from .engine import positions_from_mask, routed_pass
+from .engine import depth_pass, positions_from_mask
 from .families import family_for
 from .generation import generate
 from .io import atomic_save_tensors, atomic_write_text
@@ -245,8 +245,9 @@ class AdalasForCausalLM(nn.Module):
             position_ids = positions_from_mask(attention_mask)
         prompt: torch.Tensor | bool = True if labels is None else labels.eq(-100)
         state = self.router.start(B, input_ids.device)
-        h, gates, hidden = routed_pass(self, input_ids, position_ids, attention_mask, prompt, None, state,
-                                       collect=True, output_hidden_states=output_hidden_states)
+        h, gates, hidden = depth_pass(self, self.router, position_ids, input_ids, attention_mask=attention_mask,
+                                      prompt=prompt, state=state, collect=True,
+                                      output_hidden_states=output_hidden_states)
         logits = self.family.head(self.family.final(h))
         loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         return AdalasCausalLMOutput(loss=loss, logits=logits, layer_gates=gates, hidden_states=hidden)

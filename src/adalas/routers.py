@@ -1,11 +1,12 @@
 """Routers: for each layer, which tokens run it; per token or per sequence, one interface.
 
-A router answers `decide(layer_idx, h, ctx)` with
-  - `True` / `False`: every token runs / skips the layer (static modes; no tensor work at all),
-  - a bool tensor (B, T): per token (stochastic, per-sequence routes, learned in eval),
-  - a float tensor (B, T) of 0/1 values carrying straight-through gradients (learned in training).
-`start(batch_size, device)` gives the per-sequence state of a forward or a generation, and
-`observe(layer_idx, h, ctx)` shows a per-sequence router the prompt as a full-depth prefill passes.
+A router answers `decide(layer_idx, h, ctx)` with an `adalas.actions.Action`: `RUN` / `SKIP` (every
+token runs / skips the layer; static modes, no tensor work at all), `run_rows(rows)` (per token:
+stochastic, per-sequence routes, learned in eval) or `gated(weight)` (straight-through gates: learned
+in training). `start(batch_size, device)` gives the per-sequence state of a forward or a generation,
+`observe(layer_idx, h, ctx)` shows a per-sequence router the prompt as a full-depth prefill passes,
+and `plan(state, device)` resolves the router ahead of time into a `DecodePlan` where its route is
+known before a decode step (static routes; one route per sequence once the prefill chose it).
 Modes differ only in the router they build (`build_router`, the one dispatch on mode); the depth
 loop (`adalas.engine`) is shared.
 
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .actions import RUN, SKIP, Action, DecodePlan, gated, of_route, run_rows
 from .config import DepthConfig, route_from_str, route_to_str
 from .io import atomic_save_tensors, atomic_write_json
 
@@ -48,16 +50,22 @@ class Router:
 
     train_step: int | None = None  # the Trainer's global_step while training (joins the random keys)
     last_state: Any = None  # the state of the last `start` (routes a generation chose, for counting)
+    stop: int | None = None  # the depth loop visits every layer (a `DecodePlan` may stop lower)
 
     def start(self, batch_size: int, device: torch.device) -> Any:
         """Per-sequence state drawn at the start of a forward or a generation (None if none)."""
         return None
 
-    def decide(self, layer_idx: int, h: torch.Tensor, ctx: "StepContext"):
-        return True
+    def decide(self, layer_idx: int, h: torch.Tensor, ctx: "StepContext") -> Action:
+        return RUN
 
     def observe(self, layer_idx: int, h: torch.Tensor, ctx: "StepContext") -> None:
         """A prompt-only step (every layer runs): h enters layer `layer_idx` (per-sequence routers read it)."""
+
+    def plan(self, state: Any, device: torch.device) -> DecodePlan | None:
+        """The decode steps' actions resolved now, from the state `start` gave and the prefill filled;
+        None where they depend on each token (then every step asks `decide`)."""
+        return None
 
 
 class StaticRouter(Router):
@@ -65,9 +73,13 @@ class StaticRouter(Router):
 
     def __init__(self, route: list[bool]):
         self.route = [bool(r) for r in route]
+        self.actions = [of_route(r) for r in self.route]
 
     def decide(self, layer_idx, h, ctx):
-        return self.route[layer_idx]
+        return self.actions[layer_idx]
+
+    def plan(self, state, device):
+        return DecodePlan.static(self.route, device)
 
 
 @dataclass
@@ -134,9 +146,9 @@ class StochasticRouter(_KeyedRouter):
         p = self.skip_probs[layer_idx]
         pool = self.pool_runs
         if p <= 0.0 and layer_idx not in self.pool_skips:
-            return True
+            return RUN
         if p >= 1.0 and not self.full_depth_share and pool is None:
-            return False
+            return SKIP
         keys = self._state(ctx).keys[ctx.row_ids][:, None]  # (B, 1)
         if pool is not None and pool.device != keys.device:
             self.pool_runs = pool = pool.to(keys.device)  # once, not a copy per layer and step
@@ -150,7 +162,7 @@ class StochasticRouter(_KeyedRouter):
             which = (hash_uniform(keys, torch.full_like(keys, -2), -2) * len(pool)).long().clamp(max=len(pool) - 1)
             route_runs = pool[:, layer_idx][which]  # (B, 1)
             run = torch.where(on_pool, route_runs, run)
-        return run
+        return run_rows(run)
 
 
 class PerSequenceRouter(_KeyedRouter):
@@ -167,7 +179,10 @@ class PerSequenceRouter(_KeyedRouter):
 
     def decide(self, layer_idx, h, ctx):
         run = self._state(ctx).routes[ctx.row_ids, layer_idx]  # (B,)
-        return run[:, None].expand_as(ctx.position_ids)
+        return run_rows(run[:, None].expand_as(ctx.position_ids))
+
+    def plan(self, state: RouteState, device):
+        return DecodePlan(state.routes) if state.routes is not None else None
 
 
 def random_route(num_layers: int, budget: int, keep_first: bool, key: int) -> torch.Tensor:
@@ -292,12 +307,12 @@ class LearnedRouter(Router):
     def decide(self, layer_idx, h, ctx):
         key = str(layer_idx)
         if key not in self.controllers:
-            return True
+            return RUN
         controller = self.controllers[key]
         logits = controller(ctx.controller_signal(self.controller_input, h))  # (B, T, 2): skip, run
         if controller.training:
-            return F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 1].to(h.dtype)
-        return logits[..., 1] > logits[..., 0]
+            return gated(F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)[..., 1].to(h.dtype))
+        return run_rows(logits[..., 1] > logits[..., 0])
 
 
 class ConfidenceExitRouter(Router):
@@ -318,7 +333,7 @@ class ConfidenceExitRouter(Router):
 
     def decide(self, layer_idx, h, ctx):
         if layer_idx < self.first:
-            return True
+            return RUN
         s = ctx.scratch
         if "exited" not in s:
             s["exited"] = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)  # (B, T)
@@ -332,7 +347,7 @@ class ConfidenceExitRouter(Router):
                     logits = ctx.family.head(ctx.family.final(h[idx]))  # (N, V)
                     exited[idx] = confidence(logits, self.measure) >= self.threshold
                 s["head_evals"][idx] += 1
-        return ~exited
+        return run_rows(~exited)
 
 
 def confidence(logits: torch.Tensor, measure: str) -> torch.Tensor:
@@ -499,13 +514,16 @@ class SequenceRouter(Router):
             if layer_idx == self.controller.feature_layer:
                 self._predict(h, ctx, prompt_tokens(ctx))
             elif self._common[layer_idx] is not None:
-                return self._common[layer_idx]
+                return of_route(self._common[layer_idx])
             else:
                 raise ValueError(f"mode 'sequence': layer {layer_idx} needs a route before the prompt features "
                                  f"(layer {self.controller.feature_layer}) exist, and the candidate routes differ "
                                  f"there; use generate() (the prefill comes first)")
         run = state.routes[ctx.row_ids, layer_idx]  # (B,)
-        return run[:, None].expand_as(ctx.position_ids)
+        return run_rows(run[:, None].expand_as(ctx.position_ids))
+
+    def plan(self, state: SequenceState, device):
+        return DecodePlan(state.routes) if state.routes is not None else None
 
     def _predict(self, h, ctx, valid):
         state: SequenceState = ctx.sequence_state

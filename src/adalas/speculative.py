@@ -33,7 +33,8 @@ Notable:
   decode steps.
 - Read in this order: choosing the draft (`choose_draft`), one draft-and-verify round
   (`_draft_and_verify`), recording a round (`_record_round`), then the loop (`generate_speculative`).
-  It builds on the engine's planned pass (`adalas.engine`), never on the model's internals.
+  It builds on the engine's depth loop run by `DecodePlan`s (`adalas.engine`, `adalas.actions`), never on
+  the model's internals.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ from transformers import LogitsProcessorList
 from .cache import KVCache
 from .config import DepthConfig
 from .cost import CostModel
-from .engine import RUN, SKIP, DecodePlan, new_cache, planned_pass, positions_from_mask, prefill
+from .actions import RUN, SKIP, DecodePlan
+from .engine import cached_step, depth_pass, new_cache, positions_from_mask, prefill
 from .usage import SpeculativeStats
 
 K_MAX = 8  # longest draft
@@ -323,8 +325,8 @@ def _draft_and_verify(model, cache: KVCache, draft: Draft, target: DecodePlan, s
         cap = {draft.first: None}
         cache.append_mask(ones, all_valid=True)
         last = j == k_now  # the last draft only needs its lower layers (for verification)
-        h = planned_pass(model, cache, (next_pos + j)[:, None], draft.plan, row_ids, tokens=feed[:, None],
-                         stop=draft.first if last else None, capture=cap)
+        h = depth_pass(model, draft.plan, (next_pos + j)[:, None], feed[:, None], cache=cache, row_ids=row_ids,
+                       stop=draft.first if last else None, capture=cap).h
         cache.advance(1)
         lows.append(cap[draft.first])
         if not last:
@@ -334,7 +336,7 @@ def _draft_and_verify(model, cache: KVCache, draft: Draft, target: DecodePlan, s
             qs.append(q)
     cache.rewind(S)
     vpos = next_pos[:, None] + out.arange[:k_now + 1]  # (B, k+1)
-    h = planned_pass(model, cache, vpos, target, row_ids, h=torch.cat(lows, 1), start=draft.first)
+    h = depth_pass(model, target, vpos, h=torch.cat(lows, 1), cache=cache, row_ids=row_ids, start=draft.first).h
     cache.advance(k_now + 1)
     p = select.scores(model.logits_from_state(h), count)  # (B, k+1, V)
     D = torch.stack(drafts, 1)  # (B, k)
@@ -413,9 +415,8 @@ def generate_speculative(model, input_ids: torch.Tensor, attention_mask: torch.T
             usage.add_tokens(int(active.sum()))
             row_steps += active
             cache.ensure(cache.length + 1)
-            cache.append_mask(ones, all_valid=True)
-            h = planned_pass(model, cache, next_pos[:, None], target, row_ids, tokens=token[:, None])
-            cache.advance(1)
+            h = cached_step(model, target, cache, next_pos[:, None], token[:, None], ones, all_valid=True,
+                            row_ids=row_ids)
             token = select.pick(select.scores(model.logits_from_state(h[:, -1:]), out.count)[:, 0])
             stats.plain_tokens += int(torch.minimum(active.long(), max_new_tokens - out.count).sum())
             out.emit(token[:, None], torch.ones_like(out.count))

@@ -76,14 +76,9 @@ class Usage:
     def add_tokens(self, n: int) -> None:
         self.tokens += n
 
-    def count_layer(self, layer_idx: int, run, active: torch.Tensor | None, n_active: int) -> None:
-        """One decode step's decision at layer `layer_idx`: `run` is a bool (every row) or a (B,) / (B, T)
-        tensor (the last position counts); only `active` rows count."""
-        if isinstance(run, bool):
-            add = n_active if run else 0
-        else:
-            r = run[:, -1].bool() if run.dim() == 2 else run.bool()
-            add = (r & active).sum() if active is not None else r.sum()
+    def count_layer(self, layer_idx: int, add: Any) -> None:
+        """One decode step at layer `layer_idx`: `add` active rows ran it (an int, or a 0-d tensor:
+        `adalas.actions.Action.count`)."""
         self._grow(layer_idx + 1)
         self.runs[layer_idx] = self.runs[layer_idx] + add
 

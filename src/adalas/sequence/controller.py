@@ -6,7 +6,7 @@ for `label`; a sequence takes argmax(utility - lam * layers)), its files and the
 (`pool_features`) are inference, in `adalas.routers`.
 
 - `prompt_features` computes the features with a prompt pass through the layers below the feature
-  layer only (the engine's routed pass).
+  layer only (the engine's depth loop, `depth_pass`).
 - `calibrate` finds lam on validation data for an average depth; `calibration_table` does it every
   quarter layer, so one controller serves every budget.
 - Fitting (`fit_controller`): ridge in dual form with leave-one-out selection, or logistic
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import DepthConfig
-from ..engine import positions_from_mask, routed_pass
+from ..engine import depth_pass, positions_from_mask
 from ..routers import OBJECTIVES, SequenceController, pick, pool_features
 from .table import route_labels
 
@@ -81,7 +81,8 @@ def prompt_features(model, prompts: Sequence[Sequence[int]], layers: Sequence[in
             if top == 0:
                 hidden = (model.family.embed(ids, pos),)
             else:  # layers >= top are skipped with no cache: they cost nothing
-                _, _, hidden = routed_pass(model, ids, pos, mask, True, None, None, output_hidden_states=True)
+                hidden = depth_pass(model, model.router, pos, ids, attention_mask=mask, prompt=True,
+                                    output_hidden_states=True).hidden
             for k in layers:
                 feats = pool_features(hidden[k], mask.bool()).cpu()
                 for r, i in enumerate(idx):

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..actions import DecodePlan, run_rows
 from ..config import DepthConfig, route_to_str
 from ..routers import Router, SequenceRouter, SequenceState
 from .controller import batches, left_pad, prompt_features, temporary_depth
@@ -64,7 +65,10 @@ class _FixedRoutes(Router):
         return SequenceState(routes=self.routes.to(device))
 
     def decide(self, layer_idx, h, ctx):
-        return ctx.sequence_state.routes[ctx.row_ids, layer_idx][:, None].expand_as(ctx.position_ids)
+        return run_rows(ctx.sequence_state.routes[ctx.row_ids, layer_idx][:, None].expand_as(ctx.position_ids))
+
+    def plan(self, state, device):
+        return DecodePlan(state.routes)
 
 
 @contextmanager
