@@ -36,6 +36,9 @@ def choose(plan: Plan, stages) -> dict:
     """`<out>/E1/choice.json`: per depth, arm and seed, each candidate's held-out KD and the one chosen."""
     path = plan.out / "E1" / "choice.json"
     doc = read_json(path) or {"heldout_sha256": heldout_sha256(plan), "scores": {}, "chosen": []}
+    if doc["heldout_sha256"] != heldout_sha256(plan):
+        raise ValueError(f"{path}: E1 chose on other held-out rows (sha256 {doc['heldout_sha256'][:12]}) than "
+                         f"{plan.heldout}; a new choice is a new study: use another --out")
     runs = {r.name: r for r in e1_runs(plan)}
     todo = [r for name, r in runs.items() if name not in doc["scores"]]
     if todo:

@@ -31,8 +31,13 @@ from .sweeps import Evaluator, eval_sets
 
 
 def lr_choice(plan: Plan) -> dict | None:
-    doc = read_json(plan.out / "E2" / "lr_choice.json")
-    return doc if doc is not None and doc["grid"] == list(plan.e2.lr_grid) else None
+    """The pilots' choice made earlier, None before; one made on another grid or other rows is refused."""
+    path = plan.out / "E2" / "lr_choice.json"
+    doc = read_json(path)
+    if doc is not None and (doc["grid"] != list(plan.e2.lr_grid) or doc["heldout_sha256"] != heldout_sha256(plan)):
+        raise ValueError(f"{path}: E2's rates were chosen on another grid or other held-out rows; a new choice is a "
+                         f"new study: use another --out")
+    return doc
 
 
 def choose_rates(plan: Plan, stages) -> dict:

@@ -47,7 +47,8 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
     plan.out.mkdir(parents=True, exist_ok=True)
     stages = Stages(plan.out)
     train_runs(plan, stages, prerequisites(plan))
-    layers = checkpoint_num_layers(resolve(plan.model)[1]) if resolve(plan.model)[1] else None
+    local = resolve(plan.model)[1]
+    layers = checkpoint_num_layers(local) if local else None
     if layers is not None and layers != plan.layers:
         raise ValueError(f"plan {plan.path}: layers is {plan.layers}, the model {plan.model!r} has {layers}")
     ev = Evaluator(plan, device, progress)
