@@ -66,9 +66,9 @@ def run_e3(plan: Plan, ev: Evaluator, stages) -> None:
     record_preregistration(plan)
     cands, samples = candidate_configs(plan), sample_configs(plan)
     why = f"adalas study {plan.name}: E3's K = {plan.e3.k} candidates and null control on {path}"
+    ev.timed(stages, "sweep:E3:heldout", path, cands, heldout_set(plan), why)  # each candidate seen there first
     for es in eval_sets(plan):
         ev.timed(stages, f"sweep:E3:{es.name}", path, cands + samples, es, why)
-    ev.timed(stages, "sweep:E3:heldout", path, cands, heldout_set(plan), why)
 
 
 def e3_rows(plan: Plan, ev: Evaluator, sets=None) -> Rows:
