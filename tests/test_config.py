@@ -197,8 +197,10 @@ def test_every_depth_config_in_the_repository_loads():
     found = [(str(d), DepthConfig.from_dir(d)) for d in sorted((pkg / "adapters").glob("*")) if (d / DEPTH_FILE).is_file()]
     assert len(found) >= 3
     entries = [(f"recipe {name}", load_recipe(name).get("depth")) for name in recipe_names()]
-    for f in sorted((pkg / "studies").glob("*.yaml")):
-        entries += _depth_entries(yaml.safe_load(f.read_text()), str(f))
+    from adalas.study.routes import resolve_depth
+    for f in sorted((pkg / "studies").glob("*.yaml")):  # a plan names routes (uniform@B): resolved as it loads them
+        plan = yaml.safe_load(f.read_text())
+        entries += [(w, resolve_depth(v, plan["layers"])) for w, v in _depth_entries(plan, str(f))]
     for pattern in ("results/**/*.json", "results/**/*.jsonl", "data/**/*.json", "data/**/*.jsonl"):
         for f in sorted(root.glob(pattern)):
             lines = f.read_text().splitlines() if f.suffix == ".jsonl" else [f.read_text()]
