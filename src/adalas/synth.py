@@ -47,9 +47,10 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .data import TASKS, Example, adds_bos, file_sha256, load_examples, make_collator, tokenize_prompt
+from .data import Example, adds_bos, file_sha256, load_examples, make_collator, tokenize_prompt
 from .io import atomic_write_json, atomic_write_text
-from .synth_shapes import (MAX_SOURCE_TOKENS, SHAPE_ANSWER_TOKENS, SHAPE_REPETITION_PENALTY, SHAPE_TEMPERATURE,
+# the shape rules live in synth_shapes; shape_definition and SHAPE_ANSWER_TOKENS are re-exported for callers
+from .synth_shapes import (MAX_SOURCE_TOKENS, SHAPE_ANSWER_TOKENS, SHAPE_REPETITION_PENALTY, SHAPE_TEMPERATURE,  # noqa: F401
                            SHAPES, SOURCE_WORDS, Request, loops, shape_definition, shape_digest, source_text,
                            well_formed)
 from .synth_shapes import shape_requests as _shape_requests
