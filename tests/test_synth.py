@@ -413,7 +413,7 @@ def test_write_sources_samples_with_the_rounds_seed_and_a_repetition_penalty(mon
 
 
 def test_a_text_cut_by_its_cap_keeps_its_whole_messages_or_sentences():
-    from adalas.synth_shapes import loops, source_text
+    from adalas.synth_shapes import source_text
 
     chat = "Anna: hi there  \n\n(Ben waves)\nBen:  hello\nAnna: see you at"
     assert source_text("dialogue", chat, finished=True) == "Anna: hi there\nBen: hello\nAnna: see you at"
@@ -423,4 +423,4 @@ def test_a_text_cut_by_its_cap_keeps_its_whole_messages_or_sentences():
     assert source_text("article", article, finished=False) == 'The fair opened on Monday. "It was busy!" said Tara.'
     assert source_text("input", "no sentence ends here", finished=False) == ""
     assert source_text("input", "  Version 2.0 is out.  ", finished=True) == "Version 2.0 is out."
-    assert loops("a b c d e f g h x a b c d e f g h") and not loops("a b c d e f g h x a b c d e f g y")
+    assert S.loops("a b c d e f g h x a b c d e f g h") and not S.loops("a b c d e f g h x a b c d e f g y")

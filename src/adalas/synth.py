@@ -51,7 +51,7 @@ from .data import Example, adds_bos, file_sha256, load_examples, make_collator, 
 from .io import atomic_write_json, atomic_write_text
 # the shape rules live in synth_shapes; shape_definition and SHAPE_ANSWER_TOKENS are re-exported for callers
 from .synth_shapes import (MAX_SOURCE_TOKENS, SHAPE_ANSWER_TOKENS, SHAPE_REPETITION_PENALTY, SHAPE_TEMPERATURE,  # noqa: F401
-                           SHAPES, SOURCE_WORDS, Request, loops, shape_definition, shape_digest, source_text,
+                           SHAPES, SOURCE_WORDS, Request, shape_definition, shape_digest, source_text,
                            well_formed)
 from .synth_shapes import shape_requests as _shape_requests
 
@@ -147,6 +147,12 @@ def words(text: str) -> list[str]:
 
 def ngrams(tokens: Sequence[str], n: int = NGRAM) -> set[tuple[str, ...]]:
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def loops(text: str) -> bool:
+    """Whether a word 8-gram occurs twice in `text` (the way a small model's text runs on)."""
+    w = words(text)
+    return len(ngrams(w)) < len(w) - NGRAM + 1
 
 
 class NearDuplicates:

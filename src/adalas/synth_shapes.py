@@ -4,9 +4,9 @@ made into rows: pure text rules, no model.
 A 135M model rarely ends a whole chat or article by itself: it repeats, or runs on. Dropping every
 such text left 2 rows of 24 dialogues and none of 16 articles in a smoke check, so a text that runs
 past its cap is cut at its last whole message (a dialogue) or its last whole sentence (the other
-shapes) and kept if what remains passes the filters; a text that loops (a word 8-gram twice) is
-dropped. A dialogue keeps only its 'Name: message' lines (the model mixes in stage directions and
-sign-offs). The texts are sampled with a mild repetition penalty (the answers are not: they are the
+shapes) and kept if what remains passes the filters (a text that loops, a word 8-gram twice, is
+dropped by `adalas.synth`). A dialogue keeps only its 'Name: message' lines (the model mixes in
+stage directions and sign-offs). The texts are sampled with a mild repetition penalty (the answers are not: they are the
 model's own greedy answers, the teacher's behaviour).
 """
 from __future__ import annotations
@@ -30,7 +30,6 @@ SHAPE_REPETITION_PENALTY = 1.15
 # the answer cap of a shape is its real task's new-token cap (results/tasks/PROTOCOL.md): held-out rows
 # then compare a config with full depth exactly as the test sets do
 SHAPE_ANSWER_TOKENS = {"dialogue": 48, "article": 64, "input": 64}
-LOOP_NGRAM = 8
 
 
 class Request(NamedTuple):
@@ -114,13 +113,6 @@ def whole_sentences(text: str) -> str:
     """`text` up to its last sentence end ('' if it has none): what a text cut by its cap keeps."""
     ends = list(_SENTENCE_END.finditer(text))
     return text[:ends[-1].end()].strip() if ends else ""
-
-
-def loops(text: str, n: int = LOOP_NGRAM) -> bool:
-    """Whether a word n-gram occurs twice in `text` (the way a small model's text runs on)."""
-    w = re.findall(r"[a-z0-9]+", text.lower())
-    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
-    return len(set(grams)) < len(grams)
 
 
 def source_text(shape: str, text: str, finished: bool) -> str:
