@@ -5,13 +5,14 @@
 choice.heldout.jsonl: the first 48 rows of each shape's first chunk (dialogue.s11, article.s12,
 input.s13) and the first 48 plain held-out rows (../smollm2-135m.heldout.jsonl), interleaved
 (plain, dialogue, article, input, plain, ...) so that the first K rows cover every shape; each row
-carries `shape` (the cap it is scored at is its real task's: dialogue 48, article 64, input and
-plain 64). Choices only, never training.
+carries its `shape`. Choices only, never training.
 train.jsonl: the plain training rows (../smollm2-135m.train.jsonl), then every other shaped row
 (the first chunk's rows after the 48th, and every later chunk), without `finished` and `shape`.
 """
 import json
 from pathlib import Path
+
+from adalas.io import read_jsonl
 
 HERE = Path(__file__).parent
 SHAPES = {"dialogue": 1, "article": 2, "input": 3}
@@ -19,7 +20,7 @@ HELD_OUT = 48
 
 
 def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path, strict=True)  # a finished file: missing, empty or torn is an error
 
 
 def chunks(shape: str) -> list[Path]:
