@@ -157,3 +157,14 @@ def test_tasks_command_refuses_bad_input_in_one_line(tmp_path, capsys, argv, nee
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_each_input_shape_stands_in_for_one_real_task_with_its_cap():
+    # held-out shaped rows are written and scored at their real task's cap, from one definition
+    from adalas import synth_shapes
+    from adalas.commands import synth as synth_command
+    shaped = [s for s in synth_shapes.SHAPES if s != "plain"]
+    assert sorted(t.shape for t in tasks.REAL_TASKS.values()) == sorted(shaped)
+    for t in tasks.REAL_TASKS.values():
+        assert synth_shapes.SHAPE_ANSWER_TOKENS[t.shape] == t.max_new_tokens
+        assert synth_command.SHAPE_ANSWER_TOKENS[t.shape] == t.max_new_tokens

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import NamedTuple, Sequence
 
 from .data import TASKS
+from .real_tasks import REAL_TASKS
 
 SHAPES = ("plain", "dialogue", "article", "input")
 MAX_SOURCE_TOKENS = 320
@@ -29,7 +30,7 @@ SHAPE_TEMPERATURE = 0.7
 SHAPE_REPETITION_PENALTY = 1.15
 # the answer cap of a shape is its real task's new-token cap (results/tasks/PROTOCOL.md): held-out rows
 # then compare a config with full depth exactly as the test sets do
-SHAPE_ANSWER_TOKENS = {"dialogue": 48, "article": 64, "input": 64}
+SHAPE_ANSWER_TOKENS = {t.shape: t.max_new_tokens for t in REAL_TASKS.values()}
 
 
 class Request(NamedTuple):

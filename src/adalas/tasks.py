@@ -1,8 +1,9 @@
 """The real test sets: which files and caps, the looks taken at them, and rows fit to commit.
 
 Notable (the rules are `results/tasks/PROTOCOL.md`'s):
-- `REAL_TASKS`: the three human-written test sets that `../shared/data/` holds, each with the
-  new-token cap fixed once for every config. They are read by path and never copied.
+- `REAL_TASKS` (defined in `adalas.real_tasks`): the three human-written test sets that
+  `../shared/data/` holds, each with the new-token cap fixed once for every config. They are read by
+  path and never copied.
 - A look is logged before it is taken (`log_looks`): one `LOOKS.jsonl` line per run that adds
   configs, naming each config with the sha256 of the weights it runs (the base model's GGUF file, or
   the adapter's safetensors). A resumed run of the same configs and weights is the same look and
@@ -15,30 +16,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from .data import file_sha256, load_examples
 from .io import atomic_write_text, dumps_row, read_jsonl
+from .real_tasks import REAL_TASKS, RealTask  # noqa: F401  (re-exported: the names callers import)
 
 PROTOCOL_VERSION = 1
 TEXT_COLUMNS = ("prompt", "reference")  # the data's own text: never committed
 COPIED_FILES = ("sweep.jsonl", "settings.json", "sweep_meta.json", "batches.json")
 
-
-@dataclass(frozen=True)
-class RealTask:
-    name: str
-    file: str  # inside the shared data directory
-    max_new_tokens: int  # fixed once, the same for every config (PROTOCOL.md)
-
-
-REAL_TASKS: dict[str, RealTask] = {t.name: t for t in (
-    RealTask("samsum", "samsum.test.jsonl", 48),
-    RealTask("cnn_dailymail", "cnn_dailymail.test.jsonl", 64),
-    RealTask("user_oriented", "user_oriented.test.jsonl", 64),
-)}
 
 # the configs of each protocol version, as `adalas sweep` flags: targets first, then the baselines
 ADAPTERS = ("smollm2-135m-adapted-24", "smollm2-135m-adapted-20", "smollm2-135m-dropout",

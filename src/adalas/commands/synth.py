@@ -14,13 +14,14 @@ import json
 
 from ..cli import add_model_args, check_counts, load_model_from_args, make_parser
 from ..io import check_output_file
+from ..real_tasks import REAL_TASKS
 
 # the choices and defaults of --shape, as adalas.synth has them (importing it here would load torch)
 SHAPES = ("plain", "dialogue", "article", "input")
 MAX_SOURCE_TOKENS = 320
 SHAPE_TEMPERATURE = 0.7
 SHAPE_REPETITION_PENALTY = 1.15
-SHAPE_ANSWER_TOKENS = {"dialogue": 48, "article": 64, "input": 64}
+SHAPE_ANSWER_TOKENS = {t.shape: t.max_new_tokens for t in REAL_TASKS.values()}
 SOURCE_WORDS = {"dialogue": (30, 250), "article": (80, 400), "input": (20, 200)}
 
 
