@@ -191,6 +191,7 @@ def test_a_shipped_adapter_loads_by_alias_and_equals_the_trained_model(strong, t
 
     summary = export_checkpoint("tiny-adapted-2", None, tmp_path / "exported")
     assert summary["kept_layers"] == [0, 3] and "skip_prompt=true" in summary["equals"]
+    assert "a different model" in summary["warning"]  # the alias was trained with its prompt at full depth
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     alias.set_depth(DepthConfig(mode="static_skip", skip_layers=[1, 2], skip_prompt=True))
     with torch.no_grad():

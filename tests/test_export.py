@@ -37,7 +37,7 @@ def test_round_trip_logits(hf_model, tmp_path, name):
     assert hf_model.config.num_hidden_layers == LAYERS and AdalasForCausalLM.from_hf(hf_model).num_layers == LAYERS
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     keep = [i for i, r in enumerate(depth.static_route(LAYERS)) if r]
-    assert summary["kept_layers"] == keep
+    assert summary["kept_layers"] == keep and "warning" not in summary  # an explicit depth: nothing to warn of
     assert exported.config.num_hidden_layers == len(keep)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == ["model.safetensors"]
     m = AdalasForCausalLM.from_hf(hf_model, DepthConfig(skip_prompt=True, **DEPTHS[name]))

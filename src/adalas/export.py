@@ -78,6 +78,7 @@ def export_checkpoint(model: "str | os.PathLike | nn.Module", depth: "DepthConfi
 
     out = Path(out)
     source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    saved_depth = depth is None  # the config the model was trained (and evaluated) with
     if depth is None and isinstance(model, AdalasForCausalLM):
         depth = model.depth
     elif depth is None and isinstance(model, (str, os.PathLike)):
@@ -103,6 +104,12 @@ def export_checkpoint(model: "str | os.PathLike | nn.Module", depth: "DepthConfi
     summary = {"out": str(out), "source": source, "depth": depth.to_dict(), "kept_layers": keep,
                "num_layers": len(keep), "source_num_layers": num_layers, "tokenizer": tokenizer is not None,
                "equals": f"adalas {source} with skip_prompt=true (the prompt also runs only the kept layers)"}
+    if saved_depth and not depth.skip_prompt:
+        # e.g. the shipped adapters, trained with the prompt at full depth: deleting the layers changes the
+        # prompt's pass too, so the export is not the model whose scores were reported (measure it first)
+        summary["warning"] = (f"{source} runs its prompt at full depth (skip_prompt=false), as it was trained and "
+                              f"evaluated; this export runs the prompt on the kept layers too: a different model, "
+                              f"whose quality was not measured")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:

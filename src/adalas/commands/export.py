@@ -9,6 +9,7 @@ only: static_skip, early_exit, route (and full).
 from __future__ import annotations
 
 import json
+import sys
 
 from ..cli import add_model_args, make_parser
 
@@ -31,5 +32,7 @@ def main(argv: list[str]) -> int:
     summary = export_checkpoint(args.model, args.depth, args.out, overwrite=args.overwrite, dtype=args.dtype,
                                 device=args.device, allow_pickle=args.allow_pickle,
                                 trust_remote_code=args.trust_remote_code)
+    if "warning" in summary:
+        print(f"adalas export: warning: {summary['warning']}", file=sys.stderr)
     print(json.dumps(summary))
     return 0
