@@ -1,5 +1,5 @@
 """Version 3's choice, by the rule written before training (`../README.md`, "Version 3"), from the sweep of
-every candidate over the choice set (`runs/v3_pipeline.sh` writes it). Run from the repository root:
+every candidate over the choice set (`v3/pipeline.sh` writes it). Run from the repository root:
 
     python data/synth/route-choice/v3/choose.py [SWEEP_DIR]   # -> data/synth/route-choice/v3/choice.json
 
@@ -15,23 +15,23 @@ from pathlib import Path
 import numpy as np
 
 from adalas.io import atomic_write_json, read_jsonl
+from adalas.report import read_scores
 from adalas.stats import bootstrap_ci, paired_difference
 
 HERE = Path(__file__).resolve().parent
 CHOICE_SET = HERE.parents[1] / "shapes" / "choice.heldout.jsonl"
 SEARCH_ROWS = 48  # `adalas route --rows 48`: the search saw the choice set's first 48 rows
-ROUTES = {  # the order of `--routes` in runs/v3_pipeline.sh
+ROUTES = {  # the order of `--routes` in v3/pipeline.sh
     "route#0": "20-shipped", "route#1": "20-searched", "route#2": "24-shipped", "route#3": "24-searched"}
 SEEDS = (0, 1)
 MARGIN = 0.02
 
 
-def scores(sweep: Path) -> dict[str, dict[str, dict]]:
-    """config id -> row id -> row."""
-    out: dict[str, dict[str, dict]] = {}
-    for row in read_jsonl(sweep / "per_sequence.jsonl"):
-        out.setdefault(row["config_id"], {})[row["id"]] = row
-    return out
+def scores(sweep: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """config id -> row id -> {rougeL, output_tokens, stopped}."""
+    by_metric = {m: read_scores(sweep, m) for m in ("rougeL", "output_tokens", "stopped")}
+    return {c: {i: {m: by_metric[m][c][i] for m in by_metric} for i in rows}
+            for c, rows in by_metric["rougeL"].items()}
 
 
 def summary(rows: dict[str, dict], ids: list[str], shapes: dict[str, str]) -> dict:
@@ -41,7 +41,7 @@ def summary(rows: dict[str, dict], ids: list[str], shapes: dict[str, str]) -> di
         per_shape[shape] = float(np.mean([rows[i]["rougeL"] for i in ids if shapes[i] == shape]))
     return {"rougeL": float(np.mean(f)), "ci95": bootstrap_ci(f), "per_shape": per_shape,
             "output_tokens": float(np.mean([rows[i]["output_tokens"] for i in ids])),
-            "stopped": float(np.mean([bool(rows[i]["stopped"]) for i in ids]))}
+            "stopped": float(np.mean([rows[i]["stopped"] for i in ids]))}
 
 
 def main(sweep: Path) -> dict:
@@ -50,17 +50,14 @@ def main(sweep: Path) -> dict:
     shapes = {e["id"]: e["shape"] for e in examples}
     unseen = ids[SEARCH_ROWS:]
     by_config = scores(sweep)
-    missing = [c for c, rows in by_config.items() if set(ids) - set(rows)]
-    if missing:
-        raise SystemExit(f"choose: {sweep} lacks rows of {missing}; run the sweep to the end first")
     configs = {"full": "full", **ROUTES}
     for size in (20, 24):
         for route in ("shipped", "searched"):
             for seed in SEEDS:
                 configs[f"adapted:_v3-{size}-{route}-s{seed}"] = f"{size}-{route}-s{seed}"
-    absent = [c for c in configs if c not in by_config]
-    if absent:
-        raise SystemExit(f"choose: {sweep} has no rows yet for {absent}")
+    missing = [c for c in configs if set(ids) - set(by_config.get(c, {}))]
+    if missing:
+        raise SystemExit(f"choose: {sweep} lacks rows of {missing}; run the sweep to the end first")
     table = {name: summary(by_config[c], ids, shapes) for c, name in configs.items()}
     choice = {}
     for size in (20, 24):

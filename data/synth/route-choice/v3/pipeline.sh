@@ -5,10 +5,6 @@
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p runs/v3/logs
-sweep() {
-  flock runs/v3/choice.lock .venv/bin/adalas sweep --data data/synth/shapes/choice.heldout.jsonl \
-    --max-new-tokens 64 --batch-size 16 --reference full --strategies full --no-progress --out runs/v3/choice-sweep "$@"
-}
 candidate() {  # SIZE ROUTE SEED: train (resumes), then score as alias _v3-SIZE-ROUTE-sSEED
   local dir=runs/v3/$1-$2-s$3 alias=_v3-$1-$2-s$3
   if [ ! -f $dir/adapter/adapter_model.safetensors ]; then
@@ -17,13 +13,13 @@ candidate() {  # SIZE ROUTE SEED: train (resumes), then score as alias _v3-SIZE-
     echo "$(date -u +%FT%TZ) train $dir end" >> runs/v3/logs/times.log
   fi
   rm -rf src/adalas/adapters/$alias && cp -r $dir/adapter src/adalas/adapters/$alias
-  sweep --adapted $alias >> runs/v3/logs/sweep.log 2>&1 || { echo "sweep $alias failed" >&2; return 1; }
+  bash data/synth/route-choice/v3/score.sh --adapted $alias >> runs/v3/logs/sweep.log 2>&1 || { echo "sweep $alias failed" >&2; return 1; }
   echo "$(date -u +%FT%TZ) scored $alias" >> runs/v3/logs/times.log
 }
 seed=0; [ "$1" = B ] && seed=1
 if [ "$1" = B ]; then
   # full depth (the reference) and the four routes off the shelf, while lane A builds the teacher cache
-  sweep --routes 111000001111000100111111111111,111000011111000110111111100111,111011011111010110111111101111,111100111111000111111111101111 >> runs/v3/logs/sweep.log 2>&1
+  bash data/synth/route-choice/v3/score.sh --routes 111000001111000100111111111111,111000011111000110111111100111,111011011111010110111111101111,111100111111000111111111101111 >> runs/v3/logs/sweep.log 2>&1
   until grep -qs "trainable parameters" runs/v3/logs/20-searched-s0.log; do sleep 60; done  # the teacher cache is built
 fi
 for c in "20 searched" "20 shipped" "24 searched" "24 shipped"; do candidate $c $seed || exit 1; done

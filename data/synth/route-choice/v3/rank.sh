@@ -4,7 +4,6 @@
 # candidates are (same sweep directory, so full depth is shared). Two lanes of one thread; resumable.
 # usage: data/synth/route-choice/v3/rank.sh A|B   (A: routes 1, 3, 5, 7, 9 of the table; B: 2, 4, 6, 8, 10)
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p runs/v3-rank/logs
 ROUTES=("3,4,5,6,12,13,14,17,25,26" "3,4,5,6,11,12,13,14,25,26" "3,4,6,9,12,13,14,17,25,26"
         "3,4,5,6,7,12,13,14,16,17" "3,4,6,9,11,12,13,14,25,26" "3,4,5,6,12,13,14,15,25,26"
@@ -15,13 +14,9 @@ for ((k = first; k < ${#ROUTES[@]}; k += 2)); do
   skip=${ROUTES[$k]} name=${ROUTES[$k]//,/-}
   dir=runs/v3-rank/$name alias=_rank-$name
   if [ ! -f $dir/adapter/adapter_model.safetensors ]; then
-    .venv/bin/adalas train --recipe smollm2-135m-adapted-20 --data data/synth/shapes/train.jsonl \
-      --max_seq_length 512 --prompt_fraction 0.75 --seed 0 --max_steps 40 --save_steps 20 \
-      --depth "{\"mode\": \"static_skip\", \"skip_layers\": [$skip]}" --output_dir $dir \
+    bash data/synth/route-choice/v3/train.sh 20 $skip 0 $dir --max_steps 40 \
       >> runs/v3-rank/logs/$name.log 2>&1 || { echo "train $dir failed" >&2; exit 1; }
   fi
   rm -rf src/adalas/adapters/$alias && cp -r $dir/adapter src/adalas/adapters/$alias
-  flock runs/v3/choice.lock .venv/bin/adalas sweep --data data/synth/shapes/choice.heldout.jsonl \
-    --max-new-tokens 64 --batch-size 16 --reference full --strategies full --no-progress \
-    --out runs/v3/choice-sweep --adapted $alias >> runs/v3-rank/logs/sweep.log 2>&1 || exit 1
+  bash data/synth/route-choice/v3/score.sh --adapted $alias >> runs/v3-rank/logs/sweep.log 2>&1 || exit 1
 done

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from adalas.io import atomic_write_json, read_jsonl
-
-HERE = Path(__file__).resolve().parent
-CHOICE_SET = HERE.parents[1] / "shapes" / "choice.heldout.jsonl"
-SEARCH_ROWS = 48
+from adalas.report import read_scores
+from choose import CHOICE_SET, HERE, SEARCH_ROWS  # the script beside this one: the same rows, the same split
 ROUTES = [[3, 4, 5, 6, 12, 13, 14, 17, 25, 26], [3, 4, 5, 6, 11, 12, 13, 14, 25, 26], [3, 4, 6, 9, 12, 13, 14, 17, 25, 26],
           [3, 4, 5, 6, 7, 12, 13, 14, 16, 17], [3, 4, 6, 9, 11, 12, 13, 14, 25, 26], [3, 4, 5, 6, 12, 13, 14, 15, 25, 26],
           [3, 4, 6, 7, 9, 12, 13, 14, 25, 26], [3, 4, 9, 12, 13, 14, 15, 17, 25, 26], [3, 4, 6, 9, 12, 13, 14, 15, 25, 26],
@@ -71,9 +69,7 @@ def correlations(score: np.ndarray, f: np.ndarray, rng: np.random.Generator) -> 
 
 def main(sweep: Path) -> dict:
     ids = [e["id"] for e in read_jsonl(CHOICE_SET, strict=True)][SEARCH_ROWS:]
-    rows: dict[str, dict[str, float]] = {}
-    for r in read_jsonl(sweep / "per_sequence.jsonl"):
-        rows.setdefault(r["config_id"], {})[r["id"]] = r["rougeL"]
+    rows = read_scores(sweep)  # config id -> row id -> ROUGE-L F
     scores = search_scores()
     names = ["-".join(map(str, skip)) for skip in ROUTES]
     missing = [n for n in names if set(ids) - set(rows.get(f"adapted:_rank-{n}", {}))]
