@@ -4,9 +4,10 @@ Why: `adalas adapt --format gguf` (and `adalas.gguf_export.write_gguf`) writes l
 its interleaved rotary layout for the query and key rows, and metadata copied from the embedded model's
 GGUF with the block count changed. The tests pin that layout on tiny models without llama.cpp; this
 script checks the real thing once, with llama.cpp itself: the shipped adapted alias, exported exactly as
-`adalas adapt`'s export stage exports (base model at fp32, LoRA adapter merged with `hub.merge_adapter`,
-skipped layers deleted by `export.export_checkpoint` with `skip_prompt=true`, tokenizer saved, then
-`gguf_export.write_gguf` with the embedded model's GGUF as the metadata source), compared with
+`adalas export` exports it (`export.export_checkpoint` on the alias: the base model at fp32 with the LoRA
+adapter merged, the skipped layers deleted, `skip_prompt=true`, tokenizer saved; the same weights, byte for
+byte, as `adalas adapt`'s export stage writes), then `gguf_export.write_gguf` with the embedded model's
+GGUF as the metadata source, compared with
 transformers running that same checkpoint (`AutoModelForCausalLM.from_pretrained`, no adalas in it).
 
 What it measures, on the first `--prompts` rows of a held-out file, each formatted as adalas formats
@@ -100,19 +101,12 @@ def build(alias: str, gguf_dtype: str, work: Path) -> dict:
     export, record_file = here / "export", here / "build.json"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     if record.get("key") != key or not (export / "model.safetensors").is_file():
-        import copy
-
         from adalas.export import export_checkpoint
-        from adalas.hub import load_tokenizer, merge_adapter
-        from adalas.model import AdalasForCausalLM
 
         log(f"exporting {alias} (base {base}, skip {depth.skip_layers}) to {export}")
-        # As Run.model() and evaluate_stage.adapted_hf: the base at full depth, fp32, adapter merged.
-        wrapped = AdalasForCausalLM.from_pretrained(base, dtype="float32", device="cpu")
-        merged = merge_adapter(copy.deepcopy(wrapped.model), adir)
-        del wrapped
-        summary = export_checkpoint(merged, depth, export, overwrite=True, tokenizer=load_tokenizer(base))
-        del merged
+        # `adalas export`'s path: the alias loads as its base with the adapter merged (as the export stage's
+        # adapted_hf), and the explicit depth deletes the skipped layers
+        summary = export_checkpoint(alias, depth, export, overwrite=True)
         record = {"key": key, "kept_layers": summary["kept_layers"],
                   "weights_sha256": file_sha256(export / "model.safetensors"), "gguf": {}}
         atomic_write_json(record_file, record)
