@@ -16,5 +16,5 @@ esac
 size=$1 route=$2 seed=$3 out=${4:-runs/v3/$1-$2-s$3}
 shift $(( $# < 4 ? $# : 4 ))
 .venv/bin/adalas train --recipe smollm2-135m-adapted-$size --data data/synth/shapes/train.jsonl \
-  --max_seq_length 512 --prompt_fraction 0.75 --seed $seed --save_steps 20 \
+  --max_seq_length 512 --prompt_fraction 0.75 --seed $seed --save_steps 20 --resume_from_checkpoint true \
   --depth "{\"mode\": \"static_skip\", \"skip_layers\": [$skip]}" --output_dir $out "$@"
