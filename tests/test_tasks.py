@@ -68,6 +68,36 @@ def test_a_look_is_logged_once_per_config_and_weights(tmp_path):
         tasks.log_looks(looks, "samsum", "abc", [("new", "w9")], "  ", "c4")
 
 
+def test_a_new_route_under_an_old_config_id_is_a_new_look(tmp_path):
+    """Lines logged before routes were match any route, unless the sweep's rows were made with another
+    definition (`changed`): a shipped route that changed, borrowed by `route:` or `dropout@` configs."""
+    looks = tmp_path / "LOOKS.jsonl"
+    tasks.log_looks(looks, "samsum", "abc", [("full", "w0"), ("route:a", "w0")], "first look", "c1")  # no routes
+    assert tasks.log_looks(looks, "samsum", "abc", [("full", "w0", None), ("route:a", "w0", "110")], "same",
+                           "c2") is None
+    line = tasks.log_looks(looks, "samsum", "abc", [("full", "w0", None), ("route:a", "w0", "101")], "new route",
+                           "c3", changed=["route:a"])
+    assert line["configs"] == [{"config_id": "route:a", "model_sha256": "w0", "route": "101"}]
+    assert tasks.log_looks(looks, "samsum", "abc", [("route:a", "w0", "101")], "resumed", "c4",
+                           changed=["route:a"]) is None  # logged with its route: the same look
+    assert tasks.log_looks(looks, "samsum", "abc", [("route:a", "w0", "011")], "another", "c5",
+                           changed=["route:a"]) is not None
+
+
+def test_changed_definitions_names_the_config_ids_recorded_otherwise(tmp_path):
+    from adalas.run_settings import changed_definitions
+
+    assert changed_definitions(tmp_path, {"full": {"strategy": "full"}}) == []  # nothing recorded yet
+    recorded = {"full": {"strategy": "full"}, "adapted:a": {"strategy": "adapted", "weights": "w1"},
+                "route:a": {"strategy": "route", "depth": {"route": [1, 0]}}, "old": {"strategy": "adapted"}}
+    (tmp_path / "settings.json").write_text(json.dumps({"settings": {}, "configs": recorded}))
+    now = {"full": {"strategy": "full"}, "adapted:a": {"strategy": "adapted", "weights": "w2"},
+           "route:a": {"strategy": "route", "depth": {"route": [0, 1]}},
+           "old": {"strategy": "adapted", "weights": "w3"},  # weights recorded since: not a change
+           "new": {"strategy": "full"}}
+    assert changed_definitions(tmp_path, now) == ["adapted:a", "route:a"]
+
+
 def test_committed_rows_keep_no_data_text_and_references_come_back_by_id(tmp_path):
     data_dir = _data_dir(tmp_path)
     out = _results(tmp_path, data_dir)

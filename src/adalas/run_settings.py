@@ -57,6 +57,15 @@ def _differing(old: dict, new: dict, later: frozenset) -> list[str]:
     return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not (k in later and k not in old)]
 
 
+def changed_definitions(out_dir: Path, configs: dict[str, Any]) -> list[str]:
+    """The config ids (of config id -> definition) that out_dir/settings.json records with another
+    definition: rows of an adapter since replaced, or of a route borrowed from one."""
+    path = Path(out_dir) / "settings.json"
+    recorded = json.loads(path.read_text()).get("configs", {}) if path.is_file() else {}
+    return [cid for cid, definition in configs.items()
+            if cid in recorded and _differing(recorded[cid], definition, LATER_DEFINITION)]
+
+
 def check_settings(out_dir: Path, settings: dict, configs: dict[str, Any] | None = None, record: bool = True) -> None:
     """Record `settings` (and config ids -> definitions) in out_dir/settings.json, refusing a
     directory whose rows were made with other settings or another definition of a config id

@@ -58,24 +58,33 @@ def git_commit(repo: str | Path = ".") -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def looked_at(looks_path: Path) -> set[tuple[str, str, str]]:
-    """(task, config_id, model_sha256) of every config already logged."""
+def looked_at(looks_path: Path) -> set[tuple]:
+    """(task, config_id, model_sha256, route) of every config already logged (route None in lines
+    logged before routes were)."""
     seen = set()
     for line in read_jsonl(looks_path) if looks_path.is_file() else []:
         for c in line.get("configs", []):
-            seen.add((line["task"], c["config_id"], c["model_sha256"]))
+            seen.add((line["task"], c["config_id"], c["model_sha256"], c.get("route")))
     return seen
 
 
-def log_looks(looks_path: str | Path, task: str, data_sha256: str, configs: Iterable[tuple[str, str]],
-              why: str, commit: str) -> dict | None:
-    """Append one line for the (config_id, model_sha256) pairs of `configs` not yet logged for this
-    task; returns it (None when every config was logged before: a resumed look)."""
+def log_looks(looks_path: str | Path, task: str, data_sha256: str, configs: Iterable[tuple],
+              why: str, commit: str, changed: Iterable[str] = ()) -> dict | None:
+    """Append one line for the configs, (config_id, model_sha256) or (config_id, model_sha256, route),
+    not yet logged for this task; returns it (None when every config was logged before: a resumed
+    look). A line logged before routes were matches any route, unless the config id is in `changed`
+    (its rows were made with another definition: a new candidate under an old name)."""
     if not why.strip():
         raise ValueError("why: say why this look is taken (it is logged in LOOKS.jsonl)")
     looks_path = Path(looks_path)
     seen = looked_at(looks_path)
-    new = [{"config_id": cid, "model_sha256": sha} for cid, sha in configs if (task, cid, sha) not in seen]
+    changed = set(changed)
+    new = []
+    for cid, sha, *rest in configs:
+        route = rest[0] if rest else None
+        exact, before_routes = (task, cid, sha, route) in seen, (task, cid, sha, None) in seen
+        if not exact and (cid in changed or not before_routes):
+            new.append({"config_id": cid, "model_sha256": sha, **({"route": route} if route else {})})
     if not new:
         return None
     line = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit,

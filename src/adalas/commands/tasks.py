@@ -63,6 +63,8 @@ def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace)
     """Log the look, run the sweep (resumable), publish the rows without the data's text."""
     from ..data import file_sha256
     from ..hub import embedded_model_dir, model_sha256
+    from ..config import route_to_str
+    from ..run_settings import changed_definitions
     from ..sweep import build_configs, checkpoint_num_layers, parse_budgets, parse_strategies
     from ..tasks import REAL_TASKS, git_commit, log_looks, publish
     from . import sweep
@@ -72,17 +74,26 @@ def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace)
                             adapted=phase.get("adapted", []))
     base = model_sha256(MODEL)  # its GGUF file's sha256, recorded when it was converted
     data_sha = file_sha256(data_file)
-    line = log_looks(Path(args.out) / "LOOKS.jsonl", task, data_sha,
-                     [(c.config_id, c.weights or base) for c in configs], args.why, git_commit())
+    run_dir = Path(args.runs) / task
+    # a shipped adapter retrained, or a route borrowed from one that changed, is a new candidate under
+    # an old config id: a new look, and its old rows are made again
+    changed = changed_definitions(run_dir, {c.config_id: c.definition() for c in configs})
+    identities = []
+    for c in configs:
+        route = c.depth.static_route(L)
+        identities.append((c.config_id, c.weights or base, route_to_str(route) if route and not all(route) else None))
+    line = log_looks(Path(args.out) / "LOOKS.jsonl", task, data_sha, identities, args.why, git_commit(), changed)
     if line is not None:
         print(f"{task}: look logged for {', '.join(c['config_id'] for c in line['configs'])}", flush=True)
-    run_dir = Path(args.runs) / task
     argv = ["--model", MODEL, "--data", str(data_file), "--max-new-tokens", str(REAL_TASKS[task].max_new_tokens),
             "--batch-size", str(args.batch_size), "--strategies", phase["strategies"], "--out", str(run_dir)]
     if phase.get("budgets"):
         argv += ["--budgets", phase["budgets"]]
     if phase.get("adapted"):
         argv += ["--adapted", *phase["adapted"]]
+    if changed:
+        print(f"{task}: made again (another definition than the rows'): {', '.join(changed)}", flush=True)
+        argv += ["--redo", *changed]
     if args.no_progress:
         argv.append("--no-progress")
     sweep.main(argv)
