@@ -167,6 +167,19 @@ def test_a_study_in_parts_reuses_the_stores_and_reports_what_it_has(quick, tmp_p
     assert main(["study", "--quick", "--out", str(out), "--runs", str(runs), "--experiments", "E5"]) == 2
 
 
+def test_a_run_that_only_saved_or_logged_more_often_trains_alike(tiny_files):
+    from adalas.study import same_training
+
+    model, data = tiny_files
+    base = ["--model", str(model), "--data", str(data), "--max_steps", "4", "--seed", "0"]
+    argv = [*base, "--output_dir", "runs/study2/x", "--save_steps", "40", "--report_to", "none"]
+    made = "adalas train " + " ".join([*base, "--output_dir", "runs/v3/x", "--save_steps", "20", "--logging_steps",
+                                       "5", "--resume_from_checkpoint", "true"])
+    assert same_training(made, argv)
+    assert not same_training(made.replace("--seed 0", "--seed 1"), argv)
+    assert not same_training(made.replace("--max_steps 4", "--max_steps 5"), argv)
+
+
 def test_packaged_plans_parse_every_run_as_training_would(tmp_path):
     from adalas.study.plan import e1_runs, e2_pilots
 

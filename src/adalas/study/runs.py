@@ -49,14 +49,15 @@ def check_training_data(plan: Plan, runs: Sequence[Run]) -> None:
                              f"make the self-written data)")
 
 
-# TrainingArguments that say where a run was written and logged, not how it was trained
-WHERE_ONLY = {"output_dir", "logging_dir", "report_to", "run_name", "resume_from_checkpoint", "disable_tqdm"}
+# TrainingArguments that say where and how often a run was written and logged, not how it was trained
+WHERE_ONLY = {"output_dir", "logging_dir", "report_to", "run_name", "resume_from_checkpoint", "disable_tqdm",
+              "save_steps", "save_strategy", "save_total_limit", "logging_steps", "logging_strategy"}
 
 
 def same_training(command: str, argv: list[str]) -> bool:
-    """Whether a recorded `adalas train` command trains exactly as `argv` does, up to where it wrote and
-    logged (so a run trained by its recipe outside the study, e.g. a shipped adapter's, is adopted
-    rather than trained again). Both are parsed as training parses them, recipes included."""
+    """Whether a recorded `adalas train` command trains exactly as `argv` does, up to where and how
+    often it wrote and logged (so a run trained by its recipe outside the study, e.g. a shipped
+    adapter's or a route-choice candidate's, is adopted rather than trained again). Both are parsed as training parses them, recipes included."""
     from dataclasses import asdict
 
     from ..train_args import parse_args
