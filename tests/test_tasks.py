@@ -84,6 +84,50 @@ def test_a_new_route_under_an_old_config_id_is_a_new_look(tmp_path):
                            changed=["route:a"]) is not None
 
 
+def test_a_rerun_over_rows_of_another_definition_logs_a_new_look_and_makes_them_again(tiny_files, tmp_path,
+                                                                                        monkeypatch):
+    """`adalas tasks run` after a config's definition changed (here the rows and the look of
+    uniform_skip@2 were made on another route, as when a shipped route that configs borrow is replaced,
+    and logged before looks recorded routes): one new LOOKS line for that config alone, with its route,
+    and its rows made again; the other configs' rows are kept."""
+    import argparse
+    import dataclasses
+
+    from adalas import hub
+    from adalas.commands import tasks as command
+
+    model, _ = tiny_files
+    monkeypatch.setattr(command, "MODEL", str(model))
+    monkeypatch.setattr(hub, "embedded_model_dir", lambda alias="": model)
+    monkeypatch.setitem(tasks.REAL_TASKS, "samsum", dataclasses.replace(tasks.REAL_TASKS["samsum"], max_new_tokens=4))
+    data_dir = _data_dir(tmp_path)
+    args = argparse.Namespace(out=str(tmp_path / "results"), runs=str(tmp_path / "runs"), why="first", batch_size=2,
+                              no_progress=True)
+    phase = {"strategies": "full,uniform_skip", "budgets": "2"}
+    data = data_dir / tasks.REAL_TASKS["samsum"].file
+    command.run_phase(phase, "samsum", data, args)
+    looks = tmp_path / "results" / "LOOKS.jsonl"
+    settings = tmp_path / "runs" / "samsum" / "settings.json"
+    doc = json.loads(settings.read_text())
+    skipped = doc["configs"]["uniform_skip@2"]["depth"]["skip_layers"]
+    doc["configs"]["uniform_skip@2"]["depth"]["skip_layers"] = [s - 1 for s in skipped]  # rows of another route
+    settings.write_text(json.dumps(doc))
+    first = json.loads(looks.read_text())
+    first["configs"] = [{k: v for k, v in c.items() if k != "route"} for c in first["configs"]]
+    looks.write_text(json.dumps(first) + "\n")  # as lines were logged before routes were
+    rows = tmp_path / "runs" / "samsum" / "per_sequence.jsonl"
+    full_rows = [r for r in rows.read_text().splitlines() if '"config_id": "full"' in r]
+    command.run_phase(phase, "samsum", data, argparse.Namespace(**{**vars(args), "why": "the route changed"}))
+    lines = [json.loads(x) for x in looks.read_text().splitlines()]
+    assert len(lines) == 2 and [c["config_id"] for c in lines[1]["configs"]] == ["uniform_skip@2"]
+    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
+    assert lines[1]["configs"][0]["route"] == "".join("0" if i in skipped else "1" for i in range(layers))
+    assert json.loads(settings.read_text())["configs"]["uniform_skip@2"]["depth"]["skip_layers"] == skipped
+    assert [r for r in rows.read_text().splitlines() if '"config_id": "full"' in r] == full_rows
+    command.run_phase(phase, "samsum", data, args)  # resumed: the same look, nothing new
+    assert len(looks.read_text().splitlines()) == 2
+
+
 def test_changed_definitions_names_the_config_ids_recorded_otherwise(tmp_path):
     from adalas.run_settings import changed_definitions
 
