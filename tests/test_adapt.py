@@ -310,6 +310,8 @@ BAD = {
     "gguf-wordlevel": (["--model", "@wordlevel", "--format", "gguf"], r"--format gguf: the tokenizer is a WordLevel model"),
     "no-chat-template": (["--data", "@none"], r"--data: required for .*: its tokenizer has no chat template"),
     "steps-zero": (["--steps", "0"], r"--steps: must be >= 1, got 0"),
+    "shapes-unknown": (["--shapes", "dialogue,poem"], r"--shapes: a comma list of distinct shapes from dialogue, "
+                                                      r"article, input, or none; got 'dialogue,poem'"),
 }
 
 
@@ -344,7 +346,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(world, tmp_path, capsy
 # ---------------------------------------------------------------------------------------------
 # Data: self-written rows, written once per model and settings
 
-def test_without_data_the_models_own_rows_are_written_once_and_reused(world, tmp_path, monkeypatch):
+@pytest.fixture
+def chat_model(world, tmp_path, monkeypatch):
+    """A tiny llama with a chat template, and adalas synth replaced by a writer of 8 rows per file
+    (`written` lists the settings it was called with); the real one is tested in test_synth.py."""
     from adalas import synth
     from adalas.io import atomic_write_json, file_sha256
 
@@ -355,28 +360,68 @@ def test_without_data_the_models_own_rows_are_written_once_and_reused(world, tmp
     (model / "tokenizer_config.json").write_text(json.dumps(config))
     written = []
 
-    def fake_synthesize(m, tok, settings, out, progress=True):  # the real one is tested in test_synth.py
+    def fake_synthesize(m, tok, settings, out, progress=True):
         written.append(settings)
-        rows = [{"id": f"synth-{i}", "instruction": f"Say {w}.", "input": "", "output": f"{w} ."}
-                for i, w in enumerate("red green blue cat dog sun moon star".split())]
+        rows = [{"id": f"{settings.shape}-{settings.seed}-{i}", "instruction": f"Say {w} ({settings.shape}).",
+                 "input": "", "output": f"{w} ."} for i, w in enumerate("red green blue cat dog sun moon star".split())]
         Path(out).write_text("".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_json(synth.meta_path(Path(out)), {"settings": json.loads(json.dumps(vars(settings))),
                                                        "done": True, "rows": len(rows), "data_sha256": file_sha256(out)})
         return {}
 
     monkeypatch.setattr(synth, "synthesize", fake_synthesize)
+    return model, written
+
+
+def _data_stage_twice(model, tmp_path, monkeypatch, *flags) -> list[dict]:
     records = []
     for out in (tmp_path / "a", tmp_path / "b"):
         with monkeypatch.context() as m:
             _counting(m, kill="route")  # stop after the data stage
             assert main(["adapt", "--model", str(model), "--layers", "2", "--out", str(out), "--synth-rows", "8",
-                         "--heldout", "2", "--no-progress"]) == 130
+                         "--no-progress", *flags]) == 130
         records.append(json.loads((out / "adapt.json").read_text())["stages"]["data"]["outputs"])
+    assert records[0]["heldout_sha256"] == records[1]["heldout_sha256"]
+    return records
+
+
+def test_without_data_the_models_own_rows_are_written_once_and_reused(chat_model, tmp_path, monkeypatch):
+    model, written = chat_model
+    records = _data_stage_twice(model, tmp_path, monkeypatch, "--heldout", "2", "--shapes", "none")
     assert len(written) == 1 and written[0].n == 8 and written[0].model == str(model)
-    assert [r["synth"]["reused"] for r in records] == [False, True]
+    assert [[f["reused"] for f in r["synth"]] for r in records] == [[False], [True]]
     assert records[0]["source"] == records[1]["source"] and Path(records[0]["source"]).parent.name == "synth"
     assert (records[0]["heldout_rows"], records[0]["train_rows"]) == (2, 6)
-    assert records[0]["heldout_sha256"] == records[1]["heldout_sha256"]
+
+
+def test_shaped_rows_are_written_per_shape_and_held_out_in_turn(chat_model, tmp_path, monkeypatch):
+    """Rows of each shape come from their own synth files (chunk k of the i-th shape has seed 10 k + i),
+    each written once; held out: the first rows of each kind, interleaved (plain, dialogue, input, ...)."""
+    model, written = chat_model
+    records = _data_stage_twice(model, tmp_path, monkeypatch, "--heldout", "6", "--shapes", "dialogue,input",
+                                "--shape-rows", "4")
+    assert [(c.shape, c.seed, c.n) for c in written] == [("plain", 0, 8), ("dialogue", 11, 4), ("input", 13, 4)]
+    assert [[f["reused"] for f in r["synth"]] for r in records] == [[False] * 3, [True] * 3]
+    assert records[0]["kinds"] == {k: {"rows": 8, "heldout": 2} for k in ("plain", "dialogue", "input")}
+    held = [json.loads(x)["id"] for x in (tmp_path / "a" / "data" / "heldout.jsonl").read_text().splitlines()]
+    assert held == ["plain-0-0", "dialogue-11-0", "input-13-0", "plain-0-1", "dialogue-11-1", "input-13-1"]
+    train = [json.loads(x)["id"] for x in (tmp_path / "a" / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(train) == 18 and not set(train) & set(held) and train[0] == "plain-0-2"
+
+
+def test_the_embedded_model_reuses_its_committed_rows_of_every_shape():
+    """`adalas adapt --model smollm2-135m` writes no rows: the committed plain rows and the six committed
+    chunks of shaped rows (data/synth/shapes/) match its settings (their excluded files aside)."""
+    from adalas.adapt import AdaptSettings, shape_settings, synth_location
+    from adalas.adapt.data_stage import synth_finished
+
+    s = AdaptSettings(model="smollm2-135m", layers=20, out="unused", tests=("../shared/data/samsum.test.jsonl",))
+    chunks = shape_settings(s)
+    assert [(c.shape, c.seed, c.n) for c in chunks] == [(shape, 10 * k + i, 96) for i, shape in
+                                                        enumerate(("dialogue", "article", "input"), 1) for k in (1, 2)]
+    for c in [None, *chunks]:
+        path, settings = synth_location(s, c)
+        assert path.parts[:2] == ("data", "synth") and synth_finished(path, settings), path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ and the loaded model), `checks` (before anything is written), `data_stage`, `rou
 from __future__ import annotations
 
 from .checks import check_settings
-from .data_stage import data_inputs, stage_data, synth_location, synth_settings
+from .data_stage import data_inputs, shape_settings, stage_data, synth_location, synth_settings
 from .evaluate_stage import adapted_hf, compare, evaluate_inputs, measure_speed, stage_evaluate
 from .export_stage import export_inputs, source_gguf, stage_export
 from .pipeline import STAGES, WORK_DIRS, command_line, run_adapt
@@ -54,7 +54,7 @@ __all__ = [
     "AdaptSettings", "Checked", "FORMATS", "PROMPT_DEPTHS", "RECIPE", "RECORD_FILE", "RECORD_VERSION", "Run",
     "SELF_WRITTEN_ROWS", "STAGES", "STAGE_NAMES", "WORK_DIRS", "adapted_hf", "check_settings", "command_line",
     "compare", "data_inputs", "evaluate_inputs", "export_inputs", "lora_targets", "measure_speed", "render_card",
-    "render_report", "route_inputs", "run_adapt", "sha256_json", "source_gguf", "stage_data", "stage_evaluate",
+    "render_report", "route_inputs", "run_adapt", "sha256_json", "shape_settings", "source_gguf", "stage_data", "stage_evaluate",
     "stage_export", "stage_route", "stage_train", "synth_location", "synth_settings", "train_argv", "train_inputs",
     "write_report",
 ]

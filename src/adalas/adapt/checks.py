@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import file_sha256
-from .data_stage import synth_finished, synth_location
+from .data_stage import shape_settings, synth_finished, synth_location
 from .export_stage import source_gguf
 from .run import Checked, read_record
 from .settings import RECORD_FILE, AdaptSettings
@@ -52,7 +52,8 @@ def check_settings(s: AdaptSettings) -> Checked:
         from ..gguf_export import check_gguf
         from ..hub import load_tokenizer
         check_gguf(config, load_tokenizer(s.model, trust_remote_code=s.trust_remote_code), source_gguf(s.model))
-    if s.data is None and not synth_finished(*synth_location(s)):
+    if s.data is None and not all(synth_finished(*synth_location(s, c))
+                                  for c in [None, *shape_settings(s, tests_sha)]):
         from ..hub import load_tokenizer
         if not getattr(load_tokenizer(s.model, trust_remote_code=s.trust_remote_code), "chat_template", None):
             raise ValueError(f"--data: required for {s.model!r}: its tokenizer has no chat template to write its own "

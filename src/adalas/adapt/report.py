@@ -41,6 +41,13 @@ def _alike(name: str, c: dict) -> str:
                    f"{diff['n']} rows could not detect less than {e['detectable']:.3f}.")
 
 
+def _kinds_text(kinds: dict | None) -> str:
+    """", of which plain 1,500 (24 held out), dialogue 190 (24 held out), ..." where rows are of several kinds."""
+    if not kinds or list(kinds) == ["plain"]:
+        return ""
+    return ", of which " + ", ".join(f"{k} {v['rows']:,} ({v['heldout']} held out)" for k, v in kinds.items())
+
+
 def render_report(run: Run, done_only: bool = False) -> str:
     """report.md: the route, how it was made, quality with paired intervals, speed, the stages' wall time
     (`done_only`: only the stages finished, as the card written during the export stage has them)."""
@@ -61,6 +68,7 @@ def render_report(run: Run, done_only: bool = False) -> str:
               f"- Data: {data['train_rows']} training rows and {data['heldout_rows']} held-out rows "
               + ("written by the model itself (`adalas synth`, answers greedy at full depth)" if data.get("synth")
                  else f"from `{s.data}`")
+              + _kinds_text(data.get("kinds"))
               + f"; {data['dropped_test']} row(s) dropped for sharing text with the test files.",
               f"- Route: a search scored teacher-forced on the first {route['rows']} held-out rows (mean KL to the "
               f"full model over {s.response_tokens} response tokens; {route['searched']} routes scored): "

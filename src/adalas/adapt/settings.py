@@ -16,10 +16,19 @@ FORMATS = ("hf", "gguf")
 PROMPT_DEPTHS = ("route", "full")
 # the repository's committed self-written rows (relative to its root), reused where their settings match
 SELF_WRITTEN_ROWS = {"smollm2-135m": "data/synth/smollm2-135m.jsonl"}
-# the training recipe (src/adalas/recipes/smollm2-135m-adapted-20.yaml): LoRA on every projection of a layer
-# plus KL to the full-depth model on response tokens, from a cached top-k teacher
+# Rows shaped like real tasks (`adalas synth --shape`: a dialogue to summarise, an article, a text to work
+# on), written in chunks of SHAPE_CHUNK rows with the settings of the embedded model's committed chunks
+# (data/synth/README.md), so that it reuses them: chunk k (from 1) of the i-th shape here has seed 10 k + i,
+# and each shape caps the text the model writes at its own number of tokens.
+SHAPE_SOURCE_TOKENS = {"dialogue": 192, "article": 256, "input": 192}
+SHAPE_CHUNK = 96
+SHAPE_BATCH = 32
+SELF_WRITTEN_SHAPES = {"smollm2-135m": "data/synth/shapes/{shape}.s{seed}.jsonl"}
+# the training recipe (src/adalas/recipes/smollm2-135m-adapted-20.yaml, version 3): LoRA on every projection
+# of a layer plus KL to the full-depth model on response tokens, from a cached top-k teacher; prompts up to
+# 384 of 512 tokens, which an article needs
 RECIPE = {"distill_alpha": 1.0, "distill_temperature": 1.0, "distill_top_k": 32, "lora_dropout": 0.0,
-          "lr_scheduler_type": "cosine", "max_seq_length": 224, "prompt_fraction": 0.5, "save_steps": 40,
+          "lr_scheduler_type": "cosine", "max_seq_length": 512, "prompt_fraction": 0.75, "save_steps": 40,
           "logging_steps": 10}
 
 
@@ -41,6 +50,8 @@ class AdaptSettings:
     response_tokens: int = 32    # response tokens per row in the search
     max_candidates: int = 100    # routes the search scores at most
     synth_rows: int = 1600       # rows the model writes itself when no --data
+    shapes: tuple[str, ...] = tuple(SHAPE_SOURCE_TOKENS)  # and rows of these shapes (none: plain rows only)
+    shape_rows: int = 192        # per shape
     max_new_tokens: int = 64     # in evaluation
     eval_rows: int | None = None  # held-out rows evaluated (default: all the search did not use)
     batch_size: int = 8
@@ -58,12 +69,16 @@ class AdaptSettings:
 
     def __post_init__(self):
         counts = {"layers": 1, "steps": 1, "heldout": 1, "route_rows": 1, "response_tokens": 1, "max_candidates": 2,
-                  "synth_rows": 2, "max_new_tokens": 1, "batch_size": 1, "lora_r": 1, "speed_tokens": 1,
+                  "synth_rows": 2, "shape_rows": 2, "max_new_tokens": 1, "batch_size": 1, "lora_r": 1, "speed_tokens": 1,
                   "speed_rounds": 1, "eval_rows": 1}
         for name, least in counts.items():
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= {least}, got {value}")
+        unknown = [x for x in self.shapes if x not in SHAPE_SOURCE_TOKENS]
+        if unknown or len(set(self.shapes)) != len(self.shapes):
+            raise ValueError(f"--shapes: a comma list of distinct shapes from {', '.join(SHAPE_SOURCE_TOKENS)}, or "
+                             f"none; got {','.join(self.shapes)!r}")
         if self.format not in FORMATS:
             raise ValueError(f"--format: must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.prompt_depth not in PROMPT_DEPTHS:

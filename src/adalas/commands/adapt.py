@@ -42,6 +42,10 @@ def build_parser():
     p.add_argument("--response-tokens", type=int, default=32, help="response tokens per row in the search (default 32)")
     p.add_argument("--max-candidates", type=int, default=100, help="routes the search scores at most (default 100)")
     p.add_argument("--synth-rows", type=int, default=1600, help="rows the model writes itself without --data")
+    p.add_argument("--shapes", default="dialogue,article,input",
+                   help="without --data, also rows of these shapes (a dialogue to summarise, an article, a text to "
+                        "work on; comma list, or none): the shapes of real tasks (default: all three)")
+    p.add_argument("--shape-rows", type=int, default=192, help="rows per shape (default 192)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="new tokens in evaluation (default 64)")
     p.add_argument("--eval-rows", type=int, default=None,
                    help="held-out rows to evaluate (default: every one the search did not use)")
@@ -55,6 +59,12 @@ def build_parser():
     return p
 
 
+def parse_shapes(text: str) -> tuple[str, ...]:
+    """"dialogue,article" -> ("dialogue", "article"); "none" (or empty) -> ()."""
+    words = tuple(w.strip() for w in text.split(",") if w.strip())
+    return () if words in ((), ("none",)) else words
+
+
 def main(argv: list[str]) -> int:
     from ..adapt import AdaptSettings, command_line, run_adapt
 
@@ -63,7 +73,8 @@ def main(argv: list[str]) -> int:
         model=args.model, layers=args.layers, out=args.out, data=args.data, tests=tuple(args.test), format=args.format,
         steps=args.steps, seed=args.seed, prompt_depth=args.prompt_depth, heldout=args.heldout,
         route_rows=args.route_rows, response_tokens=args.response_tokens, max_candidates=args.max_candidates,
-        synth_rows=args.synth_rows, max_new_tokens=args.max_new_tokens, eval_rows=args.eval_rows,
+        synth_rows=args.synth_rows, shapes=parse_shapes(args.shapes), shape_rows=args.shape_rows,
+        max_new_tokens=args.max_new_tokens, eval_rows=args.eval_rows,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r, gguf_dtype=args.gguf_dtype,
         speed_tokens=args.speed_tokens, speed_rounds=args.speed_rounds, dtype=args.dtype, device=args.device,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
