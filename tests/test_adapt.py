@@ -343,6 +343,23 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(world, tmp_path, capsy
     assert (_snapshot(tmp_path), _snapshot(world)) == before  # nothing written
 
 
+def test_with_looks_each_test_files_evaluation_is_logged_once_before_it_runs(world, tmp_path):
+    """--looks: a line per --test file (not the held-out rows) naming full depth, the route off the shelf
+    and the adapted route with their weights' sha256 and route; a rerun of a finished run logs nothing."""
+    looks, out = tmp_path / "LOOKS.jsonl", tmp_path / "out"
+    argv = _argv(world, "opt", out, "--looks", str(looks))
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in looks.read_text().splitlines()]
+    record = json.loads((out / "adapt.json").read_text())["stages"]
+    skip = record["route"]["outputs"]["skip"]
+    route = "".join("0" if i in skip else "1" for i in range(4))
+    assert len(lines) == 1 and lines[0]["task"] == "eval" and "adalas adapt" in lines[0]["why"]
+    assert [(c["config_id"], c.get("route")) for c in lines[0]["configs"]] == [("full", None), ("route", route),
+                                                                               ("adapted", route)]
+    assert lines[0]["configs"][2]["model_sha256"] == record["train"]["outputs"]["adapter_sha256"]
+    assert main(argv) == 0 and len(looks.read_text().splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Data: self-written rows, written once per model and settings
 

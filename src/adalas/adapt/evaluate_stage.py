@@ -124,6 +124,22 @@ def _eval_sets(run: Run) -> list[dict]:
     return sets
 
 
+def _log_look(run: Run, es: dict, configs) -> None:
+    """A line in the --looks file before a --test file is evaluated (the real-task protocol's log): the
+    file's sha256, each config with the sha256 of its weights and its route; none when a resumed run
+    logged it already."""
+    from ..config import route_to_str
+    from ..tasks import git_commit, log_looks
+
+    route = route_to_str(configs[1].depth.static_route(run.num_layers))
+    line = log_looks(run.s.looks, es["name"], es["sha256"],  # an adapter by its file's sha256, as `adalas tasks`
+                     [("full", run.model_sha256), ("route", run.model_sha256, route),
+                      ("adapted", configs[2].weights, route)],
+                     f"adalas adapt: {run.s.command or run.s.out}", git_commit())
+    if line is not None:
+        say(f"look logged in {run.s.looks} for {es['name']}")
+
+
 def stage_evaluate(run: Run, inputs: dict, resume: bool) -> dict:
     """Full depth, the route off the shelf and the adapted route (adalas, greedy) on each evaluation set,
     as one sweep per set (resumable rows); paired comparisons; then tokens/s in transformers."""
@@ -149,6 +165,8 @@ def stage_evaluate(run: Run, inputs: dict, resume: bool) -> dict:
                            long_prompts="truncate", source=es["name"])
         first_items = first_items or items
         out_dir = run.path(f"evaluate/{es['name']}")
+        if s.looks and es["name"] != "heldout":
+            _log_look(run, es, configs)
         say(f"evaluating on {es['name']} ({len(items)} rows): full depth, the route off the shelf, the adapted route")
         rows = run_sweep(model, tok, items, configs, out_dir, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                          model_id=s.model, data_id=es["file"], settings={"data_sha256": es["sha256"]},

@@ -54,6 +54,7 @@ class AdaptSettings:
     shape_rows: int = 192        # per shape
     max_new_tokens: int = 64     # in evaluation
     eval_rows: int | None = None  # held-out rows evaluated (default: all the search did not use)
+    looks: str | None = None     # a LOOKS.jsonl that logs each --test file's evaluation before it starts
     batch_size: int = 8
     learning_rate: float = 5e-4
     lora_r: int = 16

@@ -29,6 +29,9 @@ def build_parser():
                    help="a JSON/JSONL file of rows to adapt on (default: rows the model writes itself, adalas synth)")
     p.add_argument("--test", nargs="+", default=[], metavar="FILE",
                    help="evaluation files: scored at the end; rows sharing text with them are dropped from the data")
+    p.add_argument("--looks", default=None, metavar="LOOKS.jsonl",
+                   help="a test-set protocol's log (results/tasks/LOOKS.jsonl): each --test file's evaluation is "
+                        "logged there before it starts (date, commit, the models' sha256, why)")
     p.add_argument("--format", default="hf", choices=["hf", "gguf"],
                    help="hf (default): a transformers checkpoint; gguf: also model.gguf for llama.cpp (Llama models)")
     p.add_argument("--steps", type=int, default=160, help="training steps (default 160, batch 8)")
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
         steps=args.steps, seed=args.seed, prompt_depth=args.prompt_depth, heldout=args.heldout,
         route_rows=args.route_rows, response_tokens=args.response_tokens, max_candidates=args.max_candidates,
         synth_rows=args.synth_rows, shapes=parse_shapes(args.shapes), shape_rows=args.shape_rows,
-        max_new_tokens=args.max_new_tokens, eval_rows=args.eval_rows,
+        max_new_tokens=args.max_new_tokens, eval_rows=args.eval_rows, looks=args.looks,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r, gguf_dtype=args.gguf_dtype,
         speed_tokens=args.speed_tokens, speed_rounds=args.speed_rounds, dtype=args.dtype, device=args.device,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
