@@ -165,14 +165,33 @@ class Evaluator:
                 seed_store(self.plan.shared_rows / es.name, store, full, configs)
                 todo = [c for c in configs if c.config_id not in rows_complete(store, len(items))]
             if es.test and todo:
-                log_looks(self.plan.looks, es.name, settings.get("data_sha256") or "", [(c.config_id, c.weights or sha)
-                                                                                       for c in todo], why, git_commit())
+                log_looks(self.plan.looks, es.name, settings.get("data_sha256") or "", self.identities(todo, sha), why,
+                          git_commit(), changed=self.changed(es, todo))
             run_sweep(model, self.tokenizer, items, configs, store, max_new_tokens=es.max_new_tokens,
                       batch_size=es.batch_size, model_id=model_path, data_id=data_id, settings=settings,
                       progress=self.progress)
         if todo or not (out / "per_sequence.jsonl").is_file():
             publish(store, out)
         return bool(todo)
+
+    def identities(self, configs: Sequence, sha: str) -> list[tuple]:
+        """(config id, the sha256 of its weights, its route or None) as a look records them."""
+        from ..config import route_to_str
+
+        out = []
+        for c in configs:
+            route = c.depth.static_route(self.plan.layers)
+            out.append((c.config_id, c.weights or sha, route_to_str(route) if route and not all(route) else None))
+        return out
+
+    def changed(self, es: EvalSet, configs: Sequence) -> list[str]:
+        """The config ids the real-task runs (`shared_rows`) made with another definition: new candidates
+        under old names (a shipped route replaced since), each a new look."""
+        from ..run_settings import changed_definitions
+
+        if self.plan.shared_rows is None:
+            return []
+        return changed_definitions(self.plan.shared_rows / es.name, {c.config_id: c.definition() for c in configs})
 
     def timed(self, stages, stage: str, model_path: str, configs: Sequence, es: EvalSet, why: str) -> None:
         """`sweep`, its wall time added to `stages` when it made rows."""
