@@ -84,6 +84,18 @@ def test_a_new_route_under_an_old_config_id_is_a_new_look(tmp_path):
                            changed=["route:a"]) is not None
 
 
+def test_look_identities_name_each_configs_weights_and_its_route_unless_every_layer_runs():
+    from adalas.config import DepthConfig
+    from adalas.sweep import SweepConfig
+
+    configs = [SweepConfig("full", "full", 4, DepthConfig()),
+               SweepConfig("route", "route", 3, DepthConfig(mode="static_skip", skip_layers=[2])),
+               SweepConfig("adapted", "adapted", 3, DepthConfig(mode="static_skip", skip_layers=[2]), weights="w1"),
+               SweepConfig("early_exit@2", "early_exit", 2, DepthConfig(mode="early_exit", exit_after=2))]
+    assert tasks.look_identities(configs, 4, "w0") == [("full", "w0", None), ("route", "w0", "1101"),
+                                                       ("adapted", "w1", "1101"), ("early_exit@2", "w0", "1100")]
+
+
 def test_a_rerun_over_rows_of_another_definition_logs_a_new_look_and_makes_them_again(tiny_files, tmp_path,
                                                                                         monkeypatch):
     """`adalas tasks run` after a config's definition changed (here the rows and the look of

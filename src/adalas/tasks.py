@@ -68,6 +68,18 @@ def looked_at(looks_path: Path) -> set[tuple]:
     return seen
 
 
+def look_identities(configs: Iterable, num_layers: int, base_sha256: str) -> list[tuple]:
+    """(config id, the sha256 of its weights, its route or None) for each sweep config, as a look records
+    them: an adapter by its file's sha256, the base model by `base_sha256`; a route unless every layer runs."""
+    from .config import route_to_str
+
+    out = []
+    for c in configs:
+        route = c.depth.static_route(num_layers)
+        out.append((c.config_id, c.weights or base_sha256, route_to_str(route) if route and not all(route) else None))
+    return out
+
+
 def log_looks(looks_path: str | Path, task: str, data_sha256: str, configs: Iterable[tuple],
               why: str, commit: str, changed: Iterable[str] = ()) -> dict | None:
     """Append one line for the configs, (config_id, model_sha256) or (config_id, model_sha256, route),

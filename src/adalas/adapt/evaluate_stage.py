@@ -128,13 +128,9 @@ def _log_look(run: Run, es: dict, configs) -> None:
     """A line in the --looks file before a --test file is evaluated (the real-task protocol's log): the
     file's sha256, each config with the sha256 of its weights and its route; none when a resumed run
     logged it already."""
-    from ..config import route_to_str
-    from ..tasks import git_commit, log_looks
+    from ..tasks import git_commit, log_looks, look_identities
 
-    route = route_to_str(configs[1].depth.static_route(run.num_layers))
-    line = log_looks(run.s.looks, es["name"], es["sha256"],  # an adapter by its file's sha256, as `adalas tasks`
-                     [("full", run.model_sha256), ("route", run.model_sha256, route),
-                      ("adapted", configs[2].weights, route)],
+    line = log_looks(run.s.looks, es["name"], es["sha256"], look_identities(configs, run.num_layers, run.model_sha256),
                      f"adalas adapt: {run.s.command or run.s.out}", git_commit())
     if line is not None:
         say(f"look logged in {run.s.looks} for {es['name']}")

@@ -63,10 +63,9 @@ def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace)
     """Log the look, run the sweep (resumable), publish the rows without the data's text."""
     from ..data import file_sha256
     from ..hub import embedded_model_dir, model_sha256
-    from ..config import route_to_str
     from ..run_settings import changed_definitions
     from ..sweep import build_configs, checkpoint_num_layers, parse_budgets, parse_strategies
-    from ..tasks import REAL_TASKS, git_commit, log_looks, publish
+    from ..tasks import REAL_TASKS, git_commit, log_looks, look_identities, publish
     from . import sweep
 
     L = checkpoint_num_layers(embedded_model_dir(MODEL))
@@ -78,11 +77,8 @@ def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace)
     # a shipped adapter retrained, or a route borrowed from one that changed, is a new candidate under
     # an old config id: a new look, and its old rows are made again
     changed = changed_definitions(run_dir, {c.config_id: c.definition() for c in configs})
-    identities = []
-    for c in configs:
-        route = c.depth.static_route(L)
-        identities.append((c.config_id, c.weights or base, route_to_str(route) if route and not all(route) else None))
-    line = log_looks(Path(args.out) / "LOOKS.jsonl", task, data_sha, identities, args.why, git_commit(), changed)
+    line = log_looks(Path(args.out) / "LOOKS.jsonl", task, data_sha, look_identities(configs, L, base), args.why,
+                     git_commit(), changed)
     if line is not None:
         print(f"{task}: look logged for {', '.join(c['config_id'] for c in line['configs'])}", flush=True)
     argv = ["--model", MODEL, "--data", str(data_file), "--max-new-tokens", str(REAL_TASKS[task].max_new_tokens),

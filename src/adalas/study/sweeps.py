@@ -149,7 +149,7 @@ class Evaluator:
     def _sweep(self, model_path: str, sha: str, store: Path, configs: Sequence, es: EvalSet, why: str) -> bool:
         from ..data import data_sha256
         from ..sweep import run_sweep, sweep_settings
-        from ..tasks import git_commit, log_looks, publish
+        from ..tasks import git_commit, log_looks, look_identities, publish
 
         out = self.plan.out / "rows" / store_key(sha, es)
         items = self.items(es)
@@ -165,24 +165,14 @@ class Evaluator:
                 seed_store(self.plan.shared_rows / es.name, store, full, configs)
                 todo = [c for c in configs if c.config_id not in rows_complete(store, len(items))]
             if es.test and todo:
-                log_looks(self.plan.looks, es.name, settings.get("data_sha256") or "", self.identities(todo, sha), why,
-                          git_commit(), changed=self.changed(es, todo))
+                log_looks(self.plan.looks, es.name, settings.get("data_sha256") or "",
+                          look_identities(todo, self.plan.layers, sha), why, git_commit(), changed=self.changed(es, todo))
             run_sweep(model, self.tokenizer, items, configs, store, max_new_tokens=es.max_new_tokens,
                       batch_size=es.batch_size, model_id=model_path, data_id=data_id, settings=settings,
                       progress=self.progress)
         if todo or not (out / "per_sequence.jsonl").is_file():
             publish(store, out)
         return bool(todo)
-
-    def identities(self, configs: Sequence, sha: str) -> list[tuple]:
-        """(config id, the sha256 of its weights, its route or None) as a look records them."""
-        from ..config import route_to_str
-
-        out = []
-        for c in configs:
-            route = c.depth.static_route(self.plan.layers)
-            out.append((c.config_id, c.weights or sha, route_to_str(route) if route and not all(route) else None))
-        return out
 
     def changed(self, es: EvalSet, configs: Sequence) -> list[str]:
         """The config ids the real-task runs (`shared_rows`) made with another definition: new candidates
