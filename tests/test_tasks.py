@@ -234,6 +234,7 @@ def test_ratio_and_gap_closed_are_paired_point_estimates_with_intervals():
     (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--tasks", "alpaca"], "unknown 'alpaca'"),
     (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--phases", "9"], "--phases"),
     (["tasks", "report", "--data-dir", "{missing}"], "is not a file"),
+    (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--also-adapted", "no-such-adapter"], "no packaged adapter"),
 ])
 def test_tasks_command_refuses_bad_input_in_one_line(tmp_path, capsys, argv, needle):
     data_dir = _data_dir(tmp_path)
@@ -254,3 +255,19 @@ def test_each_input_shape_stands_in_for_one_real_task_with_its_cap():
     for t in tasks.REAL_TASKS.values():
         assert synth_shapes.SHAPE_ANSWER_TOKENS[t.shape] == t.max_new_tokens
         assert synth_command.SHAPE_ANSWER_TOKENS[t.shape] == t.max_new_tokens
+
+
+def test_also_adapted_joins_phase_one_and_leaves_the_protocols_phases_alone(tmp_path, monkeypatch):
+    """The seed that did not ship is swept with phase 1 (and so logged as a look); PHASES stays as committed."""
+    from adalas import hub
+    from adalas.commands import tasks as command
+
+    ran = []
+    monkeypatch.setattr(command, "run_phase", lambda phase, task, data, args: ran.append((phase, task)))
+    monkeypatch.setattr(hub, "adapter_dir", lambda alias: tmp_path if alias == "_other-seed" else None)
+    before = json.dumps(tasks.PHASES)
+    assert main(["tasks", "run", "--why", "x", "--data-dir", str(_data_dir(tmp_path)), "--tasks", "samsum",
+                 "--also-adapted", "_other-seed", "_other-seed@smollm2-135m-adapted-20"]) == 0
+    assert [p["adapted"][-2:] for p, _ in ran] == [["_other-seed", "_other-seed@smollm2-135m-adapted-20"],
+                                                   tasks.PHASES[1][1]["adapted"][-2:]]
+    assert json.dumps(tasks.PHASES) == before

@@ -8,7 +8,9 @@ baselines) and each task, a line in `results/tasks/LOOKS.jsonl` naming the confi
 it, then `adalas sweep` into the ignored `runs/tasks/<task>/` (resumable: a killed run resumes and
 logs nothing new), then copies the finished sweep without the data's text into
 `results/tasks/<task>/`. `report` writes `results/tasks/report.md` and `summary.json`, per task and
-pooled, joining the references back by id after checking each file's sha256.
+pooled, joining the references back by id after checking each file's sha256. `--also-adapted`
+sweeps more adapters with phase 1: the protocol reports both training seeds' test scores, and the
+seed that did not ship lives only under an ignored `_` alias.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma list (default: all three)")
     p.add_argument("--phases", default=None, help="comma list of the protocol's phases to run (default: all)")
     p.add_argument("--why", default="", help="run: why this look is taken (logged in LOOKS.jsonl)")
+    p.add_argument("--also-adapted", "--also_adapted", nargs="+", default=[], metavar="ALIAS",
+                   help="run: adapters the protocol reports beside the shipped ones (the training seed that did "
+                        "not ship), swept with phase 1, each a look")
     p.add_argument("--runs", default="runs/tasks", help="full rows, with the data's text (ignored by git)")
     p.add_argument("--out", default="results/tasks", help="committed rows and the report")
     p.add_argument("--batch-size", type=int, default=16)
@@ -48,7 +53,13 @@ def main(argv: list[str]) -> int:
         return 0
     if not args.why.strip():
         raise ValueError("--why: say why this look is taken (it is logged in LOOKS.jsonl)")
-    phases = PHASES[PROTOCOL_VERSION]
+    from ..hub import adapter_dir
+
+    for alias in args.also_adapted:
+        if adapter_dir(alias.partition("@")[0]) is None:
+            raise ValueError(f"--also-adapted: {alias!r} is no packaged adapter alias (src/adalas/adapters/<alias>/)")
+    phases = [dict(p) for p in PHASES[PROTOCOL_VERSION]]
+    phases[0]["adapted"] = [*phases[0].get("adapted", []), *args.also_adapted]
     chosen = range(1, len(phases) + 1) if args.phases is None else [int(x) for x in args.phases.split(",")]
     for k in chosen:
         if not 1 <= k <= len(phases):
