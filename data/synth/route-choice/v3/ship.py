@@ -9,6 +9,10 @@ repository root after `v3/choose.py` and `v3/choose_dropout.py`:
 - `smollm2-135m-dropout`: the fifth version's chosen seed if v3/dropout-choice.json says it replaces the fourth
   (default depth full, its route pool the chosen routes); otherwise the fourth stays, and its recipe keeps the
   data and lengths it trained with (it inherits the 24-layer recipe, which changes here).
+  Until v3/dropout-choice.json exists, the routes ship alone and the fourth version's recipe is pinned to its
+  own data and lengths; run this again once it exists.
+- The seed that did not ship: under the ignored alias `_ALIAS-seedN` (`-seedN@ROUTE` for the dropout model),
+  for `adalas tasks run --also-adapted` (the protocol reports both seeds' test scores); printed at the end.
 Each adapter directory is replaced at once (copied beside it, then renamed). The recipes' comments say where
 each choice came from; docs/adapters.md and the README are edited by hand.
 """
@@ -73,9 +77,20 @@ def set_keys(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def ship_route(size: str, chosen: dict) -> None:
+def other_seed(run_prefix: Path, seed: int, alias: str) -> str:
+    """The seed that did not ship, under an ignored `_` alias; returns it."""
+    other = 1 - int(seed)
+    name = f"_{alias}-seed{other}"
+    replace_adapter(run_prefix.parent / f"{run_prefix.name}{other}" / "adapter", name)
+    return name
+
+
+def ship_route(size: str, chosen: dict) -> str:
+    """Ships the chosen run; returns the other seed's alias."""
     run = ROOT / "runs" / "v3" / f"{size}-{chosen['route']}-s{chosen['seed']}"
     replace_adapter(run / "adapter", f"smollm2-135m-adapted-{size}")
+    also = other_seed(ROOT / "runs" / "v3" / f"{size}-{chosen['route']}-s", chosen["seed"],
+                      f"smollm2-135m-adapted-{size}")
     skip = json.loads((run / "adapter" / "adalas_depth.json").read_text())["skip_layers"]
     recipe = RECIPES / f"smollm2-135m-adapted-{size}.yaml"
     body = "\n".join(line for line in recipe.read_text().splitlines() if not line.startswith("#")) + "\n"
@@ -83,14 +98,17 @@ def ship_route(size: str, chosen: dict) -> None:
                            "depth": "{mode: static_skip, skip_layers: [" + ", ".join(map(str, skip)) + "]}"})
     header = HEADER.format(size=size, route_text=ROUTE_TEXT[chosen["route"]].format(size=size))
     recipe.write_text(header + body)
+    return also
 
 
-def ship_dropout(doc: dict) -> None:
+def ship_dropout(doc: dict | None) -> list[str]:
+    """Ships the fifth version if it replaces the fourth; returns the other seed's configs for the look."""
     recipe = RECIPES / "smollm2-135m-dropout.yaml"
     text = recipe.read_text()
-    if not doc["fifth_replaces_fourth"]:
-        recipe.write_text(set_keys(text, V2_DATA))  # the fourth version stays: keep what it trained on
-        return
+    if doc is None or not doc["fifth_replaces_fourth"]:
+        # the fourth version stays: pin what it trained on (it inherits the 24-layer recipe, changed here)
+        recipe.write_text(set_keys(text, {**V2_DATA, "seed": "0"}))
+        return []
     run = ROOT / Path(doc["ships"]).parent
     trained = json.loads((run / "adapter" / "adalas_depth.json").read_text())
     if "route_pool" not in trained:
@@ -98,19 +116,23 @@ def ship_dropout(doc: dict) -> None:
     seed = run.name.rsplit("-s", 1)[1]
     pool = ", ".join("[" + ", ".join(map(str, r)) + "]" for r in trained["route_pool"])
     replace_adapter(run / "adapter", "smollm2-135m-dropout", depth={"mode": "full"})
+    also = other_seed(run.parent / "dropout-s", int(seed), "smollm2-135m-dropout")
+    (ADAPTERS / also / "adalas_depth.json").write_text(json.dumps({"mode": "full"}) + "\n")
     text = re.sub(r"route_pool: \[\[.*?\]\]", f"route_pool: [{pool}]", text, flags=re.S)
     text = text.replace("# - 20% run one of the two shipped routes, adapted-20's or adapted-24's",
                         "# - 20% run one of the two shipped routes (version 3's), adapted-20's or adapted-24's")
-    recipe.write_text(set_keys(text, {"seed": seed}))
+    recipe.write_text(set_keys(text, {**V3_DATA, "seed": seed}))
+    return [also, *(f"{also}@smollm2-135m-adapted-{size}" for size in ("24", "20"))]
 
 
 def main() -> None:
     choice = json.loads((HERE / "choice.json").read_text())["choice"]
-    dropout = json.loads((HERE / "dropout-choice.json").read_text())
-    for size in ("20", "24"):
-        ship_route(size, choice[size])
-    ship_dropout(dropout)
-    print(json.dumps({"routes": choice, "dropout": dropout["ships"]}, indent=1))
+    dropout_file = HERE / "dropout-choice.json"
+    dropout = json.loads(dropout_file.read_text()) if dropout_file.is_file() else None
+    also = [ship_route(size, choice[size]) for size in ("24", "20")]
+    also += ship_dropout(dropout)
+    print(json.dumps({"routes": choice, "dropout": dropout["ships"] if dropout else "the fourth version, for now",
+                      "also_adapted": also}, indent=1))
 
 
 if __name__ == "__main__":
