@@ -380,3 +380,16 @@ def test_committed_sweep_directories_accept_the_new_keys(tmp_path, name):
     check_settings(tmp_path, settings, configs, record=False)
     with pytest.raises(ValueError, match="max_new_tokens"):
         check_settings(tmp_path, {**settings, "max_new_tokens": doc["settings"]["max_new_tokens"] + 1}, configs)
+
+
+def test_two_adapters_on_one_route_share_its_off_the_shelf_config(tmp_path, monkeypatch):
+    """Two training seeds of one route: one `route:` config (the first alias's), an `adapted:` config each."""
+    from adalas import hub
+
+    for name, skip in (("seed1", [1]), ("seed0", [1]), ("other", [2])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adalas_depth.json").write_text(json.dumps({"mode": "static_skip", "skip_layers": skip}))
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(name.encode())
+    monkeypatch.setattr(hub, "adapter_dir", lambda alias: tmp_path / alias if (tmp_path / alias).is_dir() else None)
+    ids = [c.config_id for c in S.build_configs(4, budgets=[], adapted=["seed1", "seed0", "other"])]
+    assert ids == ["full", "route:seed1", "adapted:seed1", "adapted:seed0", "route:other", "adapted:other"]

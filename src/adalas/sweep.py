@@ -116,7 +116,8 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
     Config ids: `full`, `early_exit@24`, `uniform_skip@24`, `random_route@24#0`, `route#0`,
     `learned:<directory name>`, `full_sample#1` ... `full_sample#<K-1>`; then each shipped adapted
     alias in `adapted` on its own depth, `adapted:<alias>` (with `route:<alias>`, the same route on the
-    base model off the shelf, before it, so the two compare on the same sequences)."""
+    base model off the shelf, before it, so the two compare on the same sequences; left out when an
+    earlier alias's `route:` config runs that route already, as for two training seeds of one route)."""
     L = num_layers
     if routes_per_budget < 0:
         raise ValueError(f"routes_per_budget: must be >= 0, got {routes_per_budget}")
@@ -167,7 +168,9 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
     for s in range(1, null_k):
         configs.append(SweepConfig(f"full_sample#{s}", "full_sample", L, DepthConfig(), sampling=Sampling(seed=s)))
     for alias in adapted:
-        configs += adapted_configs(alias, L)
+        shelf = {tuple(c.depth.route) for c in configs if c.strategy == "route" and c.config_id.startswith("route:")}
+        configs += [c for c in adapted_configs(alias, L)
+                    if not (c.config_id.startswith("route:") and tuple(c.depth.route) in shelf)]
     return configs
 
 
