@@ -18,9 +18,9 @@ from .plan import Plan, e1_runs, e2_finals, e2_pilots, e3_runs, prerequisites
 class Figures:
     """Seconds on one thread of this machine (2 cores, shared with another job)."""
 
-    # a LoRA + cached-teacher training step, batch 8 x <= 224 tokens: 17-20 s (the first study's runs);
-    # a plain forward + backward of 8 x 224 tokens measured 27 s on 2026-12-08 with the machine loaded (4.7)
-    train_step: float = 18.5
+    # a LoRA + cached-teacher training step of the shipped recipes (version 3: batch 8 x <= 512 tokens, shaped
+    # rows): 17-28 s beside another lane, 3,811 s for adapted-24's 160 steps (version 2's 224 tokens: 17-20 s)
+    train_step: float = 23.0
     learned_step: float = 23.0  # learned mode computes every layer in training (the first study's E2 runs)
     # one full-depth config over each real task at its cap, batch 16 (`adalas tasks run`, sweep_meta.json):
     # cnn_dailymail 980 s, user_oriented 704 s; samsum 372 s (the dropout model at full depth)
