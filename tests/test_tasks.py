@@ -234,7 +234,7 @@ def test_ratio_and_gap_closed_are_paired_point_estimates_with_intervals():
     (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--tasks", "alpaca"], "unknown 'alpaca'"),
     (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--phases", "9"], "--phases"),
     (["tasks", "report", "--data-dir", "{missing}"], "is not a file"),
-    (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--also-adapted", "no-such-adapter"], "no packaged adapter"),
+    (["tasks", "run", "--why", "x", "--data-dir", "{d}", "--also-adapted", "no-such-adapter"], "not a shipped adapted model"),
 ])
 def test_tasks_command_refuses_bad_input_in_one_line(tmp_path, capsys, argv, needle):
     data_dir = _data_dir(tmp_path)
@@ -264,7 +264,6 @@ def test_also_adapted_joins_phase_one_and_leaves_the_protocols_phases_alone(tmp_
 
     ran = []
     monkeypatch.setattr(command, "run_phase", lambda phase, task, data, args: ran.append((phase, task)))
-    monkeypatch.setattr(hub, "adapter_dir", lambda alias: tmp_path if alias == "_other-seed" else None)
     before = json.dumps(tasks.PHASES)
     assert main(["tasks", "run", "--why", "x", "--data-dir", str(_data_dir(tmp_path)), "--tasks", "samsum",
                  "--also-adapted", "_other-seed", "_other-seed@smollm2-135m-adapted-20"]) == 0

@@ -53,11 +53,7 @@ def main(argv: list[str]) -> int:
         return 0
     if not args.why.strip():
         raise ValueError("--why: say why this look is taken (it is logged in LOOKS.jsonl)")
-    from ..hub import adapter_dir
-
-    for alias in args.also_adapted:
-        if adapter_dir(alias.partition("@")[0]) is None:
-            raise ValueError(f"--also-adapted: {alias!r} is no packaged adapter alias (src/adalas/adapters/<alias>/)")
+    # an unknown alias is refused by the sweep's own check (`sweep.adapted_configs`) before anything is written
     phases = [dict(p) for p in PHASES[PROTOCOL_VERSION]]
     phases[0]["adapted"] = [*phases[0].get("adapted", []), *args.also_adapted]
     chosen = range(1, len(phases) + 1) if args.phases is None else [int(x) for x in args.phases.split(",")]
