@@ -168,7 +168,7 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
     for s in range(1, null_k):
         configs.append(SweepConfig(f"full_sample#{s}", "full_sample", L, DepthConfig(), sampling=Sampling(seed=s)))
     for alias in adapted:
-        shelf = {tuple(c.depth.route) for c in configs if c.strategy == "route" and c.config_id.startswith("route:")}
+        shelf = {tuple(c.depth.route) for c in configs if c.config_id.startswith("route:")}
         configs += [c for c in adapted_configs(alias, L)
                     if not (c.config_id.startswith("route:") and tuple(c.depth.route) in shelf)]
     return configs

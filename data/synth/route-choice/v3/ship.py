@@ -77,11 +77,12 @@ def set_keys(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def other_seed(run_prefix: Path, seed: int, alias: str) -> str:
-    """The seed that did not ship, under an ignored `_` alias; returns it."""
+def other_seed(run: Path, alias: str) -> str:
+    """The other seed of the shipped run `...-sN` under the ignored alias `_ALIAS-seedM`; returns that alias."""
+    stem, seed = run.name.rsplit("-s", 1)
     other = 1 - int(seed)
     name = f"_{alias}-seed{other}"
-    replace_adapter(run_prefix.parent / f"{run_prefix.name}{other}" / "adapter", name)
+    replace_adapter(run.with_name(f"{stem}-s{other}") / "adapter", name)
     return name
 
 
@@ -89,8 +90,7 @@ def ship_route(size: str, chosen: dict) -> str:
     """Ships the chosen run; returns the other seed's alias."""
     run = ROOT / "runs" / "v3" / f"{size}-{chosen['route']}-s{chosen['seed']}"
     replace_adapter(run / "adapter", f"smollm2-135m-adapted-{size}")
-    also = other_seed(ROOT / "runs" / "v3" / f"{size}-{chosen['route']}-s", chosen["seed"],
-                      f"smollm2-135m-adapted-{size}")
+    also = other_seed(run, f"smollm2-135m-adapted-{size}")
     skip = json.loads((run / "adapter" / "adalas_depth.json").read_text())["skip_layers"]
     recipe = RECIPES / f"smollm2-135m-adapted-{size}.yaml"
     body = "\n".join(line for line in recipe.read_text().splitlines() if not line.startswith("#")) + "\n"
@@ -116,7 +116,7 @@ def ship_dropout(doc: dict | None) -> list[str]:
     seed = run.name.rsplit("-s", 1)[1]
     pool = ", ".join("[" + ", ".join(map(str, r)) + "]" for r in trained["route_pool"])
     replace_adapter(run / "adapter", "smollm2-135m-dropout", depth={"mode": "full"})
-    also = other_seed(run.parent / "dropout-s", int(seed), "smollm2-135m-dropout")
+    also = other_seed(run, "smollm2-135m-dropout")
     (ADAPTERS / also / "adalas_depth.json").write_text(json.dumps({"mode": "full"}) + "\n")
     text = re.sub(r"route_pool: \[\[.*?\]\]", f"route_pool: [{pool}]", text, flags=re.S)
     text = text.replace("# - 20% run one of the two shipped routes, adapted-20's or adapted-24's",
