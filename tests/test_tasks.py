@@ -140,6 +140,40 @@ def test_a_rerun_over_rows_of_another_definition_logs_a_new_look_and_makes_them_
     assert len(looks.read_text().splitlines()) == 2
 
 
+def test_a_fresh_checkout_resumes_a_look_from_the_committed_rows(tiny_files, tmp_path, monkeypatch):
+    """The run directory is ignored, so a new checkout lacks it: `adalas tasks run` starts it from the
+    committed rows and makes only the configs they lack (restored rows keep no text; made rows do),
+    and the committed rows of the old configs come out the same."""
+    import argparse
+    import dataclasses
+    import shutil
+
+    from adalas import hub
+    from adalas.commands import tasks as command
+
+    model, _ = tiny_files
+    monkeypatch.setattr(command, "MODEL", str(model))
+    monkeypatch.setattr(hub, "embedded_model_dir", lambda alias="": model)
+    monkeypatch.setitem(tasks.REAL_TASKS, "samsum", dataclasses.replace(tasks.REAL_TASKS["samsum"], max_new_tokens=4))
+    data = _data_dir(tmp_path) / tasks.REAL_TASKS["samsum"].file
+    args = argparse.Namespace(out=str(tmp_path / "results"), runs=str(tmp_path / "runs"), why="first", batch_size=2,
+                              no_progress=True)
+    command.run_phase({"strategies": "full,uniform_skip", "budgets": "2"}, "samsum", data, args)
+    published = tmp_path / "results" / "samsum" / "per_sequence.jsonl"
+    before = published.read_text()
+    shutil.rmtree(tmp_path / "runs")  # a fresh checkout
+    command.run_phase({"strategies": "full,uniform_skip", "budgets": "2,3"}, "samsum", data,
+                      argparse.Namespace(**{**vars(args), "why": "one more budget"}))
+    made = [json.loads(x) for x in (tmp_path / "runs" / "samsum" / "per_sequence.jsonl").read_text().splitlines()]
+    assert {r["config_id"] for r in made if "prompt" not in r} == {"full", "uniform_skip@2"}
+    assert {r["config_id"] for r in made if "prompt" in r} == {"uniform_skip@3"}
+    after = [x for x in published.read_text().splitlines() if '"uniform_skip@3"' not in x]
+    assert after == before.splitlines()
+    lines = [json.loads(x) for x in (tmp_path / "results" / "LOOKS.jsonl").read_text().splitlines()]
+    assert [c["config_id"] for c in lines[-1]["configs"]] == ["uniform_skip@3"]
+    assert not tasks.restore(tmp_path / "results" / "samsum", tmp_path / "runs" / "samsum")  # rows there: left alone
+
+
 def test_changed_definitions_names_the_config_ids_recorded_otherwise(tmp_path):
     from adalas.run_settings import changed_definitions
 

@@ -11,6 +11,8 @@ Notable (the rules are `results/tasks/PROTOCOL.md`'s):
 - Committed rows (`publish`) keep `id`, the prediction and the scores; the prompt and the reference
   text stay in the ignored run directory. `join_references` puts the references back by `id`
   after checking the file's sha256, so a report can recompute every score.
+- A fresh checkout has no run directory: `restore` starts it from the committed copy, so a resumed
+  look makes only the rows it lacks (a sweep reads a row's scores, never its text, once it exists).
 """
 from __future__ import annotations
 
@@ -119,6 +121,21 @@ def publish(run_dir: str | Path, out_dir: str | Path) -> Path:
         if (run_dir / name).is_file():
             atomic_write_text(out_dir / name, (run_dir / name).read_text())
     return out_dir
+
+
+def restore(published_dir: str | Path, run_dir: str | Path) -> bool:
+    """Start an empty run directory from its committed copy (`publish`'s output): the rows without
+    the data's text and the files the sweep resumes from (its settings are checked as on any resume).
+    Returns whether it restored anything; a run directory that has rows is left alone."""
+    published_dir, run_dir = Path(published_dir), Path(run_dir)
+    if (run_dir / "per_sequence.jsonl").is_file() or not (published_dir / "per_sequence.jsonl").is_file():
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in COPIED_FILES:
+        if (published_dir / name).is_file():
+            atomic_write_text(run_dir / name, (published_dir / name).read_text())
+    atomic_write_text(run_dir / "per_sequence.jsonl", (published_dir / "per_sequence.jsonl").read_text())
+    return True
 
 
 def join_references(rows: list[dict], data_file: str | Path, expected_sha256: str | None) -> list[dict]:

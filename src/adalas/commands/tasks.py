@@ -6,7 +6,7 @@
 `run` takes, for each phase of the protocol (`results/tasks/PROTOCOL.md`; targets first, then the
 baselines) and each task, a line in `results/tasks/LOOKS.jsonl` naming the configs that are new to
 it, then `adalas sweep` into the ignored `runs/tasks/<task>/` (resumable: a killed run resumes and
-logs nothing new), then copies the finished sweep without the data's text into
+logs nothing new; an empty one starts from the committed rows, so only new configs are made), then copies the finished sweep without the data's text into
 `results/tasks/<task>/`. `report` writes `results/tasks/report.md` and `summary.json`, per task and
 pooled, joining the references back by id after checking each file's sha256. `--also-adapted`
 sweeps more adapters with phase 1: the protocol reports both training seeds' test scores, and the
@@ -72,7 +72,7 @@ def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace)
     from ..hub import embedded_model_dir, model_sha256
     from ..run_settings import changed_definitions
     from ..sweep import build_configs, checkpoint_num_layers, parse_budgets, parse_strategies
-    from ..tasks import REAL_TASKS, git_commit, log_looks, look_identities, publish
+    from ..tasks import REAL_TASKS, git_commit, log_looks, look_identities, publish, restore
     from . import sweep
 
     L = checkpoint_num_layers(embedded_model_dir(MODEL))
@@ -81,6 +81,8 @@ def run_phase(phase: dict, task: str, data_file: Path, args: argparse.Namespace)
     base = model_sha256(MODEL)  # its GGUF file's sha256, recorded when it was converted
     data_sha = file_sha256(data_file)
     run_dir = Path(args.runs) / task
+    if restore(Path(args.out) / task, run_dir):  # a fresh checkout: resume from the committed rows
+        print(f"{task}: {run_dir} started from the committed rows in {Path(args.out) / task}", flush=True)
     # a shipped adapter retrained, or a route borrowed from one that changed, is a new candidate under
     # an old config id: a new look, and its old rows are made again
     changed = changed_definitions(run_dir, {c.config_id: c.definition() for c in configs})
