@@ -167,6 +167,52 @@ def test_a_study_in_parts_reuses_the_stores_and_reports_what_it_has(quick, tmp_p
     assert main(["study", "--quick", "--out", str(out), "--runs", str(runs), "--experiments", "E5"]) == 2
 
 
+def test_a_fresh_checkout_resumes_from_the_committed_results_and_retrains_only_what_must_run(quick, tmp_path,
+                                                                                            monkeypatch):
+    """The results directory is committed, the runs directory (weights, stores) is not. A new checkout
+    over the same results: the stores start from the published rows, and only what must run again
+    trains again: here one chosen E1 run whose built-in rows are gone. Its second training gives the
+    recorded weights, and its rows come out as before; nothing else trains, generates or is looked at."""
+    import shutil
+
+    out, runs, _, _ = quick
+    monkeypatch.setenv("ADALAS_CACHE", str(tmp_path / "cache"))  # the teacher caches are gone too
+    fresh = tmp_path / "out"
+    shutil.copytree(out, fresh)
+    chosen = json.loads((out / "E1" / "choice.json").read_text())["chosen"][0]["run"]
+    dropped = {}
+    for published in fresh.joinpath("rows").glob("*/builtin-*/per_sequence.jsonl"):
+        lines = published.read_text().splitlines()
+        mine = [x for x in lines if json.loads(x)["config_id"] == f"learned:{chosen}"]
+        if mine:
+            dropped[published] = mine
+            published.write_text("".join(x + "\n" for x in lines if x not in mine))
+    assert len(dropped) == 1
+    stages = json.loads((fresh / "stages.json").read_text())
+    looks = (fresh / "LOOKS.jsonl").read_bytes()
+    runs.rename(tmp_path / "runs-elsewhere")
+    try:
+        _study(fresh, runs)
+        new = json.loads((fresh / "stages.json").read_text())
+        same = lambda d: {k: v for k, v in d.items() if k in stages and k != "sweep:E1:builtin"}  # noqa: E731
+        assert same(new) == same(stages)
+        assert set(new) - set(stages) == {"retrain:base", f"retrain:{chosen}"}
+        assert new["sweep:E1:builtin"] > stages["sweep:E1:builtin"]  # the dropped rows, made again
+        published, mine = next(iter(dropped.items()))
+        again = [x for x in published.read_text().splitlines() if json.loads(x)["config_id"] == f"learned:{chosen}"]
+        strip = lambda rows: [{k: v for k, v in json.loads(x).items() if k not in ("time_s", "tokens_per_s")}  # noqa: E731
+                              for x in rows]
+        assert strip(again) == strip(mine)
+        assert (fresh / "LOOKS.jsonl").read_bytes() == looks
+        assert {k: json.loads((fresh / "study.json").read_text())[k]["verdict"] for k in EXPERIMENTS} == \
+            {k: json.loads((out / "study.json").read_text())[k]["verdict"] for k in EXPERIMENTS}
+        trained = {p.name for p in runs.iterdir() if (p / "adalas_training.json").is_file()}
+        assert trained == {"base", chosen}
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+        (tmp_path / "runs-elsewhere").rename(runs)
+
+
 def test_a_run_that_only_saved_or_logged_more_often_trains_alike(tiny_files):
     from adalas.study import same_training
 

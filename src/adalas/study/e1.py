@@ -26,7 +26,7 @@ from .common import DEPTH_UNIT, direction
 from .heldout import heldout_sha256, score_runs
 from .plan import Plan, e1_runs
 from .rows import POOLED, read_rows, summary
-from .runs import log, train_runs
+from .runs import ensure_weights, learned_config, log, train_runs
 from .sweeps import Evaluator, eval_sets
 
 ARMS = ("skip", "exit")
@@ -42,6 +42,7 @@ def choose(plan: Plan, stages) -> dict:
     runs = {r.name: r for r in e1_runs(plan)}
     todo = [r for name, r in runs.items() if name not in doc["scores"]]
     if todo:
+        ensure_weights(plan, stages, todo)
         t0 = time.perf_counter()
         for d in plan.e1.depths:  # one recipe (tokenization) per depth
             mine = [r for r in todo if any(r.name.startswith(t + "-") for t in (*d.skip, *d.exit))]
@@ -68,11 +69,9 @@ def shelf_config(plan: Plan, record: dict):
 
 
 def configs(plan: Plan, choice: dict, records: dict) -> list:
-    from ..sweep import build_configs
-
     chosen = list(dict.fromkeys(c["run"] for c in choice["chosen"]))
     shelf = {c.config_id: c for c in (shelf_config(plan, records[n]) for n in chosen)}
-    learned = build_configs(plan.layers, [], [], checkpoints=[str(plan.runs_dir / n) for n in chosen])[1:]
+    learned = [learned_config(plan, records[n]) for n in chosen]
     return [routes.sweep_config("full", plan.layers), *(c for k, c in shelf.items() if k != "full"), *learned]
 
 

@@ -26,7 +26,7 @@ from .common import DEPTH_UNIT, curve_scores
 from .heldout import heldout_sha256, score_runs
 from .plan import Plan, e2_finals, e2_pilots
 from .rows import POOLED, Rows, read_rows, summary
-from .runs import log, train_runs
+from .runs import ensure_weights, learned_config, log, train_runs
 from .sweeps import Evaluator, eval_sets
 
 
@@ -47,6 +47,7 @@ def choose_rates(plan: Plan, stages) -> dict:
         return doc
     e2, pilots = plan.e2, e2_pilots(plan)
     train_runs(plan, stages, pilots)
+    ensure_weights(plan, stages, pilots)  # trained by an earlier checkout that stopped before scoring them
     t0 = time.perf_counter()
     scores = score_runs(plan, pilots, alphas={r.name: e2.pilot_alpha for r in pilots})
     stages.add("E2:pilots-heldout", time.perf_counter() - t0)
@@ -61,26 +62,26 @@ def choose_rates(plan: Plan, stages) -> dict:
     return doc
 
 
-def final_configs(plan: Plan, chosen: dict) -> list:
+def final_configs(plan: Plan, chosen: dict, records: dict) -> list:
     from ..config import DepthConfig
-    from ..sweep import SweepConfig, build_configs
+    from ..sweep import SweepConfig
 
-    dirs = [str(plan.runs_dir / r.name) for r in e2_finals(plan, chosen)]
-    return [SweepConfig("full", "full", plan.layers, DepthConfig()), *build_configs(plan.layers, [], [],
-                                                                                    checkpoints=dirs)[1:]]
+    return [SweepConfig("full", "full", plan.layers, DepthConfig()),
+            *(learned_config(plan, records[r.name]) for r in e2_finals(plan, chosen))]
 
 
 def run_e2(plan: Plan, ev: Evaluator, stages) -> None:
     chosen = choose_rates(plan, stages)["chosen"]
     finals = e2_finals(plan, chosen)
-    train_runs(plan, stages, finals)
+    records = train_runs(plan, stages, finals)
     usage_path = plan.out / "E2" / "heldout.json"
     if read_json(usage_path) is None:
+        ensure_weights(plan, stages, finals)
         t0 = time.perf_counter()
         usage = score_runs(plan, finals, alphas={r.name: r.overrides["cost_alpha"] for r in finals}, usage=True)
         atomic_write_json(usage_path, usage)
         stages.add("E2:heldout", time.perf_counter() - t0)
-    configs = final_configs(plan, chosen)
+    configs = final_configs(plan, chosen, records)
     why = f"adalas study {plan.name}: E2's controllers (both arms, every cost weight and seed), argmax gates"
     for es in eval_sets(plan):
         ev.timed(stages, f"sweep:E2:{es.name}", plan.model, configs, es, why)

@@ -115,7 +115,7 @@ def analyse_e3(plan: Plan, records: dict, ev: Evaluator) -> dict:
     out = {
         "finding": PAPER["findings"]["E3"], "depth_unit": DEPTH_UNIT, "n": basis["n"], "k": plan.e3.k,
         "model": model_path(plan), "model_sha256": e3_model_sha256(plan, records),
-        "weights_sha256": _weights_sha(plan), "candidates": cids, "null_control": {
+        "weights_sha256": ev.sha(model_path(plan)), "candidates": cids, "null_control": {
             "k": plan.e3.k, "configs": ["full", *(c.config_id for c in sample_configs(plan))],
             "sampling": "temperature 0.7, top-p 0.9, seeds 1..K-1"},
         "places": places, "crossing": cross, "paper_fraction": plan.e3.paper_fraction,
@@ -146,12 +146,6 @@ def e3_model_sha256(plan: Plan, records: dict) -> str | None:
         return records[plan.e3.model].get("adapter_sha256")
     d = adapter_dir(plan.e3.model)
     return file_sha256(Path(d) / "adapter_model.safetensors") if d else None
-
-
-def _weights_sha(plan: Plan) -> str | None:
-    from ..hub import model_sha256
-
-    return model_sha256(model_path(plan))
 
 
 def e3_section(e3: dict) -> list[str]:

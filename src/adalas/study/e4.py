@@ -89,6 +89,7 @@ def run_e4(plan: Plan, ev: Evaluator, stages) -> None:
         return
     t0 = time.perf_counter()
     path, e4 = model_path(plan), plan.e4
+    ev.ensure([path])
     model = ev.model(path)
     model.set_depth(DepthConfig())
     layers = default_feature_layers(plan.layers)

@@ -16,7 +16,7 @@ from .e4 import analyse_e4, run_e4
 from .plan import EXPERIMENTS, Plan, e1_runs, e2_finals, e2_pilots, e3_runs, plan_ref, prerequisites
 from .report import write_report
 from .rows import POOLED, REAL, read_rows
-from .runs import Stages, check_training_data, read_records, train_runs
+from .runs import Stages, check_training_data, ensure_weights, read_records, train_runs
 from .sweeps import Evaluator, eval_sets
 from .tiny import build_tiny
 
@@ -47,11 +47,13 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
     plan.out.mkdir(parents=True, exist_ok=True)
     stages = Stages(plan.out)
     train_runs(plan, stages, prerequisites(plan))
+    ensure_weights(plan, stages, prerequisites(plan))  # e.g. the quick plan's base model: everything loads it
     local = resolve(plan.model)[1]
     layers = checkpoint_num_layers(local) if local else None
     if layers is not None and layers != plan.layers:
         raise ValueError(f"plan {plan.path}: layers is {plan.layers}, the model {plan.model!r} has {layers}")
-    ev = Evaluator(plan, device, progress)
+    ev = Evaluator(plan, device, progress,
+                   retrain=lambda names: ensure_weights(plan, stages, [r for r in known_runs(plan) if r.name in names]))
     if "E1" in experiments:
         run_e1(plan, ev, stages)
     if "E2" in experiments:

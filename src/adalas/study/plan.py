@@ -78,7 +78,7 @@ class Plan:
     out: Path
     runs_dir: Path
     store: Path  # one sweep directory per (model sha256, evaluation set, cap, batch, dtype)
-    shared_rows: Path | None  # the real-task runs (`adalas tasks run`) whose rows a store starts from
+    shared_rows: Path | None  # the real-task rows (`adalas tasks run`'s, committed) a store starts from
     eval: dict
     tasks: TasksSpec
     looks: Path
@@ -240,8 +240,7 @@ def load_plan(name_or_path: str | Path, out: str | Path | None = None, runs_dir:
     plan = Plan(name=path.stem, path=path, sha256=hashlib.sha256(raw).hexdigest(),
                 description=str(doc.get("description", "")), model=str(doc["model"]), layers=layers, out=out_path,
                 runs_dir=runs_path, store=Path(doc.get("store", "runs/rows")),
-                shared_rows=None if doc.get("shared_rows", "runs/tasks") is None else Path(doc.get("shared_rows",
-                                                                                                     "runs/tasks")),
+                shared_rows=None if (shared := doc.get("shared_rows", "results/tasks")) is None else Path(shared),
                 eval=_eval_spec(doc, where), tasks=_tasks_spec(doc, tiny is not None, where),
                 looks=Path(doc.get("looks", "results/tasks/LOOKS.jsonl")), heldout=Path(doc["heldout"]),
                 overrides={str(k).replace("-", "_"): v for k, v in _mapping(doc.get("overrides"),

@@ -1,7 +1,13 @@
 """Training, run by run: each run trains into `<runs_dir>/<name>` through `adalas.train.run`, resumed
 from its latest checkpoint, and is done once `<out>/train/<name>.json` records it (its command, data
-hash, steps, wall time); a changed plan is refused rather than mixed. `Stages` sums wall time per
-stage over invocations."""
+hash, steps, wall time, the sha256 of its weights); a changed plan is refused rather than mixed.
+`Stages` sums wall time per stage over invocations.
+
+The records and the rows are committed, the weights are not (`runs_dir` is ignored): a fresh checkout
+has a run's record without its directory. Nothing that only reads rows needs it (a sweep config is
+built from the record, `learned_config`); what must run the model again (rows not made yet, a
+held-out score) retrains it first (`ensure_weights`, deterministic at one thread), and refuses
+weights that differ from the recorded ones rather than mix two models' rows."""
 from __future__ import annotations
 
 import shlex
@@ -12,6 +18,13 @@ from typing import Sequence
 from ..io import atomic_write_json
 from ..report import read_json
 from .plan import Plan, Run
+
+
+def run(argv: list[str]) -> None:
+    """`adalas train` with these arguments, in this process."""
+    from ..train import run as train
+
+    train(argv)
 
 
 def log(text: str) -> None:
@@ -94,7 +107,7 @@ def train_runs(plan: Plan, stages: Stages, runs: Sequence[Run]) -> dict[str, dic
     not trained again; its record keeps the wall time and the command that made it (`adopted_from`)."""
     from ..data import TRAINING_FILE, data_sha256
     from ..checkpoints import latest_checkpoint
-    from ..train import run
+    from ..hub import weights_sha256
     from ..train_args import parse_args
 
     records = {}
@@ -130,7 +143,48 @@ def train_runs(plan: Plan, stages: Stages, runs: Sequence[Run]) -> dict[str, dic
                "resumed_from": resumed.name if resumed else None, "adopted_from": adopted,
                "depth": read_json(run_dir / "adalas_depth.json"), "cost_alpha": cfg.cost_alpha,
                "controller_learning_rate": cfg.controller_learning_rate, "seed": targs.seed,
-               "adapter_sha256": adapter_sha256(run_dir)}
+               "adapter_sha256": adapter_sha256(run_dir), "weights_sha256": weights_sha256(run_dir)}
         atomic_write_json(path, rec)
         records[r.name] = rec
     return records
+
+
+def trained(run_dir: Path) -> bool:
+    """Whether a run's directory holds its finished model (training writes TRAINING_FILE last)."""
+    from ..data import TRAINING_FILE
+
+    return (run_dir / TRAINING_FILE).is_file()
+
+
+def ensure_weights(plan: Plan, stages: Stages, runs: Sequence[Run]) -> None:
+    """Retrain each recorded run whose directory lacks its model (a fresh checkout), and check that the
+    weights came out as recorded: the rows made from the first training and those the second will make
+    must come from one model."""
+    from ..hub import weights_sha256
+
+    for r in runs:
+        run_dir = plan.runs_dir / r.name
+        rec = read_json(record_path(plan, r.name))
+        if rec is None or trained(run_dir):
+            continue  # not trained yet (train_runs does it), or there
+        log(f"train {r.name} again: its record is here, its weights are not (a fresh checkout)")
+        t0 = time.perf_counter()
+        run(r.argv(plan.overrides, plan.runs_dir))
+        stages.add(f"retrain:{r.name}", time.perf_counter() - t0)
+        got = weights_sha256(run_dir)
+        if rec.get("weights_sha256") and got != rec["weights_sha256"]:
+            raise ValueError(f"run {r.name}: trained again, its weights (sha256 {got[:12]}) differ from the recorded "
+                             f"{rec['weights_sha256'][:12]}; rows of two models would mix (train at one thread, "
+                             f"as the first run did)")
+
+
+def learned_config(plan: Plan, record: dict):
+    """The sweep config of a trained run, from its record alone (`sweep.build_configs` reads the
+    directory: the same id, depth and weights)."""
+    from ..config import DepthConfig
+    from ..sweep import SweepConfig
+
+    depth = DepthConfig.parse(record.get("depth"))  # what the directory's adalas_depth.json restores
+    route = depth.static_route(plan.layers)
+    return SweepConfig(f"learned:{record['name']}", "learned", sum(route) if route else None, depth,
+                       checkpoint=str(plan.runs_dir / record["name"]), weights=record.get("weights_sha256"))

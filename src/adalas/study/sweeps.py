@@ -4,9 +4,10 @@ Notable:
 - One store of rows per (model sha256, evaluation set, cap, batch, dtype): `<store>/<sha12>/<set>-cap<c>
   -b<b>-float32`, a sweep directory (`adalas.sweep.run_sweep`: rows appended, a resumed run skips
   what is there). Every experiment that runs a config of that model on that set adds to it.
-- A real-task store starts from the real-task runs' rows (`shared_rows`, `adalas tasks run`) of the
-  configs it shares with them when their settings are the same (model, weights, data, cap, batch,
-  dtype, prompt format): those rows are not made again.
+- A store lives in an ignored directory, so a fresh checkout starts it from its committed copy
+  (`tasks.restore`); a real-task store that has none starts from the real-task rows (`shared_rows`,
+  the committed rows of `adalas tasks run`) of the configs it shares with them when their settings
+  are the same (model, weights, data, cap, batch, dtype, prompt format): those rows are not made again.
 - Before a sweep of a real test set starts, its configs with missing rows are logged in `LOOKS.jsonl`
   (`tasks.log_looks`: a config already logged there is the same look and adds no line).
 - A copy of each store without the data's text goes to `<out>/rows/...` (`tasks.publish`); the
@@ -19,7 +20,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .plan import Plan
 
@@ -107,9 +108,33 @@ def store_lock(store: Path) -> Iterator[None]:
 class Evaluator:
     """The evaluation sets and the models, loaded once and only when a sweep has rows to make."""
 
-    def __init__(self, plan: Plan, device: str = "cpu", progress: bool = False):
-        self.plan, self.device, self.progress = plan, device, progress
+    def __init__(self, plan: Plan, device: str = "cpu", progress: bool = False,
+                 retrain: Callable[[list[str]], None] | None = None):
+        """`retrain(names)`: train those runs of the plan again whose weights are missing
+        (`runs.ensure_weights`), called before their model runs (`ensure`)."""
+        self.plan, self.device, self.progress, self.retrain = plan, device, progress, retrain
         self._tok, self._items, self._models = None, {}, {}
+
+    def sha(self, model_path: str) -> str | None:
+        """The sha256 of a model's weights (`hub.model_sha256`); for a run of the plan whose directory a
+        fresh checkout lacks, its record's."""
+        from ..hub import model_sha256
+        from ..report import read_json
+        from .runs import record_path, trained
+
+        p = Path(model_path)
+        if p.parent == self.plan.runs_dir and not trained(p):
+            return (read_json(record_path(self.plan, p.name)) or {}).get("weights_sha256")
+        return model_sha256(model_path)
+
+    def ensure(self, paths: Sequence[str]) -> None:
+        """Before these models run: the runs of the plan among them that a fresh checkout lacks are
+        trained again."""
+        from .runs import trained
+
+        names = [Path(x).name for x in paths if Path(x).parent == self.plan.runs_dir and not trained(Path(x))]
+        if names and self.retrain is not None:
+            self.retrain(names)
 
     @property
     def tokenizer(self):
@@ -132,16 +157,13 @@ class Evaluator:
         return self._items[es.name]
 
     def published(self, model_path: str, es: EvalSet) -> Path:
-        from ..hub import model_sha256
-        return self.plan.out / "rows" / store_key(model_sha256(model_path), es)
+        return self.plan.out / "rows" / store_key(self.sha(model_path), es)
 
     def sweep(self, model_path: str, configs: Sequence, es: EvalSet, why: str) -> bool:
         """Run `configs` (the first: the model at full depth) of the model at `model_path` over `es` into
         its store, the look logged first for a test set, and publish the store without the data's text
         (`published`); returns whether any row was made."""
-        from ..hub import model_sha256
-
-        sha = model_sha256(model_path)
+        sha = self.sha(model_path)
         store = self.plan.store / store_key(sha, es)
         with store_lock(store):  # another invocation (the other lane) may add to the same store
             return self._sweep(model_path, sha, store, configs, es, why)
@@ -149,12 +171,14 @@ class Evaluator:
     def _sweep(self, model_path: str, sha: str, store: Path, configs: Sequence, es: EvalSet, why: str) -> bool:
         from ..data import data_sha256
         from ..sweep import run_sweep, sweep_settings
-        from ..tasks import git_commit, log_looks, look_identities, publish
+        from ..tasks import git_commit, log_looks, look_identities, publish, restore
 
         out = self.plan.out / "rows" / store_key(sha, es)
+        restore(out, store)  # a fresh checkout: the rows made before are committed, not in the store
         items = self.items(es)
         todo = [c for c in configs if c.config_id not in rows_complete(store, len(items))]
         if todo:
+            self.ensure([model_path])
             model = self.model(model_path)
             data_id = {"name": es.data, "split": "test"}
             settings = {"prompt_format": self.plan.eval["prompt_format"], "max_prompt_tokens": None, "dtype": DTYPE,
@@ -164,6 +188,7 @@ class Evaluator:
             if es.test and self.plan.shared_rows is not None:
                 seed_store(self.plan.shared_rows / es.name, store, full, configs)
                 todo = [c for c in configs if c.config_id not in rows_complete(store, len(items))]
+            self.ensure([c.checkpoint for c in todo if c.checkpoint])
             if es.test and todo:
                 log_looks(self.plan.looks, es.name, settings.get("data_sha256") or "",
                           look_identities(todo, self.plan.layers, sha), why, git_commit(), changed=self.changed(es, todo))
