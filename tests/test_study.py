@@ -227,7 +227,7 @@ def test_a_run_that_only_saved_or_logged_more_often_trains_alike(tiny_files):
 
 
 def test_packaged_plans_parse_every_run_as_training_would(tmp_path):
-    from adalas.study.plan import e1_runs, e2_pilots
+    from adalas.study.plan import e1_runs, e2_pilots, e3_runs
 
     assert {"quick", "smollm2-135m"} <= set(plan_names())
     real = load_plan("smollm2-135m", out=tmp_path / "out", runs_dir=tmp_path / "runs")
@@ -242,7 +242,29 @@ def test_packaged_plans_parse_every_run_as_training_would(tmp_path):
     assert len(real.e2.lr_grid) == 4 and len(real.e2.seeds) >= 2 and real.e2.pilot_steps == 24
     assert [(d.depth, len(d.seeds), len(d.skip), len(d.exit)) for d in real.e1.depths] == [(20, 2, 3, 3), (24, 1, 3, 3)]
     assert len(e1_runs(real)) == 18 and len(e2_pilots(real)) == 8
+    assert real.e3.model == "smollm2-135m-dropout-pool" and not e3_runs(real)  # shipped: outlives a checkout
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # checking writes nothing
+
+
+def test_e3_on_a_shipped_alias_needs_its_recipes_pool_and_the_adapter(tmp_path, monkeypatch):
+    """E3's model may be a shipped alias: the plan is refused when a candidate is not in the route pool of
+    the alias's recipe, and E3 does not start, naming how to make it, before the adapter ships."""
+    import yaml
+
+    from adalas import hub
+    from adalas.study import e3, plan_path
+
+    doc = yaml.safe_load(plan_path("smollm2-135m").read_text())
+    doc["experiments"]["E3"]["candidates"].append("uniform@8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=r"'uniform@8' .* not in the route pool of 'smollm2-135m-dropout-pool'"):
+        load_plan(bad, out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    real = load_plan("smollm2-135m", out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    monkeypatch.setattr(hub, "adapter_dir", lambda name: None)
+    assert "adalas train --recipe smollm2-135m-dropout-pool" in e3.model_not_shipped(real)
+    monkeypatch.setattr(hub, "adapter_dir", lambda name: tmp_path)
+    assert e3.model_not_shipped(real) is None
 
 
 def _edit_quick(tmp_path, edit) -> Path:

@@ -31,6 +31,19 @@ def model_path(plan: Plan) -> str:
     return str(plan.runs_dir / plan.e3.model) if e3_runs(plan) else plan.e3.model
 
 
+def model_not_shipped(plan: Plan) -> str | None:
+    """Why E3 cannot run yet when its model is a shipped alias that is not there (trained by its recipe,
+    then shipped), else None."""
+    from ..hub import adapter_dir
+    from ..recipes import recipe_names
+
+    name = plan.e3.model
+    if e3_runs(plan) or name not in recipe_names() or adapter_dir(name) is not None:
+        return None
+    return (f"E3's model {name!r} is not shipped yet: `adalas train --recipe {name}`, then copy "
+            f"runs/{name}/adapter/ to src/adalas/adapters/{name}/ (docs/adapters.md)")
+
+
 def candidate_configs(plan: Plan) -> list:
     """The K candidates as sweep configs, full depth first."""
     configs = [routes.sweep_config(c, plan.layers) for c in plan.e3.candidates]

@@ -11,7 +11,7 @@ from ..paper import PAPER
 from .common import DEPTH_UNIT
 from .e1 import analyse_e1, run_e1
 from .e2 import analyse_e2, lr_choice, run_e2
-from .e3 import analyse_e3, candidate_configs, model_path, run_e3, sample_configs
+from .e3 import analyse_e3, candidate_configs, model_not_shipped, model_path, run_e3, sample_configs
 from .e4 import analyse_e4, run_e4
 from .plan import EXPERIMENTS, Plan, e1_runs, e2_finals, e2_pilots, e3_runs, plan_ref, prerequisites
 from .report import write_report
@@ -42,6 +42,8 @@ def run_study(plan: Plan, device: str = "cpu", progress: bool = False,
     t_start = time.perf_counter()
     if plan.tiny:
         build_tiny(plan.tiny_dir, layers=int(plan.tiny.get("layers", 8)))
+    if {"E3", "E4"} & set(experiments) and (why := model_not_shipped(plan)):
+        raise ValueError(why)
     wanted = {"E1": e1_runs(plan), "E2": e2_pilots(plan), "E3": e3_runs(plan), "E4": e3_runs(plan)}
     check_training_data(plan, [*prerequisites(plan), *(r for e in experiments for r in wanted[e])])
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,8 @@ def missing(plan: Plan, records: dict, name: str, ev: Evaluator) -> str | None:
     runs = [r.name for r in e3_runs(plan) if r.name not in records]
     if runs:
         return f"runs not trained yet: {', '.join(runs)}"
+    if why := model_not_shipped(plan):
+        return why
     why = _rows_missing(ev, model_path(plan), [c.config_id for c in candidate_configs(plan) + sample_configs(plan)])
     if why or name == "E3":
         return why

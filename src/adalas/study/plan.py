@@ -263,17 +263,23 @@ def load_plan(name_or_path: str | Path, out: str | Path | None = None, runs_dir:
 
 
 def _check_route_pool(plan: Plan, where: str) -> None:
-    """E3's model was made for its candidates: a run of the plan must list every candidate route
-    (other than full depth) in its depth's `route_pool`."""
+    """E3's model was made for its candidates: a run of the plan, or the recipe of the shipped alias
+    of that name, must list every candidate route (other than full depth) in its depth's `route_pool`."""
+    from ..recipes import load_recipe, recipe_names
+
     run = plan.by_name.get(plan.e3.model)
-    if run is None:
-        return
-    pool = [sorted(s) for s in (run.overrides.get("depth") or {}).get("route_pool") or []]
+    if run is not None:
+        depth = run.overrides.get("depth") or {}
+    elif plan.e3.model in recipe_names():
+        depth = load_recipe(plan.e3.model).get("depth") or {}
+    else:
+        return  # a model by path or hub name: its route pool is not known here
+    pool = [sorted(s) for s in depth.get("route_pool") or []]
     for c in plan.e3.candidates:
         skips = routes.skip_layers(c, plan.layers)
         if skips and sorted(skips) not in pool:
             raise ValueError(f"{where}: E3.candidates: {c!r} (skips {skips}) is not in the route pool of "
-                             f"{run.name!r}: the model would not be made for it")
+                             f"{plan.e3.model!r}: the model would not be made for it")
 
 
 # ---------------------------------------------------------------------------------------------

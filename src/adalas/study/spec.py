@@ -158,8 +158,10 @@ def parse_e3(doc: Any, runs: set[str], num_layers: int, where: str = "E3") -> E3
     model = str(doc["model"])
     if model not in runs:
         from ..hub import adapter_dir
-        if adapter_dir(model) is None:
-            raise ValueError(f"{where}.model: {model!r} is neither a run of this plan nor a shipped adapted alias")
+        from ..recipes import recipe_names
+        if adapter_dir(model) is None and model not in recipe_names():  # an alias to come names its recipe
+            raise ValueError(f"{where}.model: {model!r} is neither a run of this plan, a shipped adapted alias "
+                             f"nor the recipe of one")
     cands = doc["candidates"]
     if not isinstance(cands, list) or len(cands) < 2:
         raise ValueError(f"{where}.candidates: expected a list of 2 or more routes")
