@@ -70,6 +70,20 @@ def test_a_candidate_score_equals_a_direct_computation(model, skip_prompt):
     assert len(scorer.block_influence) == LAYERS and all(0 <= b <= 2 for b in scorer.block_influence)
 
 
+def test_the_healed_score_is_zero_at_full_depth_and_does_not_depend_on_batching(model):
+    """`healed_kl`: KL after the cross-fitted linear map onto the full model's head inputs. At full depth the
+    map is the identity (nothing to heal); a route's value is a KL (finite, >= 0) that the batch size does not
+    change (the folds are groups of rows, not of batches); the model's depth is restored."""
+    rows = _rows(n=40, seed=5)
+    scorer = RouteScorer(model, rows, pad_token_id=0, batch_size=4)
+    assert scorer.healed_kl([], ridge=1e-9) == pytest.approx(0.0, abs=1e-4)
+    healed = scorer.healed_kl([1, 2])
+    assert 0 <= healed < float("inf")
+    again = RouteScorer(model, rows, pad_token_id=0, batch_size=7).healed_kl([1, 2])
+    assert again == pytest.approx(healed, rel=1e-4, abs=1e-6)
+    assert model.depth.mode == "full"
+
+
 def test_the_search_keeps_n_layers_within_its_budget_and_never_ends_worse_than_its_start(model):
     scorer = RouteScorer(model, _rows(), pad_token_id=0, batch_size=4)
     doc = search_route(scorer, 2, max_candidates=7, greedy_width=2)

@@ -135,6 +135,7 @@ class RouteScorer:
         self._full_logp: list[torch.Tensor] = []  # per batch, (P, V): full-depth log-probs at scored positions
         self._full_top: list[torch.Tensor] = []  # per batch, (P,)
         self._row_of: list[torch.Tensor] = []  # per batch, (P,): the row (within the batch) of each position
+        self._full_head_input: list[torch.Tensor] = []  # per batch, (P, D): what the head reads at full depth
         cosines = torch.zeros(self.num_layers, dtype=torch.float64)
         n_states = 0
         with torch.no_grad(), self._depth(DepthConfig()):
@@ -147,6 +148,7 @@ class RouteScorer:
                 self._full_top.append(logp.argmax(-1))
                 self._row_of.append(torch.arange(scored.shape[0], device=scored.device)[:, None]
                                     .expand_as(scored)[scored])
+                self._full_head_input.append(self.model.family.final(out.hidden_states[-1])[:, :-1][scored].float())
                 states = label_states(out.hidden_states, b["labels"])  # per depth, (N, D) response tokens
                 cosines += layer_cosines(states).cpu()
                 n_states += states[0].shape[0]
@@ -189,6 +191,49 @@ class RouteScorer:
         result = RouteScore(key, float(kl_sum) / self.n_rows, float(agree_sum) / self.n_rows, phase)
         self.scored[key] = result
         return result
+
+
+    @torch.no_grad()
+    def healed_kl(self, skip: Sequence[int], folds: int = 2, ridge: float = 1e-3) -> float:
+        """Mean KL(full || route) per row, as `__call__` gives it, after a linear correction of what the
+        head reads: the least-squares map (bias included, ridge `ridge` times the mean eigenvalue) from
+        the route's head inputs to the full model's at the scored positions, fitted on the other rows
+        (`folds` groups of rows, each scored by the map fitted without it). A training-free guess at how
+        much a small adaptation recovers (ReplaceMe, Shopkhoev et al. 2025, replaces pruned blocks by such
+        a map); the rank study (data/synth/route-choice/) measures whether it ranks trained routes better
+        than the plain KL."""
+        key = tuple(sorted(set(int(i) for i in skip)))
+        depth = (DepthConfig(mode="static_skip", skip_layers=list(key), skip_prompt=self.skip_prompt) if key
+                 else DepthConfig())
+        states, rows, offset = [], [], 0
+        with self._depth(depth):
+            for b, row_of in zip(self.batches, self._row_of):
+                labels = None if self.skip_prompt else b["labels"]
+                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels,
+                                 output_hidden_states=True)
+                scored = b["labels"][:, 1:].ne(-100)
+                states.append(self.model.family.final(out.hidden_states[-1])[:, :-1][scored].float())
+                rows.append(row_of + offset)
+                offset += scored.shape[0]
+        x = torch.cat(states).double()
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)  # (P, D + 1)
+        y = torch.cat(self._full_head_input).double()  # (P, D)
+        full_logp = torch.cat(self._full_logp)  # (P, V)
+        row = torch.cat(rows)
+        fold = row % folds
+        kl_rows = torch.zeros(offset, dtype=torch.float64, device=x.device)
+        for k in range(folds):
+            fit, held = fold != k, fold == k
+            if not held.any():
+                continue
+            gram = x[fit].T @ x[fit]
+            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+            w = torch.linalg.solve(gram, x[fit].T @ y[fit])  # (D + 1, D)
+            logp = F.log_softmax(self.model.family.head((x[held] @ w).float()).float(), dim=-1)
+            kl = (full_logp[held].exp() * (full_logp[held] - logp)).sum(-1).double()
+            kl_rows.index_add_(0, row[held], kl)
+        n = torch.bincount(row, minlength=offset).double()
+        return float((kl_rows / n).sum()) / self.n_rows
 
 
 class _Progress:

@@ -77,11 +77,16 @@ def main(sweep: Path) -> dict:
         raise SystemExit(f"rank_study: {sweep} lacks held-out rows of adapted:_rank-{missing[0]} (and {len(missing) - 1} more)")
     trained = np.array([[rows[f"adapted:_rank-{n}"][i] for i in ids] for n in names])  # (R, N)
     shelf = np.array([[rows[f"route:_rank-{n}"][i] for i in ids] for n in names])
+    healed = HERE / "healed.json"  # v3/healed.py: the KL after a linear correction, if computed
+    if healed.is_file():
+        for n, doc in json.loads(healed.read_text()).items():
+            scores[n]["healed_kl"] = doc["healed_kl"]
     rng = np.random.default_rng(SEED)
     out = {"rows": len(ids), "routes": [{"skip": skip, **scores[n], "trained_F": float(trained[k].mean()),
                                          "off_the_shelf_F": float(shelf[k].mean())}
                                         for k, (skip, n) in enumerate(zip(ROUTES, names))]}
-    for score_name, sign in (("kl", 1.0), ("top1_agreement", -1.0)):  # -agreement: lower is better, as KL
+    names_of_scores = [("kl", 1.0), ("top1_agreement", -1.0)] + ([("healed_kl", 1.0)] if healed.is_file() else [])
+    for score_name, sign in names_of_scores:  # -agreement: lower is better, as KL
         s = sign * np.array([scores[n][score_name] for n in names])
         out[f"{score_name}_vs_trained"] = correlations(s, trained, rng)
         out[f"{score_name}_vs_off_the_shelf"] = correlations(s, shelf, rng)
