@@ -393,3 +393,14 @@ def test_two_adapters_on_one_route_share_its_off_the_shelf_config(tmp_path, monk
     monkeypatch.setattr(hub, "adapter_dir", lambda alias: tmp_path / alias if (tmp_path / alias).is_dir() else None)
     ids = [c.config_id for c in S.build_configs(4, budgets=[], adapted=["seed1", "seed0", "other"])]
     assert ids == ["full", "route:seed1", "adapted:seed1", "adapted:seed0", "route:other", "adapted:other"]
+
+    # a later sweep into a directory that finished route:seed1: seed0 adds its adapted rows, not the route again
+    out = tmp_path / "sweep"
+    out.mkdir()
+    first = {c.config_id: c.definition() for c in S.build_configs(4, budgets=[], adapted=["seed1"])}
+    (out / "settings.json").write_text(json.dumps({"settings": {}, "configs": first}))
+    later = S.build_configs(4, budgets=[], adapted=["seed0", "other"])
+    assert [c.config_id for c in S.drop_routes_made(later, out)] == [c.config_id for c in later]  # not finished
+    (out / "sweep.jsonl").write_text(json.dumps({"config_id": "route:seed1"}) + "\n")
+    ids = [c.config_id for c in S.drop_routes_made(later, out)]
+    assert ids == ["full", "adapted:seed0", "route:other", "adapted:other"]

@@ -174,6 +174,22 @@ def build_configs(num_layers: int, strategies: Sequence[str] = BUDGET_STRATEGIES
     return configs
 
 
+def drop_routes_made(configs: Sequence[SweepConfig], out_dir: str | Path) -> list[SweepConfig]:
+    """The configs less each new `route:` config (a route off the shelf that `--adapted` adds) whose route
+    a finished `route:` config of out_dir already ran under another alias's id: another seed or version
+    of an adapter on the same route adds its adapted rows to a sweep, not the same route's rows again
+    (as `build_configs` does within one call)."""
+    out_dir = Path(out_dir)
+    recorded = (json.loads((out_dir / "settings.json").read_text()).get("configs", {})
+                if (out_dir / "settings.json").is_file() else {})
+    finished = {r["config_id"] for r in read_jsonl(out_dir / "sweep.jsonl")} if (out_dir / "sweep.jsonl").is_file() \
+        else set()
+    made = {json.dumps(recorded[c]["depth"], sort_keys=True) for c in finished
+            if c.startswith("route:") and c in recorded}
+    return [c for c in configs if not (c.config_id.startswith("route:") and c.config_id not in recorded
+                                       and json.dumps(c.depth.to_dict(), sort_keys=True) in made)]
+
+
 def adapted_configs(spec: str, num_layers: int) -> list[SweepConfig]:
     """`ALIAS`: a shipped adapted model on its own depth, `adapted:ALIAS`, and (for a static route)
     that route off the shelf, `route:ALIAS`. `ALIAS@B`: the alias with uniform skipping to B layers;

@@ -8,7 +8,8 @@ The full model always runs (first). Writes DIR/sweep.jsonl (one row per config, 
 and DIR/per_sequence.jsonl (with a config_id column), then DIR/report.md with its plots (paired
 comparisons, the adapted models' table); a killed sweep resumes where it stopped.
 `--adapted` adds shipped adapted models: `ALIAS` on its own depth (beside its route off the shelf),
-`ALIAS@24` with uniform skipping to 24 layers, `ALIAS@OTHER` on another alias's route.
+`ALIAS@24` with uniform skipping to 24 layers, `ALIAS@OTHER` on another alias's route; a route off the
+shelf that the directory already has (another alias's `route:` rows) is not generated again.
 `--redo ID ...` first drops the rows of the configs whose ids match (shell patterns, such as
 `'adapted:smollm2-135m-dropout*'` after that adapter is retrained), so they run again; a directory
 made with other settings is refused first, with nothing dropped.
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> int:
     from ..data import data_sha256, load_examples
     from ..evaluate import context_length, dist_info, make_items, rank_device
     from ..metrics import parse_metrics
-    from ..sweep import build_configs, forget_configs, parse_budgets, parse_strategies, run_sweep, sweep_settings
+    from ..sweep import (build_configs, drop_routes_made, forget_configs, parse_budgets, parse_strategies,
+                        run_sweep, sweep_settings)
 
     args = build_parser().parse_args(argv)
     fill_defaults(args)
@@ -75,6 +77,7 @@ def main(argv: list[str]) -> int:
     configs = build_configs(L, strategies, parse_budgets(args.budgets, L), args.routes_per_budget, args.seed,
                             args.keep_first, [r for r in (args.routes or "").split(",") if r.strip()],
                             args.checkpoints, null_k=args.null_k, adapted=args.adapted)
+    configs = drop_routes_made(configs, args.out)
     data_id = {"name": args.data, "split": args.split}
     settings = {"prompt_format": args.prompt_format, "max_prompt_tokens": args.max_prompt_tokens,
                 "dtype": args.dtype, **({"metrics": teacher_forced} if teacher_forced else {}),
