@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "v3"))
+from adalas.data import file_sha256  # noqa: E402
 from adalas.io import atomic_write_json, read_jsonl  # noqa: E402
 from adalas.stats import paired_difference  # noqa: E402
 from choose import CHOICE_SET, SEEDS, scores, summary  # noqa: E402  (version 3's rows and score)
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[3]
 V3 = json.loads((HERE.parent / "v3" / "choice.json").read_text())
 
 
@@ -56,7 +58,10 @@ def main(sweep: Path) -> dict:
             per_shape[shape] = {"diff": d["diff"], "ci95": d["ci95"]}
         replaces = means["v4"] > means["v3"]
         seed = max(SEEDS, key=lambda s: table[f"adapted:_v4-{size}-s{s}"]["rougeL"])
-        out["sizes"][size] = {"configs": table, "two_seed_means": means, "v3_shipped_seed_reproduced": recorded,
+        weights = {c: file_sha256(ROOT / "src" / "adalas" / "adapters" / c.removeprefix("adapted:") /
+                              "adapter_model.safetensors") for c in v4}  # a seed trained again must match
+        out["sizes"][size] = {"configs": table, "adapter_sha256": weights, "two_seed_means": means,
+                              "v3_shipped_seed_reproduced": recorded,
                               "v4_minus_v3_shipped_seed": {**diff, "per_shape": per_shape},
                               "v4_replaces_v3": replaces,
                               "ships": f"runs/v4/{size}-s{seed}/adapter" if replaces else v3["ships"]}
