@@ -129,10 +129,8 @@ class Evaluator:
 
     def ensure(self, paths: Sequence[str]) -> None:
         """Before these models run: the runs of the plan among them that a fresh checkout lacks are
-        trained again."""
-        from .runs import trained
-
-        names = [Path(x).name for x in paths if Path(x).parent == self.plan.runs_dir and not trained(Path(x))]
+        trained again (`retrain` skips those that are there)."""
+        names = [Path(x).name for x in paths if Path(x).parent == self.plan.runs_dir]
         if names and self.retrain is not None:
             self.retrain(names)
 
