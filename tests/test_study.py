@@ -213,6 +213,22 @@ def test_a_fresh_checkout_resumes_from_the_committed_results_and_retrains_only_w
         (tmp_path / "runs-elsewhere").rename(runs)
 
 
+def test_a_run_is_not_trained_again_under_other_cpu_kernels(tmp_path, monkeypatch):
+    """fp32 training gives other weights under other vector kernels (AVX2 against AVX512): a run recorded under
+    one is refused before training again under another, naming the variable that pins them."""
+    from adalas.study import runs
+    from adalas.study.plan import e1_runs
+
+    plan = load_plan("quick", out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    run = e1_runs(plan)[0]
+    runs.record_path(plan, run.name).parent.mkdir(parents=True)
+    runs.record_path(plan, run.name).write_text(json.dumps({"name": run.name, "cpu_capability": "AVX2"}))
+    monkeypatch.setattr(runs, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(runs, "run", lambda argv: pytest.fail("trained again"))
+    with pytest.raises(ValueError, match="ATEN_CPU_CAPABILITY=avx2"):
+        runs.ensure_weights(plan, runs.Stages(plan.out), [run])
+
+
 def test_a_run_that_only_saved_or_logged_more_often_trains_alike(tiny_files):
     from adalas.study import same_training
 

@@ -143,10 +143,20 @@ def train_runs(plan: Plan, stages: Stages, runs: Sequence[Run]) -> dict[str, dic
                "resumed_from": resumed.name if resumed else None, "adopted_from": adopted,
                "depth": read_json(run_dir / "adalas_depth.json"), "cost_alpha": cfg.cost_alpha,
                "controller_learning_rate": cfg.controller_learning_rate, "seed": targs.seed,
-               "adapter_sha256": adapter_sha256(run_dir), "weights_sha256": weights_sha256(run_dir)}
+               "adapter_sha256": adapter_sha256(run_dir), "weights_sha256": weights_sha256(run_dir),
+               "cpu_capability": cpu_capability()}
         atomic_write_json(path, rec)
         records[r.name] = rec
     return records
+
+
+def cpu_capability() -> str:
+    """The vector kernels torch runs here (AVX2, AVX512, ...): fp32 training gives other weights under
+    another (measured: a tiny LoRA run, 6 steps), generation so far the same tokens. `ATEN_CPU_CAPABILITY=avx2`
+    pins it on any x86 machine of this workplace."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def trained(run_dir: Path) -> bool:
@@ -167,6 +177,10 @@ def ensure_weights(plan: Plan, stages: Stages, runs: Sequence[Run]) -> None:
         rec = read_json(record_path(plan, r.name))
         if rec is None or trained(run_dir):
             continue  # not trained yet (train_runs does it), or there
+        if rec.get("cpu_capability") and rec["cpu_capability"] != cpu_capability():
+            raise ValueError(f"run {r.name}: trained with CPU kernels {rec['cpu_capability']}, here {cpu_capability()}: "
+                             f"training again would give other weights; set ATEN_CPU_CAPABILITY="
+                             f"{rec['cpu_capability'].lower()} (before adalas starts) to train as it did")
         log(f"train {r.name} again: its record is here, its weights are not (a fresh checkout)")
         t0 = time.perf_counter()
         run(r.argv(plan.overrides, plan.runs_dir))
