@@ -401,6 +401,9 @@ def test_two_adapters_on_one_route_share_its_off_the_shelf_config(tmp_path, monk
     (out / "settings.json").write_text(json.dumps({"settings": {}, "configs": first}))
     later = S.build_configs(4, budgets=[], adapted=["seed0", "other"])
     assert [c.config_id for c in S.drop_routes_made(later, out)] == [c.config_id for c in later]  # not finished
-    (out / "sweep.jsonl").write_text(json.dumps({"config_id": "route:seed1"}) + "\n")
+    rows = [{"config_id": c, "id": str(i)} for c in ("full", "route:seed1") for i in range(3)]
+    (out / "per_sequence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    assert [c.config_id for c in S.drop_routes_made(later, out)] == [c.config_id for c in later]  # 2 of 3 rows
+    (out / "per_sequence.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ids = [c.config_id for c in S.drop_routes_made(later, out)]
     assert ids == ["full", "adapted:seed0", "route:other", "adapted:other"]

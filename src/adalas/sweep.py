@@ -182,8 +182,10 @@ def drop_routes_made(configs: Sequence[SweepConfig], out_dir: str | Path) -> lis
     out_dir = Path(out_dir)
     recorded = (json.loads((out_dir / "settings.json").read_text()).get("configs", {})
                 if (out_dir / "settings.json").is_file() else {})
-    finished = {r["config_id"] for r in read_jsonl(out_dir / "sweep.jsonl")} if (out_dir / "sweep.jsonl").is_file() \
-        else set()
+    counts: dict[str, int] = {}  # rows per config (sweep.jsonl lists the last call's configs only)
+    for r in read_jsonl(out_dir / "per_sequence.jsonl") if (out_dir / "per_sequence.jsonl").is_file() else []:
+        counts[r["config_id"]] = counts.get(r["config_id"], 0) + 1
+    finished = {c for c, n in counts.items() if n == counts.get("full")}
     made = {json.dumps(recorded[c]["depth"], sort_keys=True) for c in finished
             if c.startswith("route:") and c in recorded}
     return [c for c in configs if not (c.config_id.startswith("route:") and c.config_id not in recorded
