@@ -374,8 +374,9 @@ def test_committed_sweep_directories_accept_the_new_keys(tmp_path, name):
         pytest.skip(f"{src} is not in this checkout")
     shutil.copy(src, tmp_path / "settings.json")
     doc = json.loads(src.read_text())
-    settings = {**doc["settings"], "batch_size": 8, "device": "cpu", "dtype": doc["settings"].get("dtype", "float32"),
-                "model_sha256": "0" * 64}
+    settings = {**doc["settings"], "batch_size": doc["settings"].get("batch_size", 8), "device": "cpu",
+                "dtype": doc["settings"].get("dtype", "float32"),
+                "model_sha256": doc["settings"].get("model_sha256", "0" * 64)}  # a rerun may have recorded them
     configs = {cid: {**d, "weights": d.get("weights") or "1" * 64} for cid, d in doc["configs"].items()}
     check_settings(tmp_path, settings, configs, record=False)
     with pytest.raises(ValueError, match="max_new_tokens"):
