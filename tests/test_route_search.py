@@ -17,7 +17,7 @@ from conftest import BUILDERS, LAYERS, VOCAB
 
 from adalas import AdalasForCausalLM, DepthConfig
 from adalas.cli import main
-from adalas.route_search import RouteScorer, choice_data, default_greedy_width, search_route
+from adalas.route_search import RouteScorer, choice_data, default_greedy_width, healed_head_input, search_route
 
 
 def _rows(n: int = 5, seed: int = 3) -> list[dict]:
@@ -71,17 +71,47 @@ def test_a_candidate_score_equals_a_direct_computation(model, skip_prompt):
 
 
 def test_the_healed_score_is_zero_at_full_depth_and_does_not_depend_on_batching(model):
-    """`healed_kl`: KL after the cross-fitted linear map onto the full model's head inputs. At full depth the
-    map is the identity (nothing to heal); a route's value is a KL (finite, >= 0) that the batch size does not
-    change (the folds are groups of rows, not of batches); the model's depth is restored."""
+    """`healed_kl`: KL after the cross-fitted linear correction of the head inputs. At full depth there is
+    nothing to heal; a route's value is a KL (finite, >= 0) that the batch size does not change (the folds
+    are groups of rows, not of batches); the model's depth is restored."""
     rows = _rows(n=40, seed=5)
     scorer = RouteScorer(model, rows, pad_token_id=0, batch_size=4)
-    assert scorer.healed_kl([], ridge=1e-9) == pytest.approx(0.0, abs=1e-4)
+    assert scorer.healed_kl([]) == pytest.approx(0.0, abs=1e-6)
     healed = scorer.healed_kl([1, 2])
     assert 0 <= healed < float("inf")
     again = RouteScorer(model, rows, pad_token_id=0, batch_size=7).healed_kl([1, 2])
     assert again == pytest.approx(healed, rel=1e-4, abs=1e-6)
     assert model.depth.mode == "full"
+
+
+def test_without_a_strength_to_choose_the_healed_score_is_the_plain_kl(model):
+    """No correction is always a candidate: with no ridge strengths offered, the healed KL is the route's
+    plain KL, and with them it is chosen inside the fitting rows, so it cannot run far above the plain KL
+    (the first version, fitted freely, scored a searched route 3.6x its plain KL)."""
+    rows = _rows(n=24, seed=7)
+    scorer = RouteScorer(model, rows, pad_token_id=0, batch_size=4)
+    plain = scorer([1, 2]).kl
+    assert scorer.healed_kl([1, 2], strengths=()) == pytest.approx(plain, rel=1e-6)
+    assert scorer.healed_kl([1, 2]) <= 1.5 * plain
+
+
+def test_the_healing_map_shrinks_to_the_identity_and_recovers_a_linear_distortion():
+    """`healed_head_input`: infinite strength is the identity; a weak ridge on plenty of positions
+    recovers y = x A + b; on positions fewer than coefficients a strong ridge stays near the identity
+    where a weak one chases noise."""
+    g = torch.Generator().manual_seed(0)
+    d = 8
+    a = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    x = torch.randn(400, d, generator=g, dtype=torch.float64)
+    y = x @ a + b
+    x_new = torch.randn(50, d, generator=g, dtype=torch.float64)
+    assert torch.equal(healed_head_input(x, y, x_new, float("inf")), x_new)
+    assert torch.allclose(healed_head_input(x, y, x_new, 1e-9), x_new @ a + b, atol=1e-5)
+    few, noise = x[:6], torch.randn(6, d, generator=g, dtype=torch.float64)  # y = x + noise: nothing to learn
+    weak = healed_head_input(few, few + noise, x_new, 1e-6) - x_new
+    strong = healed_head_input(few, few + noise, x_new, 100.0) - x_new
+    assert strong.norm() < 0.1 * weak.norm()
 
 
 def test_the_search_keeps_n_layers_within_its_budget_and_never_ends_worse_than_its_start(model):
