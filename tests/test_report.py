@@ -235,6 +235,15 @@ def test_reproduce_end_to_end_on_the_tiny_model(tiny_files, tmp_path, capsys):
     before = {f: (out / f).read_bytes() for f in ("sweep.jsonl", "per_sequence.jsonl", "oracle.json")}
     assert main(argv) == 0  # a rerun: nothing new, the same bytes
     assert before == {f: (out / f).read_bytes() for f in before}
+    readme = tmp_path / "README.md"
+    readme.write_text("# m\n\n## Results\n")
+    assert main(argv + ["--readme", str(readme)]) == 2  # no markers: refused before anything runs
+    assert "add them" in capsys.readouterr().err
+    readme.write_text(f"# m\n{R.README_START}\nstale table\n{R.README_END}\nafter\n")
+    assert main(argv + ["--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale table" not in text and text.endswith(f"{R.README_END}\nafter\n") and text.startswith(f"# m\n{R.README_START}\n")
+    assert "| layers kept |" in text and "#### The oracle and its null control" in text and "## Results" not in text
 
 
 def test_an_adapted_model_is_compared_with_its_route_off_the_shelf_and_the_full_model():

@@ -58,6 +58,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_markers(path: str | os.PathLike, start: str, end: str) -> Path:
+    """`path`, after a ValueError unless it is a text file with the line `start` and, after it, `end`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file, for the generated text")
+    rest = path.read_text().partition(start)[2]
+    if not rest or end not in rest:
+        raise ValueError(f"{path}: generated text goes between the lines {start!r} and {end!r}; add them")
+    return path
+
+
+def write_between_markers(path: str | os.PathLike, start: str, end: str, text: str) -> None:
+    """Replace what stands between the lines `start` and `end` of a text file (a README's generated tables),
+    markers kept; ValueError when the file lacks them."""
+    path = check_markers(path, start, end)
+    head, _, rest = path.read_text().partition(start)
+    atomic_write_text(path, f"{head}{start}\n{text.strip()}\n{end}{rest.partition(end)[2]}")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

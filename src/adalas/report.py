@@ -472,6 +472,21 @@ def readme_results(sweep_dir: str | Path) -> str:
     return "\n".join(text)
 
 
+README_START, README_END = "<!-- built-in tables: adalas reproduce --readme README.md -->", "<!-- end of built-in tables -->"
+
+
+def readme_builtin(sweep_dir: str | Path) -> str:
+    """What the README shows of a `make run` (`adalas reproduce`) directory: the results without a title, the
+    sections one level below the README's "Built-in set"."""
+    d = Path(sweep_dir)
+    rows = read_sweep(d)
+    meta = read_json(d / "reproduce.json") or read_json(d / "sweep_meta.json")
+    text = [f"_Made by `adalas reproduce --readme README.md` from `{d.as_posix()}/` (its `report.md`)._", ""]
+    text += results_text(d, rows, read_json(d / "oracle.json"), meta, heading="####")
+    text += [settings_line(rows, meta)]
+    return "\n".join(text)
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .evaluate import rouge
-from .io import atomic_write_json, atomic_write_text, read_jsonl
+from .io import atomic_write_json, atomic_write_text, read_jsonl, write_between_markers
 from .plots import pyplot, save_figure
 from .stats import difference_text, equivalence, gap_closed, paired_ratio
 from .tasks import REAL_TASKS, join_references, task_file
@@ -225,16 +225,12 @@ def readme_tables(summary: dict, out_dir: Path) -> str:
     """The pooled and per-task tables, and the targets, as the README shows them."""
     body = render(summary, targets_table=False).split("\n", 4)[4].replace("## ", "#### ")  # no title, preamble
     met = sum(t["met"] for t in summary["targets"])
-    return (f"{README_START}\n_Made by `adalas tasks report` from `{out_dir.as_posix()}/`; its `report.md` checks "
-            f"each target of issue 29 ({met} of {len(summary['targets'])} met)._\n\n{body}\n{README_END}")
+    return (f"_Made by `adalas tasks report` from `{out_dir.as_posix()}/`; its `report.md` checks "
+            f"each target of issue 29 ({met} of {len(summary['targets'])} met)._\n\n{body}")
 
 
 def update_readme(readme: Path, summary: dict, out_dir: Path) -> None:
-    text = readme.read_text()
-    head, _, rest = text.partition(README_START)
-    if not rest or README_END not in rest:
-        raise ValueError(f"{readme}: the tables go between the lines {README_START!r} and {README_END!r}; add them")
-    atomic_write_text(readme, head + readme_tables(summary, out_dir) + rest.partition(README_END)[2])
+    write_between_markers(readme, README_START, README_END, readme_tables(summary, out_dir))
 
 
 def write_task_report(out_dir: str | Path, data_dir: str | Path, readme: str | Path | None = None) -> Path:

@@ -54,6 +54,8 @@ def build_parser():
     p.add_argument("--analysis-limit", type=int, help="sequences for the hidden-state analysis (default 8; quick 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default results/reproduce, or results/reproduce-quick)")
+    p.add_argument("--readme", help="also put the tables into this README, between its built-in markers "
+                                     "(report.README_START and README_END)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -64,9 +66,9 @@ def main(argv: list[str]) -> int:
     from ..data import load_examples
     from ..evaluate import context_length, load_items
     from ..hub import adapter_aliases, adapter_base, adapter_dir
-    from ..io import atomic_write_json, check_output_dir
+    from ..io import atomic_write_json, check_markers, check_output_dir, write_between_markers
     from ..oracle import run_oracle
-    from ..report import read_json, readme_results, write_report
+    from ..report import README_END, README_START, read_json, readme_builtin, readme_results, write_report
     from ..run_settings import versions
     from ..sequence import add_crossfit_router, load_sweep
     from ..sweep import build_configs, parse_budgets, run_sweep
@@ -81,6 +83,8 @@ def main(argv: list[str]) -> int:
                    for key in ("limit", "max_new_tokens", "batch_size", "analysis_limit", "routes_per_budget")),
                  ("--folds", args.folds, 2))
     out = check_output_dir(args.out)
+    if args.readme:
+        check_markers(args.readme, README_START, README_END)  # before the run, not after it
     stages: dict[str, float] = {}
 
     def stage(name: str, t0: float) -> None:
@@ -160,5 +164,8 @@ def main(argv: list[str]) -> int:
 
     print()
     print(readme_results(out))
+    if args.readme:
+        write_between_markers(args.readme, README_START, README_END, readme_builtin(out))
+        print(f"[reproduce] tables written into {args.readme}")
     print(f"\n[reproduce] done in {meta['wall_s']:.0f} s: {report} (and {', '.join(sorted(p.name for p in out.glob('*.png')))})")
     return 0
