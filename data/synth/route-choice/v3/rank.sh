@@ -13,6 +13,9 @@ first=0; [ "$1" = B ] && first=1
 for ((k = first; k < ${#ROUTES[@]}; k += 2)); do
   skip=${ROUTES[$k]} name=${ROUTES[$k]//,/-}
   dir=runs/v3-rank/$name alias=_rank-$name
+  # scored in an earlier session: its rows are in the committed sweep, and nothing is trained again
+  rows=$(grep -c "\"config_id\": \"adapted:$alias\"" data/synth/route-choice/v3/choice-sweep/per_sequence.jsonl)
+  [ "$rows" -ge 192 ] && continue
   if [ ! -f $dir/adapter/adapter_model.safetensors ]; then
     bash data/synth/route-choice/v3/train.sh 20 $skip 0 $dir --max_steps 40 \
       >> runs/v3-rank/logs/$name.log 2>&1 || { echo "train $dir failed" >&2; exit 1; }
