@@ -461,15 +461,17 @@ def results_text(d: Path, rows: Sequence[dict], oracle: dict | None, meta: dict 
 def readme_results(sweep_dir: str | Path) -> str:
     """The README "Results" section for a sweep directory (with its oracle.json and reproduce.json)."""
     d = Path(sweep_dir)
-    rows = read_sweep(d)
-    oracle = read_json(d / "oracle.json")
-    meta = read_json(d / "reproduce.json") or read_json(d / "sweep_meta.json")
     text = ["## Results", "",
             "ROUGE-L on the built-in evaluation set against the number of layers run per generated token, "
             "from `make run` (`adalas reproduce`, " + str(d) + "/report.md):", ""]
-    text += results_text(d, rows, oracle, meta)
-    text += [settings_line(rows, meta), ""]
-    return "\n".join(text)
+    return "\n".join(text + _results_with_settings(d, "###") + [""])
+
+
+def _results_with_settings(d: Path, heading: str) -> list[str]:
+    """`results_text` of a sweep directory, with its settings line."""
+    rows = read_sweep(d)
+    meta = read_json(d / "reproduce.json") or read_json(d / "sweep_meta.json")
+    return results_text(d, rows, read_json(d / "oracle.json"), meta, heading) + [settings_line(rows, meta)]
 
 
 README_START, README_END = "<!-- built-in tables: adalas reproduce --readme README.md -->", "<!-- end of built-in tables -->"
@@ -479,12 +481,8 @@ def readme_builtin(sweep_dir: str | Path) -> str:
     """What the README shows of a `make run` (`adalas reproduce`) directory: the results without a title, the
     sections one level below the README's "Built-in set"."""
     d = Path(sweep_dir)
-    rows = read_sweep(d)
-    meta = read_json(d / "reproduce.json") or read_json(d / "sweep_meta.json")
-    text = [f"_Made by `adalas reproduce --readme README.md` from `{d.as_posix()}/` (its `report.md`)._", ""]
-    text += results_text(d, rows, read_json(d / "oracle.json"), meta, heading="####")
-    text += [settings_line(rows, meta)]
-    return "\n".join(text)
+    made = f"_Made by `adalas reproduce --readme README.md` from `{d.as_posix()}/` (its `report.md`)._"
+    return "\n".join([made, ""] + _results_with_settings(d, "####"))
 
 
 # ---------------------------------------------------------------------------------------------

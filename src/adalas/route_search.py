@@ -193,7 +193,6 @@ class RouteScorer:
         self.scored[key] = result
         return result
 
-
     @torch.no_grad()
     def healed_kl(self, skip: Sequence[int], folds: int = 2,
                   strengths: Sequence[float] = HEALING_STRENGTHS) -> float:
@@ -211,14 +210,8 @@ class RouteScorer:
         plain 1.08; now a route with nothing a map can learn scores its plain KL."""
         x, y, row = self._head_inputs(skip)
         full_logp = torch.cat(self._full_logp)
-        fold = row % folds
-        kl = torch.empty(len(x), dtype=torch.float64, device=x.device)
-        for k in range(folds):
-            fit, held = fold != k, fold == k
-            if not held.any():
-                continue
-            strength = self._chosen_strength(x[fit], y[fit], full_logp[fit], row[fit] // folds, folds, strengths)
-            kl[held] = self._kl(healed_head_input(x[fit], y[fit], x[held], strength), full_logp[held])
+        kl = self._cross_fitted_kl(x, y, full_logp, row, folds, lambda fit: self._chosen_strength(
+            x[fit], y[fit], full_logp[fit], row[fit] // folds, folds, strengths))
         return _row_mean(kl, row)
 
     def _head_inputs(self, skip: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,22 +237,26 @@ class RouteScorer:
         logp = F.log_softmax(self.model.family.head(head_input.float()).float(), dim=-1)
         return (full_logp.exp() * (full_logp - logp)).sum(-1).double()
 
+    def _cross_fitted_kl(self, x, y, full_logp, row, folds: int, strength_for) -> torch.Tensor:
+        """KL per position, each fold's positions (rows `row % folds`) corrected by the map fitted on the
+        other folds' positions, at the strength `strength_for(fit)` gives for those (`fit`: their mask);
+        no correction where no other fold has positions."""
+        fold = row % folds
+        kl = torch.empty(len(x), dtype=torch.float64, device=x.device)
+        for k in range(folds):
+            fit, held = fold != k, fold == k
+            if held.any():
+                strength = strength_for(fit) if fit.any() else float("inf")
+                kl[held] = self._kl(healed_head_input(x[fit], y[fit], x[held], strength), full_logp[held])
+        return kl
+
     def _chosen_strength(self, x, y, full_logp, row, folds: int, strengths: Sequence[float]) -> float:
         """The strength (inf: no correction) whose cross-fitted mean KL per row on these positions is
         lowest; ties go to the stronger shrinkage."""
-        fold = row % folds
-        best = (_row_mean(self._kl(x, full_logp), row), float("inf"))
-        for strength in sorted(strengths, reverse=True):
-            kl = torch.empty(len(x), dtype=torch.float64, device=x.device)
-            for k in range(folds):
-                fit, held = fold != k, fold == k
-                kl[held] = self._kl(healed_head_input(x[fit], y[fit], x[held], strength), full_logp[held]) \
-                    if fit.any() else self._kl(x[held], full_logp[held])
-            score = _row_mean(kl, row)
-            if score < best[0]:
-                best = (score, strength)
-        return best[1]
-
+        candidates = (float("inf"), *sorted(strengths, reverse=True))
+        scores = [_row_mean(self._cross_fitted_kl(x, y, full_logp, row, folds, lambda fit, s=s: s), row)
+                  for s in candidates]
+        return candidates[scores.index(min(scores))]
 
 
 def healed_head_input(x_fit: torch.Tensor, y_fit: torch.Tensor, x: torch.Tensor, strength: float) -> torch.Tensor:

@@ -44,6 +44,12 @@ def summary(rows: dict[str, dict], ids: list[str], shapes: dict[str, str]) -> di
             "stopped": float(np.mean([rows[i]["stopped"] for i in ids]))}
 
 
+def config_line(name: str, row: dict, width: int = 18) -> str:
+    """One config's summary as the choice scripts print it."""
+    return (f"{name:{width}s} F {row['rougeL']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] "
+            f"tokens {row['output_tokens']:.1f} stopped {row['stopped']:.2f}")
+
+
 def main(sweep: Path) -> dict:
     examples = read_jsonl(CHOICE_SET, strict=True)
     ids = [e["id"] for e in examples]
@@ -88,7 +94,5 @@ def main(sweep: Path) -> dict:
 if __name__ == "__main__":
     result = main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/v3/choice-sweep"))
     for name, row in result["configs"].items():
-        print(f"{name:18s} F {row['rougeL']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] "
-              f"tokens {row['output_tokens']:.1f} stopped {row['stopped']:.2f} "
-              + " ".join(f"{k} {v:.3f}" for k, v in row["per_shape"].items()))
+        print(config_line(name, row) + " " + " ".join(f"{k} {v:.3f}" for k, v in row["per_shape"].items()))
     print(json.dumps({"choice": result["choice"], "found_route_20": result["found_route_20"]}, indent=1))

@@ -17,7 +17,7 @@ import numpy as np
 
 from adalas.io import atomic_write_json, read_jsonl
 from adalas.stats import paired_difference
-from choose import CHOICE_SET, HERE, SEEDS, scores, summary  # the script beside this one: the same rows and score
+from choose import CHOICE_SET, HERE, SEEDS, config_line, scores, summary  # the script beside this one: the same rows and score
 
 FOURTH = "smollm2-135m-dropout"
 MARGIN = 0.02
@@ -58,7 +58,6 @@ def main(sweep: Path) -> dict:
 if __name__ == "__main__":
     result = main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/v3/choice-sweep"))
     for name, row in result["configs"].items():
-        print(f"{name:16s} F {row['rougeL']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] "
-              f"tokens {row['output_tokens']:.1f} stopped {row['stopped']:.2f}")
+        print(config_line(name, row, width=16))
     print(json.dumps({k: result[k] for k in ("summaries", "fifth_two_seed_mean", "full_depth_test",
                                               "fifth_replaces_fourth", "ships")}, indent=1))

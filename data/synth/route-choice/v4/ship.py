@@ -35,7 +35,8 @@ def ship(size: str, doc: dict) -> str:
     also = other_seed(run, alias)
     recipe = RECIPES / f"{alias}.yaml"
     lines = recipe.read_text().splitlines(keepends=True)
-    start = next(k for k, line in enumerate(lines) if line.startswith(("# Route and seed were chosen", "# Route, steps and seed")))  # shipped once already: again
+    headers = ("# Route and seed were chosen", "# Route, steps and seed")  # version 3's header, or CHOSEN
+    start = next(k for k, line in enumerate(lines) if line.startswith(headers))
     end = next(k for k, line in enumerate(lines) if not line.startswith("#"))
     text = "".join(lines[:start]) + CHOSEN.format(size=size) + "".join(lines[end:])
     recipe.write_text(set_keys(text, {"max_steps": "320", "seed": seed}))

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "v3"))
 from adalas.io import atomic_write_json, read_jsonl  # noqa: E402
 from adalas.stats import paired_difference  # noqa: E402
-from choose import CHOICE_SET, SEEDS, scores, summary  # noqa: E402  (version 3's rows and score)
+from choose import CHOICE_SET, SEEDS, config_line, scores, summary  # noqa: E402  (version 3's rows and score)
 
 FOURTH = "smollm2-135m-dropout"
 ROUTES = {"20": "smollm2-135m-adapted-20", "24": "smollm2-135m-adapted-24"}
@@ -45,12 +45,12 @@ def main(sweep: Path) -> dict:
     summaries = {name: float(np.mean([table[f"{name}@{w}"]["rougeL"] for w in WHERE])) for name in models}
     sixth_mean = float(np.mean([summaries[f"sixth-s{s}"] for s in SEEDS]))
 
-    def per_row(name_or_seeds, where: str) -> list[float]:
-        names = name_or_seeds if isinstance(name_or_seeds, list) else [name_or_seeds]
+    def per_row(names: list[str], where: str) -> list[float]:
+        """Per row, the mean F of these models at `where`."""
         return [float(np.mean([by_config[configs[(n, where)]][i]["rougeL"] for n in names])) for i in ids]
 
     sixth = [f"sixth-s{s}" for s in SEEDS]
-    differences = {where: paired_difference(per_row(sixth, where), per_row("fourth", where)) for where in WHERE}
+    differences = {where: paired_difference(per_row(sixth, where), per_row(["fourth"], where)) for where in WHERE}
     margin = MARGIN_SHARE * table["fourth@full"]["rougeL"]
     lower = differences["full"]["ci90"][0]
     full_test = {"diff": differences["full"]["diff"], "ci90": differences["full"]["ci90"],
@@ -72,8 +72,7 @@ def main(sweep: Path) -> dict:
 if __name__ == "__main__":
     result = main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/v3/choice-sweep"))
     for name, row in result["configs"].items():
-        print(f"{name:16s} F {row['rougeL']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] "
-              f"tokens {row['output_tokens']:.1f} stopped {row['stopped']:.2f}")
+        print(config_line(name, row, width=16))
     print(json.dumps({k: result[k] for k in ("summaries", "sixth_two_seed_mean", "full_depth_test", "differences",
                                               "route_20_share_of_adapted_20", "sixth_replaces_fourth", "ships")},
                      indent=1))
