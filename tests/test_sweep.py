@@ -92,6 +92,32 @@ def test_sweep_rows_and_oracle(tiny, tmp_path):
     assert before == {f: (tmp_path / f).read_bytes() for f in before}
 
 
+def test_a_sweep_prefills_each_prompt_once_per_model_and_makes_the_rows_of_configs_run_alone(tiny, tmp_path,
+                                                                                               monkeypatch):
+    """The configs whose prompt runs at full depth share each batch's prefill (`adalas.prompt_reuse`): the
+    rows are those of a sweep that prefills for every config, byte for byte."""
+    configs = [*S.build_configs(LAYERS, budgets=[2, 3], routes_per_budget=1, seed=0, null_k=3),
+               S.SweepConfig("skip_prompt", "route", 2, DepthConfig(mode="route", route=[True, False, True, False],
+                                                                      skip_prompt=True))]
+    served = []
+
+    class Counted(S.PromptReuse):
+        def prefill(self, *a, **kw):
+            before = self.served
+            h = super().prefill(*a, **kw)
+            served.append(self.served - before)
+            return h
+
+    monkeypatch.setattr(S, "PromptReuse", Counted)
+    _sweep(tiny, tmp_path / "shared", configs)
+    batches = -(-len(ROWS) // 2)
+    assert len(served) == batches * (len(configs) - 1) and sum(served) == batches * (len(configs) - 2)
+
+    _sweep(tiny, tmp_path / "alone", configs, reuse_prompts=False)
+    for f in ("sweep.jsonl", "per_sequence.jsonl"):
+        assert (tmp_path / "shared" / f).read_bytes() == (tmp_path / "alone" / f).read_bytes()
+
+
 def test_two_ranks_give_the_same_rows_as_one(tiny, tmp_path):
     one = tmp_path / "one"
     _sweep(tiny, one)
@@ -136,7 +162,8 @@ def test_killed_and_grown_sweeps_resume_without_duplicates(tiny, tmp_path, monke
     monkeypatch.setattr(E, "generate_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         _sweep(tiny, out)
-    assert [r["config_id"] for r in _lines(out / "sweep.jsonl")] == ["full", "early_exit@3"]  # finished configs
+    # the configs of one model go batch by batch (each prompt prefilled once): none has finished yet
+    assert not (out / "sweep.jsonl").exists() and len(_lines(out / "per_sequence.jsonl")) == 8 * 2
     monkeypatch.setattr(E, "generate_batch", real)
     with open(out / "per_sequence.jsonl", "ab") as f:
         f.write(b'{"config_id": "uniform_skip@3", "id": "r')  # torn last line

@@ -50,6 +50,7 @@ from .data import (TRAINING_FILE, Example, build_prompt, data_sha256, load_examp
                    tokenize_prompt)
 from .io import RowStore, atomic_write_json, check_output_dir, finish_shards
 from .metrics import batch_columns, summarize_columns
+from .prompt_reuse import PromptReuse
 from .routers import chosen_routes
 from .run_settings import check_settings, run_identity, versions
 from .stats import bootstrap_ci
@@ -267,13 +268,16 @@ def _eos_ids(model) -> list[int]:
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, items: Sequence[EvalItem], max_new_tokens: int,
-                   sampling: Sampling | None = None) -> list[Generation]:
-    """Greedy (or `sampling`) generation for one batch (left padding) at the model's current depth."""
+                   sampling: Sampling | None = None, prompt_reuse: PromptReuse | None = None) -> list[Generation]:
+    """Greedy (or `sampling`) generation for one batch (left padding) at the model's current depth.
+    `prompt_reuse`: serves the batch's full-depth prefill from an earlier config (`adalas.prompt_reuse`)."""
     collate = make_collator(tokenizer, "left")
     enc = collate([{"input_ids": list(it.input_ids), "attention_mask": [1] * len(it.input_ids)} for it in items])
     ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
     model.reset_usage()
     options = sampling.generate_kwargs() if sampling is not None else {"do_sample": False}
+    if prompt_reuse is not None:
+        options["_prompt_reuse"] = prompt_reuse
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **options)
     new = out[:, ids.shape[1]:].cpu()  # (B, n_new)
     eos = _eos_ids(model)
@@ -419,12 +423,13 @@ def missing_items(batches: Sequence[Batch], store: RowStore, extra: dict | None 
 def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, max_new_tokens: int,
               references: dict[str, str] | str | None = None, extra: dict | None = None,
               progress: Progress | None = None, desc: str = "", sampling: Sampling | None = None,
-              teacher_forced: Sequence[str] = ()) -> float:
+              teacher_forced: Sequence[str] = (), prompt_reuse: PromptReuse | None = None) -> float:
     """Generate the rows of `batches` that `store` lacks, at the model's current depth; returns seconds.
 
     references: None (the data's), {id: text}, or "self" (the full model scored against its own output).
     sampling: sample (the null control's alternatives) instead of greedy decoding.
     teacher_forced: metrics of `adalas.metrics` ("nll", "agreement") added to each row (after the timing).
+    prompt_reuse: see `generate_batch`.
     """
     model.eval()
     static = model.depth.static_route(model.num_layers) is not None
@@ -438,7 +443,7 @@ def run_depth(model, tokenizer, batches: Sequence[Batch], store: RowStore, *, ma
                 continue
             t0 = time.perf_counter()
             # the whole batch, so every row keeps its companions
-            gens = generate_batch(model, tokenizer, batch.items, max_new_tokens, sampling)
+            gens = generate_batch(model, tokenizer, batch.items, max_new_tokens, sampling, prompt_reuse)
             seconds += time.perf_counter() - t0
             fallback = _fallback_layers(model)
             columns = batch_columns(model, tokenizer, batch.items, gens, teacher_forced,

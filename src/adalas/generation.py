@@ -39,6 +39,7 @@ from transformers.generation import GenerateDecoderOnlyOutput
 
 from .cache import KVCache
 from .engine import cached_step, new_cache, positions_from_mask, prefill
+from .prompt_reuse import PromptReuse
 from .speculative import generate_speculative
 
 # GenerationConfig fields this loop implements (any value), or that do not change what a decoder-only
@@ -175,7 +176,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
              generation_config: GenerationConfig | None = None, logits_processor: LogitsProcessorList | None = None,
              stopping_criteria: StoppingCriteriaList | None = None, tokenizer: Any = None, seed: int | None = None,
              draft_depth: Any = None, num_draft_tokens: int | None = None, _fast_path: bool = True,
-             synced_gpus: bool | None = None, **kwargs: Any) -> torch.Tensor | GenerateDecoderOnlyOutput:
+             _prompt_reuse: PromptReuse | None = None, synced_gpus: bool | None = None, **kwargs: Any) -> torch.Tensor | GenerateDecoderOnlyOutput:
     """Returns (B, T_prompt + n_new) token ids, like transformers' generate, or with
     `return_dict_in_generate=True` a `GenerateDecoderOnlyOutput` (`sequences`; `scores` and `logits`,
     one (B, V) float tensor per new token, when `output_scores` / `output_logits`). Options in
@@ -186,7 +187,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     `draft_depth` (a DepthConfig, dict, JSON, or "auto") and `num_draft_tokens` (k, or None to adapt
     it): self-speculative decoding, see `adalas.speculative`. `_fast_path=False` (internal, not
     an option: tests and `adalas bench decode` compare the two) asks the router at every layer of
-    every step, with the original weights (no `DecodePlan`, no fused copies)."""
+    every step, with the original weights (no `DecodePlan`, no fused copies). `_prompt_reuse`
+    (internal: sweeps) serves a prompt already prefilled at full depth (`adalas.prompt_reuse`)."""
     if synced_gpus:
         raise ValueError("generate: synced_gpus=True is not supported by adalas (each rank decodes on its own)")
     for name in _UNSET_ONLY:
@@ -252,7 +254,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     with model.family.fused_weights(_fast_path):
         ids, scores, logits = _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors,
                                       stopping_criteria, eos_t, pad_token_id, generator, _fast_path,
-                                      keep_scores=want_scores, keep_logits=want_logits)
+                                      keep_scores=want_scores, keep_logits=want_logits, prompt_reuse=_prompt_reuse)
     if not cfg.return_dict_in_generate:
         return ids
     return GenerateDecoderOnlyOutput(sequences=ids, scores=scores, logits=logits)
@@ -281,10 +283,11 @@ def _max_new_tokens(model, cfg: GenerationConfig, generation_config: GenerationC
 
 def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, processors, stopping_criteria, eos_t,
             pad_token_id, generator, fast_path, prefilled: tuple[KVCache, torch.Tensor] | None = None,
-            keep_scores: bool = False, keep_logits: bool = False):
+            keep_scores: bool = False, keep_logits: bool = False, prompt_reuse: PromptReuse | None = None):
     """(ids, scores, logits): scores / logits are tuples of one (B, V) float tensor per new token
     when kept (as transformers' output_scores / output_logits), else None. `prefilled`: (cache, last
-    states) of a static route's prefill already run (by "auto")."""
+    states) of a static route's prefill already run (by "auto"); `prompt_reuse`: one kept from an
+    earlier call, where the prompt runs at full depth."""
     device = input_ids.device
     B, T0 = input_ids.shape
     positions = positions_from_mask(attention_mask)
@@ -294,7 +297,10 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, do_sample, process
         cache, h = prefilled
     elif fast_path and model.depth.static_route(model.num_layers) is not None:
         cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
-        h = prefill(model, cache, input_ids, positions, attention_mask, row_ids)
+        if prompt_reuse is not None and prompt_reuse.applies(model, cache):
+            h = prompt_reuse.prefill(model, cache, input_ids, positions, attention_mask, row_ids)
+        else:
+            h = prefill(model, cache, input_ids, positions, attention_mask, row_ids)
     else:
         cache = new_cache(model, B, T0 + max_new_tokens, prompt_length=T0)
         h = cached_step(model, model.router, cache, positions, input_ids, attention_mask, prompt=True, state=state,

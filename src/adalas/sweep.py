@@ -8,7 +8,9 @@ Notable:
   (model directories with their own saved depth); `full_sample#s` for s in 1..K-1 (`null_k` = K): the
   full model sampled at temperature 0.7, top-p 0.9 with seed s, the oracle's null control (a
   per-sequence best of K full-depth alternatives, see `oracle.null_control`).
-- Every config runs over the same batch plan (see `evaluate`), the full model first. Rows are keyed
+- Every config runs over the same batch plan (see `evaluate`), the full model first; the configs of one
+  model go batch by batch, so that a prompt they all run at full depth is prefilled once
+  (`adalas.prompt_reuse`: most of a config's time on long prompts). Rows are keyed
   by (config_id, id): a killed sweep resumes where it stopped, and a grown sweep (more sequences,
   more budgets) only runs what is new.
 - `sweep.jsonl` is derived from `per_sequence.jsonl` (one row per finished config, in config order),
@@ -34,6 +36,7 @@ from .hub import weights_sha256
 from .io import (RowStore, atomic_write_json, atomic_write_text, check_output_dir, dumps_row, finish_shards,
                  read_jsonl)
 from .oracle import random_routes, route_to_skip_layers, uniform_skip_route
+from .prompt_reuse import PromptReuse
 from .run_settings import check_settings, run_identity, versions
 
 STRATEGIES = ("full", "early_exit", "uniform_skip", "random_route", "learned", "sequence", "route", "full_sample")
@@ -265,14 +268,17 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
               out_dir: str | Path, *, max_new_tokens: int = 32, batch_size: int = 8, reference: str = "data",
               rank: int = 0, world_size: int = 1, model_id: Any = None, data_id: Any = None,
               settings: dict | None = None, load_checkpoint: Callable[[str], Any] | None = None,
-              progress: bool = False, teacher_forced: Sequence[str] = ()) -> list[dict] | None:
+              progress: bool = False, teacher_forced: Sequence[str] = (),
+              reuse_prompts: bool = True) -> list[dict] | None:
     """Run every config over `items` into out_dir (resumable, shardable).
 
     Returns the sweep.jsonl rows in the process that wrote the final sweep.jsonl (one rank: always;
     W ranks: the one that merged), else None. `load_checkpoint(dir)` gives the model of a learned
     config (default: `AdalasForCausalLM.from_pretrained` on the main model's device and dtype).
     `teacher_forced`: columns of `adalas.metrics` ("nll", "agreement") on every row; `flops_per_token`
-    is always there.
+    is always there. The configs of one model go batch by batch, and those whose prompt runs at full
+    depth prefill it once (`adalas.prompt_reuse`; `reuse_prompts=False`: each config prefills its own,
+    the same rows, for benchmarks and tests).
     """
     if reference not in REFERENCES:
         raise ValueError(f"reference: must be one of {', '.join(REFERENCES)}, got {reference!r}")
@@ -298,39 +304,43 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     done = set(store.rows())
     todo = sum(missing_items(mine, store, {"config_id": c.config_id}, done) for c in configs)
     bar = Progress(todo, progress, "sweep")
-    timing: dict[str, float] = {}
+    timing = {c.config_id: 0.0 for c in configs}
     base_depth = model.depth
-    references = None
+    references: dict[str, str] | None = {} if reference == "full" else None
     try:
         with model.family.hold_fused():  # the base model's fused weight copies serve every config
-            for cfg in configs:
-                extra = {"config_id": cfg.config_id}
-                if cfg.checkpoint is not None:
-                    if not missing_items(mine, store, extra):
-                        continue
-                    m = (load_checkpoint or _default_loader(model))(cfg.checkpoint)
+            for group in _model_groups(configs):
+                if not any(missing_items(mine, store, {"config_id": c.config_id}) for c in group):
+                    m = None  # nothing to make: a checkpoint is not even loaded
+                elif group[0].checkpoint is not None:
+                    m = (load_checkpoint or _default_loader(model))(group[0].checkpoint)
                     if m.num_layers != L:
-                        raise ValueError(f"checkpoint {cfg.checkpoint!r} has {m.num_layers} layers, the model {L}")
-                    if m.depth != cfg.depth:  # a shipped model on a depth other than its own (`ALIAS@...`)
-                        m.set_depth(cfg.depth)
+                        raise ValueError(f"checkpoint {group[0].checkpoint!r} has {m.num_layers} layers, the model {L}")
                 else:
                     m = model
-                    m.set_depth(cfg.depth)
-                own = "self" if cfg.strategy == "full" and reference == "full" else references
-                timing[cfg.config_id] = run_depth(m, tokenizer, mine, store, max_new_tokens=max_new_tokens,
-                                                  references=own, extra=extra, progress=bar, desc=cfg.config_id,
-                                                  sampling=cfg.sampling, teacher_forced=teacher_forced)
-                if cfg.strategy == "full" and reference == "full":  # the full model's output is the reference
-                    rows = store.rows()
-                    references = {it.id: rows[("full", it.id)]["prediction"] for b in mine for it in b.items}
+                # batch by batch, each prompt is prefilled once for the whole group (rows identical either way)
+                reuse = PromptReuse() if reuse_prompts else None
+                for batch in mine:
+                    for cfg in group:
+                        if m is not None and m.depth != cfg.depth:  # a shipped model on another depth (`ALIAS@...`)
+                            m.set_depth(cfg.depth)
+                        own = "self" if cfg.strategy == "full" and reference == "full" else references
+                        timing[cfg.config_id] += 0.0 if m is None else run_depth(
+                            m, tokenizer, [batch], store, max_new_tokens=max_new_tokens, references=own,
+                            extra={"config_id": cfg.config_id}, progress=bar, desc=cfg.config_id,
+                            sampling=cfg.sampling, teacher_forced=teacher_forced, prompt_reuse=reuse)
+                        if cfg.strategy == "full" and reference == "full":  # its output is the reference
+                            rows = store.rows()
+                            references.update({it.id: rows[("full", it.id)]["prediction"] for it in batch.items})
                 if world_size == 1:
                     _write_sweep(out_dir, store, items, configs, L, model_id, data_id, reference, complete_only=True,
                                  data_sha256=(settings or {}).get("data_sha256"))
     finally:
         bar.close()
         model.set_depth(base_depth)
-    order = {(c.config_id, it.id): (ci, b.index, k)
-             for ci, c in enumerate(configs) for b in plan for k, it in enumerate(b.items)}
+    order = {(c.config_id, it.id): (gi, b.index, ci, k)  # as one rank makes them: see the loop above
+             for gi, group in enumerate(_model_groups(configs)) for ci, c in enumerate(group)
+             for b in plan for k, it in enumerate(b.items)}
     result: list[dict] = []
 
     def merge() -> None:
@@ -434,6 +444,16 @@ def _write_sweep(out_dir: Path, store: RowStore, items: Sequence[EvalItem], conf
         out.append(sweep_row(cfg, metrics, num_layers, model_id, data_id, reference, data_sha256))
     atomic_write_text(out_dir / "sweep.jsonl", "".join(dumps_row(r) + "\n" for r in out))
     return out
+
+
+def _model_groups(configs: Sequence[SweepConfig]) -> list[list[SweepConfig]]:
+    """The configs by the model they run on (the sweep's model, or one checkpoint), in order of first
+    appearance: each group loads its model once and goes batch by batch through its configs, so that
+    `PromptReuse` prefills each prompt once for all of them (the full model stays first)."""
+    groups: dict[str | None, list[SweepConfig]] = {}
+    for cfg in configs:
+        groups.setdefault(cfg.checkpoint, []).append(cfg)
+    return list(groups.values())
 
 
 def _default_loader(model) -> Callable[[str], Any]:
