@@ -235,6 +235,17 @@ def test_reproduce_end_to_end_on_the_tiny_model(tiny_files, tmp_path, capsys):
     before = {f: (out / f).read_bytes() for f in ("sweep.jsonl", "per_sequence.jsonl", "oracle.json")}
     assert main(argv) == 0  # a rerun: nothing new, the same bytes
     assert before == {f: (out / f).read_bytes() for f in before}
+    # rows recorded under another definition (a shipped adapter replaced since): that config alone is made again
+    settings = json.loads((out / "settings.json").read_text())
+    settings["configs"]["uniform_skip@3"]["depth"]["skip_layers"] = [0]
+    (out / "settings.json").write_text(json.dumps(settings))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "made again (its definition or weights changed since its rows were made): uniform_skip@3" in capsys.readouterr().out
+    assert (out / "sweep.jsonl").read_bytes() == before["sweep.jsonl"]
+    again = [json.loads(x) for x in (out / "per_sequence.jsonl").read_text().splitlines()]
+    assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, per_seq))
+    assert [r["config_id"] for r in again[-7:]] == ["uniform_skip@3"] * 7  # made again, appended
     readme = tmp_path / "README.md"
     readme.write_text("# m\n\n## Results\n")
     assert main(argv + ["--readme", str(readme)]) == 2  # no markers: refused before anything runs

@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
     from ..report import README_END, README_START, read_json, readme_builtin, readme_results, write_report
     from ..run_settings import versions
     from ..sequence import add_crossfit_router, load_sweep
-    from ..sweep import build_configs, parse_budgets, run_sweep
+    from ..run_settings import changed_definitions
+    from ..sweep import build_configs, forget_configs, parse_budgets, run_sweep
 
     t_start = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -110,6 +111,13 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     data_id = {"name": args.data, "split": "test"}
+    # a shipped adapter replaced since the rows were made (its weights' sha256 differ): its rows are stale, and
+    # only they are made again
+    changed = changed_definitions(out, {c.config_id: c.definition() for c in configs})
+    if changed:
+        forget_configs(out, changed, configs)
+        print(f"[reproduce] made again (its definition or weights changed since its rows were made): {', '.join(changed)}",
+              flush=True)
     rows_were_resumed = (out / "per_sequence.jsonl").is_file()
     rows = run_sweep(model, tok, items, configs, out, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, model_id=args.model, data_id=data_id,
