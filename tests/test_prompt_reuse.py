@@ -11,8 +11,8 @@ from adalas.prompt_reuse import PromptReuse
 
 from conftest import BUILDERS, LAYERS, batch
 
-SHARED = [DepthConfig(), DepthConfig(mode="static_skip", skip_layers=[1, 2]), DepthConfig(mode="early_exit", exit_after=2),
-          DepthConfig(mode="static_skip", skip_layers=[3])]
+SHARED = [DepthConfig(), DepthConfig(mode="static_skip", skip_layers=[1, 2]),
+          DepthConfig(mode="early_exit", exit_after=2), DepthConfig(mode="static_skip", skip_layers=[3])]
 NOT_SHARED = [DepthConfig(mode="static_skip", skip_layers=[1, 2], skip_prompt=True),
               DepthConfig(mode="stochastic", skip_probs=[0.0] + [0.3] * (LAYERS - 1), seed=3)]
 OPTIONS = [{"do_sample": False}, {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 5}]

@@ -241,7 +241,8 @@ def test_reproduce_end_to_end_on_the_tiny_model(tiny_files, tmp_path, capsys):
     (out / "settings.json").write_text(json.dumps(settings))
     capsys.readouterr()
     assert main(argv) == 0
-    assert "made again (its definition or weights changed since its rows were made): uniform_skip@3" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "made again (its definition or weights changed since its rows were made): uniform_skip@3" in said
     assert (out / "sweep.jsonl").read_bytes() == before["sweep.jsonl"]
     again = [json.loads(x) for x in (out / "per_sequence.jsonl").read_text().splitlines()]
     assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, per_seq))

@@ -116,8 +116,8 @@ def main(argv: list[str]) -> int:
     changed = changed_definitions(out, {c.config_id: c.definition() for c in configs})
     if changed:
         forget_configs(out, changed, configs)
-        print(f"[reproduce] made again (its definition or weights changed since its rows were made): {', '.join(changed)}",
-              flush=True)
+        print("[reproduce] made again (its definition or weights changed since its rows were made): "
+              + ", ".join(changed), flush=True)
     rows_were_resumed = (out / "per_sequence.jsonl").is_file()
     rows = run_sweep(model, tok, items, configs, out, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, model_id=args.model, data_id=data_id,
