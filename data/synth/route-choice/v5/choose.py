@@ -29,50 +29,55 @@ WHERE = ("full", "20", "24")
 MARGIN_SHARE = 0.05
 
 
-def main(sweep: Path) -> dict:
+def main(sweep: Path, name: str = "sixth", version: str = "v5", out: Path = HERE / "choice.json") -> dict:
+    """The rule on `version`'s two seeds (aliases `_<version>-dropout-sSEED`, called `<name>-sSEED`) -> out;
+    version 6 reuses it (`v6/choose.py`)."""
     examples = read_jsonl(CHOICE_SET, strict=True)
     ids = [e["id"] for e in examples]
     shapes = {e["id"]: e["shape"] for e in examples}
-    models = {"fourth": FOURTH, **{f"sixth-s{s}": f"_v5-dropout-s{s}" for s in SEEDS}}
+    models = {"fourth": FOURTH, **{f"{name}-s{s}": f"_{version}-dropout-s{s}" for s in SEEDS}}
     configs = {(name, where): f"adapted:{alias}" + (f"@{ROUTES[where]}" if where != "full" else "")
                for name, alias in models.items() for where in WHERE}
     configs[("adapted-20", "20")] = f"adapted:{ROUTES['20']}"
     by_config = scores(sweep)
     missing = [c for c in configs.values() if set(ids) - set(by_config.get(c, {}))]
     if missing:
-        raise SystemExit(f"choose: {sweep} lacks rows of {missing}; run v5/dropout.sh A and B to the end first")
+        raise SystemExit(f"choose: {sweep} lacks rows of {missing}; run {version}/dropout.sh A and B to the end first")
     table = {f"{name}@{where}": summary(by_config[c], ids, shapes) for (name, where), c in configs.items()}
-    summaries = {name: float(np.mean([table[f"{name}@{w}"]["rougeL"] for w in WHERE])) for name in models}
-    sixth_mean = float(np.mean([summaries[f"sixth-s{s}"] for s in SEEDS]))
+    summaries = {m: float(np.mean([table[f"{m}@{w}"]["rougeL"] for w in WHERE])) for m in models}
+    new_mean = float(np.mean([summaries[f"{name}-s{s}"] for s in SEEDS]))
 
     def per_row(names: list[str], where: str) -> list[float]:
         """Per row, the mean F of these models at `where`."""
         return [float(np.mean([by_config[configs[(n, where)]][i]["rougeL"] for n in names])) for i in ids]
 
-    sixth = [f"sixth-s{s}" for s in SEEDS]
-    differences = {where: paired_difference(per_row(sixth, where), per_row(["fourth"], where)) for where in WHERE}
+    seeds = [f"{name}-s{s}" for s in SEEDS]
+    differences = {where: paired_difference(per_row(seeds, where), per_row(["fourth"], where)) for where in WHERE}
     margin = MARGIN_SHARE * table["fourth@full"]["rougeL"]
     lower = differences["full"]["ci90"][0]
     full_test = {"diff": differences["full"]["diff"], "ci90": differences["full"]["ci90"],
                  "one_sided_lower_95": lower, "margin": margin, "not_worse": lower > -margin}
-    replaces = sixth_mean > summaries["fourth"] and full_test["not_worse"]
-    seed = max(SEEDS, key=lambda s: summaries[f"sixth-s{s}"])
+    replaces = new_mean > summaries["fourth"] and full_test["not_worse"]
+    seed = max(SEEDS, key=lambda s: summaries[f"{name}-s{s}"])
     adapted_20 = table["adapted-20@20"]["rougeL"]
     doc = {"sweep": str(sweep), "rows": len(ids), "routes": ROUTES, "configs": table, "summaries": summaries,
-           "sixth_two_seed_mean": sixth_mean, "full_depth_test": full_test,
+           f"{name}_two_seed_mean": new_mean, "full_depth_test": full_test,
            "differences": {w: {"diff": d["diff"], "ci95": d["ci95"]} for w, d in differences.items()},
            "route_20_share_of_adapted_20": {
-               name: table[f"{name}@20"]["rougeL"] / adapted_20 for name in models},
-           "sixth_replaces_fourth": replaces,
-           "ships": f"runs/v5/dropout-s{seed}/adapter" if replaces else FOURTH}
-    atomic_write_json(HERE / "choice.json", doc)
+               m: table[f"{m}@20"]["rougeL"] / adapted_20 for m in models},
+           f"{name}_replaces_fourth": replaces,
+           "ships": f"runs/{version}/dropout-s{seed}/adapter" if replaces else FOURTH}
+    atomic_write_json(out, doc)
     return doc
 
 
-if __name__ == "__main__":
-    result = main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/v3/choice-sweep"))
-    for name, row in result["configs"].items():
-        print(config_line(name, row, width=16))
-    print(json.dumps({k: result[k] for k in ("summaries", "sixth_two_seed_mean", "full_depth_test", "differences",
-                                              "route_20_share_of_adapted_20", "sixth_replaces_fourth", "ships")},
+def show(result: dict, name: str = "sixth") -> None:
+    for config, row in result["configs"].items():
+        print(config_line(config, row, width=16))
+    print(json.dumps({k: result[k] for k in ("summaries", f"{name}_two_seed_mean", "full_depth_test", "differences",
+                                              "route_20_share_of_adapted_20", f"{name}_replaces_fourth", "ships")},
                      indent=1))
+
+
+if __name__ == "__main__":
+    show(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/v3/choice-sweep")))

@@ -36,15 +36,17 @@ HEADER = """# adalas train --recipe smollm2-135m-dropout
 """
 
 
-def main() -> None:
-    doc = json.loads((HERE / "choice.json").read_text())
-    if not doc["sixth_replaces_fourth"]:
-        print(json.dumps({"shipped": None, "why": "the fourth version stays (v5/choice.json)"}))
+def ship(choice: Path, name: str, shares: dict, steps: int, header: str) -> None:
+    """Ship the seed `choice` names if its version (`name`, trained with `shares` for `steps`) replaces the
+    fourth; version 6 reuses it (`v6/ship.py`)."""
+    doc = json.loads(choice.read_text())
+    if not doc[f"{name}_replaces_fourth"]:
+        print(json.dumps({"shipped": None, "why": f"the fourth version stays ({choice.parent.name}/choice.json)"}))
         return
     run = ROOT / Path(doc["ships"]).parent
     trained = json.loads((run / "adapter" / "adalas_depth.json").read_text())
-    if trained.get("route_pool_share") != 0.5 or trained.get("full_depth_share") != 0.4:
-        raise SystemExit(f"ship: {run} did not train with version 5's shares")
+    if any(trained.get(k) != v for k, v in shares.items()):
+        raise SystemExit(f"ship: {run} did not train with the shares {shares}")
     seed = run.name.rsplit("-s", 1)[1]
     replace_adapter(run / "adapter", "smollm2-135m-dropout", depth={"mode": "full"})
     also = other_seed(run, "smollm2-135m-dropout")
@@ -53,12 +55,12 @@ def main() -> None:
     body = "\n".join(line for line in recipe.read_text().splitlines() if not line.startswith("#")) + "\n"
     depth = json.dumps({k: trained[k] for k in ("mode", "skip_probs", "full_depth_share", "route_pool",
                                                   "route_pool_share")})
-    body = set_keys(body, {**V3_DATA, "max_steps": "320", "seed": seed, "depth": depth})
+    body = set_keys(body, {**V3_DATA, "max_steps": str(steps), "seed": seed, "depth": depth})
     body = "\n".join(line for line in body.splitlines() if not line.startswith("        ")) + "\n"  # old depth
-    recipe.write_text(HEADER + body)
+    recipe.write_text(header + body)
     print(json.dumps({"shipped": str(run / "adapter"),
                       "also_adapted": [also, *(f"{also}@smollm2-135m-adapted-{s}" for s in ("24", "20"))]}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    ship(HERE / "choice.json", "sixth", {"route_pool_share": 0.5, "full_depth_share": 0.4}, 320, HEADER)
