@@ -67,6 +67,18 @@ def correlations(score: np.ndarray, f: np.ndarray, rng: np.random.Generator) -> 
             "ci95_routes": [float(v) for v in np.nanpercentile(by_routes, [2.5, 97.5])]}
 
 
+def off_the_shelf_ids(sweep: Path, num_layers: int = 30) -> dict[tuple, str]:
+    """skip list -> the id of a `route:` config that ran it off the shelf: a sweep makes a route once, under
+    the first alias that asked for it (the shipped 20-layer route: `route:smollm2-135m-adapted-20`)."""
+    configs = json.loads((sweep / "settings.json").read_text())["configs"]
+    out = {}
+    for cid, definition in sorted(configs.items()):
+        route = definition.get("depth", {}).get("route") if cid.startswith("route:") else None
+        if route is not None and len(route) == num_layers:
+            out.setdefault(tuple(i for i, keep in enumerate(route) if not keep), cid)
+    return out
+
+
 def main(sweep: Path) -> dict:
     ids = [e["id"] for e in read_jsonl(CHOICE_SET, strict=True)][SEARCH_ROWS:]
     rows = read_scores(sweep)  # config id -> row id -> ROUGE-L F
@@ -76,7 +88,11 @@ def main(sweep: Path) -> dict:
     if missing:
         raise SystemExit(f"rank_study: {sweep} lacks held-out rows of adapted:_rank-{missing[0]} (and {len(missing) - 1} more)")
     trained = np.array([[rows[f"adapted:_rank-{n}"][i] for i in ids] for n in names])  # (R, N)
-    shelf = np.array([[rows[f"route:_rank-{n}"][i] for i in ids] for n in names])
+    shelf_ids = off_the_shelf_ids(sweep)
+    if any(tuple(skip) not in shelf_ids for skip in ROUTES):
+        raise SystemExit(f"rank_study: {sweep} lacks a route off the shelf: "
+                         f"{[skip for skip in ROUTES if tuple(skip) not in shelf_ids]}")
+    shelf = np.array([[rows[shelf_ids[tuple(skip)]][i] for i in ids] for skip in ROUTES])
     healed = HERE / "healed.json"  # v3/healed.py: the KL after a linear correction, if computed
     if healed.is_file():
         for n, doc in json.loads(healed.read_text()).items():
