@@ -176,7 +176,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
              generation_config: GenerationConfig | None = None, logits_processor: LogitsProcessorList | None = None,
              stopping_criteria: StoppingCriteriaList | None = None, tokenizer: Any = None, seed: int | None = None,
              draft_depth: Any = None, num_draft_tokens: int | None = None, _fast_path: bool = True,
-             _prompt_reuse: PromptReuse | None = None, synced_gpus: bool | None = None, **kwargs: Any) -> torch.Tensor | GenerateDecoderOnlyOutput:
+             _prompt_reuse: PromptReuse | None = None, synced_gpus: bool | None = None,
+             **kwargs: Any) -> torch.Tensor | GenerateDecoderOnlyOutput:
     """Returns (B, T_prompt + n_new) token ids, like transformers' generate, or with
     `return_dict_in_generate=True` a `GenerateDecoderOnlyOutput` (`sequences`; `scores` and `logits`,
     one (B, V) float tensor per new token, when `output_scores` / `output_logits`). Options in

@@ -307,9 +307,10 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
     timing = {c.config_id: 0.0 for c in configs}
     base_depth = model.depth
     references: dict[str, str] | None = {} if reference == "full" else None
+    groups = _model_groups(configs)
     try:
         with model.family.hold_fused():  # the base model's fused weight copies serve every config
-            for group in _model_groups(configs):
+            for group in groups:
                 if not any(missing_items(mine, store, {"config_id": c.config_id}) for c in group):
                     m = None  # nothing to make: a checkpoint is not even loaded
                 elif group[0].checkpoint is not None:
@@ -339,7 +340,7 @@ def run_sweep(model, tokenizer, items: Sequence[EvalItem], configs: Sequence[Swe
         bar.close()
         model.set_depth(base_depth)
     order = {(c.config_id, it.id): (gi, b.index, ci, k)  # as one rank makes them: see the loop above
-             for gi, group in enumerate(_model_groups(configs)) for ci, c in enumerate(group)
+             for gi, group in enumerate(groups) for ci, c in enumerate(group)
              for b in plan for k, it in enumerate(b.items)}
     result: list[dict] = []
 

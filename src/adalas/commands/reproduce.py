@@ -69,9 +69,8 @@ def main(argv: list[str]) -> int:
     from ..io import atomic_write_json, check_markers, check_output_dir, write_between_markers
     from ..oracle import run_oracle
     from ..report import README_END, README_START, read_json, readme_builtin, readme_results, write_report
-    from ..run_settings import versions
+    from ..run_settings import changed_definitions, versions
     from ..sequence import add_crossfit_router, load_sweep
-    from ..run_settings import changed_definitions
     from ..sweep import build_configs, forget_configs, parse_budgets, run_sweep
 
     t_start = time.perf_counter()
