@@ -25,6 +25,8 @@ Configs (L layers; "half" = every other layer, 1, 3, 5, ...):
   (runs every layer for every token: the estimator needs it).
 - *_masked: the same config with `gather_tokens = False`, i.e. each layer run for every token and the
   runners' outputs kept (the computation before runner gathering), for the gain in the same run.
+- *_response: the same config with `response_logits=True`, what `adalas train` runs: the head and the
+  loss only at the positions a label follows (the prompt's positions need no logits).
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed steps per config (the median is reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-masked", action="store_true", help="leave out the *_masked configs")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated config names to run (default: all; hf_full and adalas_full always run)")
     p.add_argument("--out", default=None, help="also write the JSON document here")
     return p
 
@@ -72,12 +76,12 @@ def hf_case(name: str, hf, batch: dict) -> Case:
     return Case(name, step)
 
 
-def adalas_case(name: str, model, batch: dict, depth, gather: bool | None = None) -> Case:
+def adalas_case(name: str, model, batch: dict, depth, gather: bool | None = None, response: bool = False) -> Case:
     def step() -> torch.Tensor:
         model.set_depth(depth)
         model.gather_tokens = gather
         model.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
+        loss = model(**batch, response_logits=response).loss
         loss.backward()
         return loss
     return Case(name, step)
@@ -142,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_masked:
         cases += [adalas_case(f"adalas_{name}_masked", model, batch, depths[name], gather=False)
                   for name in ("half_skip", "stochastic")]
+    cases += [adalas_case(f"adalas_{name}_response", model, batch, depths[name], response=True)
+              for name in ("full", "half_skip", "stochastic")]
+    if args.cases:
+        keep = {"hf_full", "adalas_full", *args.cases.split(",")}
+        unknown = keep - {c.name for c in cases}
+        if unknown:
+            raise ValueError(f"--cases: unknown config(s) {', '.join(sorted(unknown))}")
+        cases = [c for c in cases if c.name in keep]
     time_cases(cases, args.repeats)
     median = {c.name: statistics.median(c.seconds) for c in cases}
     cpu = {c.name: statistics.median(c.cpu_seconds) for c in cases}

@@ -21,6 +21,35 @@ def test_loss_matches_transformers():
     assert ours.layer_gates.shape == (2, 7, LAYERS)
 
 
+@pytest.mark.parametrize("builder", [tiny_opt, lambda: tiny_opt(post_ln=True), tiny_llama, tiny_gpt2])
+@pytest.mark.parametrize("items", [None, 9])
+def test_response_logits_are_the_full_logits_where_a_label_follows(builder, items):
+    """Training asks for the logits at response positions only: the same values, loss and gradients as
+    the full (B, T, V) logits sliced there (with left padding, on a route, the Trainer's token count)."""
+    torch.manual_seed(0)
+    m = AdalasForCausalLM.from_hf(builder(), DepthConfig(mode="static_skip", skip_layers=[1])).train()
+    ids, mask = batch()
+    labels = ids.masked_fill(mask.eq(0), -100)
+    labels[:, :4] = -100
+    labels[1, 6] = -100  # a hole inside a response
+    follows = labels[:, 1:].ne(-100)
+    full = m(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items)
+    (full.loss + full.logits[:, :-1][follows].square().mean()).backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    packed = m(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items, response_logits=True)
+    (packed.loss + packed.logits.square().mean()).backward()
+    assert packed.logits.shape == (int(follows.sum()), VOCAB)
+    torch.testing.assert_close(packed.logits, full.logits[:, :-1][follows], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(packed.loss, full.loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(packed.layer_gates, full.layer_gates)
+    assert want and set(want) == {n for n, p in m.named_parameters() if p.grad is not None}
+    for name, grad in want.items():
+        torch.testing.assert_close(dict(m.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="response_logits=True needs labels"):
+        m(input_ids=ids, attention_mask=mask, response_logits=True)
+
+
 @pytest.mark.parametrize("controller_input", ["hidden_states", "fixed", "position", "token", "initial"])
 def test_learned_controllers_get_gradients(controller_input):
     torch.manual_seed(0)

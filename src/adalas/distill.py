@@ -92,9 +92,9 @@ def full_depth(model) -> Iterator[None]:
 def teacher_topk(model, batch: dict, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, k) token ids and log-probs at T for the response positions of `batch`, at full depth."""
     with full_depth(model):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    where = response_positions(batch["labels"])
-    logp = F.log_softmax(logits[:, :-1][where].float() / temperature, dim=-1)  # (N, V)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                       response_logits=True).logits  # (N, V)
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
     top = logp.topk(k, dim=-1)
     return top.indices.to(torch.int32), top.values
 
@@ -199,22 +199,22 @@ class Distiller:
 
     @torch.no_grad()
     def teacher_logits(self, model, inputs: dict) -> torch.Tensor:
-        """(B, T, V) at full depth, in eval mode (no dropout)."""
+        """(N, V) at the response positions (`response_positions`), at full depth, in eval mode (no dropout)."""
         runner = self.teacher if self.teacher is not None else model
         adalas = self.teacher if self.teacher is not None else self.adalas
         was_training = runner.training
         runner.eval()
         try:
             with full_depth(adalas), (model.disable_adapter() if self.teacher is None else nullcontext()):
-                return runner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                return runner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                              labels=inputs["labels"], response_logits=True).logits
         finally:
             runner.train(was_training)
 
-    def loss(self, model, inputs: dict, student_logits: torch.Tensor, ce: torch.Tensor,
+    def loss(self, model, inputs: dict, student: torch.Tensor, ce: torch.Tensor,
              example_index: torch.Tensor | None, denominator: torch.Tensor | float | None) -> torch.Tensor:
-        """The mixed loss; `denominator` None: the mean over this batch's response tokens."""
-        where = response_positions(inputs["labels"])                  # (B, T-1)
-        student = student_logits[:, :-1][where]                       # (N, V)
+        """The mixed loss of `student` (N, V), the logits at the response positions (the model's forward
+        with `response_logits=True`); `denominator` None: the mean over this batch's response tokens."""
         if self.cache is not None:
             if example_index is None:
                 raise ValueError(f"distill: the batch has no {INDEX_COLUMN!r} column to find its cached teacher")
@@ -224,10 +224,9 @@ class Distiller:
                                  f"the batch {student.shape[0]}; the data changed since it was cached")
             kl = kl_topk(student, index.to(student.device), logp.to(student.device), self.temperature)
         else:
-            teacher = self.teacher_logits(model, inputs)[:, :-1][where]
-            kl = kl_full(student, teacher, self.temperature)
+            kl = kl_full(student, self.teacher_logits(model, inputs), self.temperature)
         if denominator is None:
-            denominator = max(int(where.sum()), 1)
+            denominator = max(student.shape[0], 1)
         return mix(kl.sum(), ce, self.alpha, self.temperature, denominator)
 
 

@@ -229,15 +229,20 @@ class AdalasForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False, num_items_in_batch: Any = None, use_cache: Any = None,
-                **kwargs: Any) -> AdalasCausalLMOutput:
+                response_logits: bool = False, **kwargs: Any) -> AdalasCausalLMOutput:
         """An uncached forward. Prompt tokens: label -100, or every token when there are no labels.
-        `**kwargs` (kept so the Trainer passes `num_items_in_batch`): None placeholders and the no-ops
-        of FORWARD_NO_OPS; anything else (a cache, `inputs_embeds`, `token_type_ids`) is refused, since
-        the result would silently not reflect it."""
+        `response_logits=True` (training; needs labels) computes the logits only at the positions a label
+        follows, packed (N, V) as the rows of `logits[:, :-1][labels[:, 1:] != -100]`, and the loss from
+        them: the head and its softmax over a 49k vocabulary are most of the cost of a long prompt's
+        positions, which no loss reads. `**kwargs` (kept so the Trainer passes `num_items_in_batch`): None
+        placeholders and the no-ops of FORWARD_NO_OPS; anything else (a cache, `inputs_embeds`,
+        `token_type_ids`) is refused, since the result would silently not reflect it."""
         for name, value in kwargs.items():
             if value is not None and not any(value is ok for ok in FORWARD_NO_OPS.get(name, ())):
                 raise ValueError(f"forward: {name}={_short(value)} is not supported by adalas (an uncached forward "
                                  f"from input_ids; it would be ignored)")
+        if response_logits and labels is None:
+            raise ValueError("forward: response_logits=True needs labels (it keeps the positions a label follows)")
         B, T = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -248,6 +253,11 @@ class AdalasForCausalLM(nn.Module):
         h, gates, hidden = depth_pass(self, self.router, position_ids, input_ids, attention_mask=attention_mask,
                                       prompt=prompt, state=state, collect=True,
                                       output_hidden_states=output_hidden_states)
+        if response_logits:
+            follows = labels[:, 1:].ne(-100).to(h.device)          # (B, T - 1)
+            logits = self.family.head(self.family.final(h[:, :-1][follows]))  # (N, V)
+            loss = token_mean_loss(logits.float(), labels[:, 1:].to(h.device)[follows], num_items_in_batch)
+            return AdalasCausalLMOutput(loss=loss, logits=logits, layer_gates=gates, hidden_states=hidden)
         logits = self.family.head(self.family.final(h))
         loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         return AdalasCausalLMOutput(loss=loss, logits=logits, layer_gates=gates, hidden_states=hidden)
@@ -273,9 +283,15 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batc
     of the (B, T, V) logits would be copied, and again in the backward pass."""
     shift_logits = logits.float().reshape(-1, logits.shape[-1])  # (B * T, V)
     shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1).to(logits.device)  # (B * T,)
+    return token_mean_loss(shift_logits, shift_labels, num_items_in_batch)
+
+
+def token_mean_loss(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """Cross-entropy of (N, V) logits against (N,) targets (-100 ignored): the mean over this batch's
+    targets, or their sum over `num_items_in_batch`."""
     if num_items_in_batch is None:
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+        return F.cross_entropy(logits, targets, ignore_index=-100)
+    loss = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch

@@ -225,7 +225,7 @@ class AdalasTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
         example_index = inputs.pop(INDEX_COLUMN, None)
-        outputs = model(**inputs, **({"num_items_in_batch": num_items_in_batch} if scaled else {}))
+        outputs = model(**inputs, response_logits=True, **({"num_items_in_batch": num_items_in_batch} if scaled else {}))
         label_gates = outputs.layer_gates[inputs["labels"].ne(-100)]  # (N, L)
         self.meters["train" if model.training else "eval"].add(label_gates)
         loss = outputs.loss

@@ -58,7 +58,7 @@ def score_runs(plan: Plan, runs: Sequence[Run], alphas: dict[str, float] | None 
                usage: bool = False) -> dict[str, dict]:
     """{run name: {"kd", "cost", "loss", "tokens"[, "usage_eval", "usage_train"]}} on the held-out rows;
     `alphas`: each run's cost weight in `loss` (default 0). The runs share one recipe's tokenization."""
-    from ..distill import kl_topk, response_positions, teacher_cache
+    from ..distill import kl_topk, teacher_cache
     from ..model import AdalasForCausalLM
 
     ds, collate, cfg = _rows(plan, runs[0])
@@ -71,12 +71,11 @@ def score_runs(plan: Plan, runs: Sequence[Run], alphas: dict[str, float] | None 
         model = AdalasForCausalLM.from_pretrained(str(plan.runs_dir / run.name)).eval()
         kl_sum, cost_sum, n = 0.0, 0.0, 0
         for examples, batch in _batches(ds, collate):
-            res = model(**batch)
-            where = response_positions(batch["labels"])
+            res = model(**batch, response_logits=True)
             index, logp = cache.rows(examples)
-            kl_sum += float(kl_topk(res.logits[:, :-1][where], index, logp, temperature).sum())
+            kl_sum += float(kl_topk(res.logits, index, logp, temperature).sum())
             cost_sum += float(res.layer_gates[batch["labels"].ne(-100)].float().mean(-1).sum())
-            n += int(where.sum())
+            n += res.logits.shape[0]
         alpha = (alphas or {}).get(run.name, 0.0)
         kd, cost = temperature ** 2 * kl_sum / n, cost_sum / n
         out[run.name] = {"kd": kd, "cost": cost, "loss": kd + alpha * cost, "alpha": alpha, "tokens": n}
