@@ -141,10 +141,10 @@ class RouteScorer:
         n_states = 0
         with torch.no_grad(), self._depth(DepthConfig()):
             for b in self.batches:
-                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                 output_hidden_states=True)
+                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
+                                 response_logits=True, output_hidden_states=True)
                 scored = b["labels"][:, 1:].ne(-100)  # (B, T-1): positions that predict a response token
-                logp = F.log_softmax(out.logits[:, :-1][scored].float(), dim=-1)  # (P, V)
+                logp = F.log_softmax(out.logits.float(), dim=-1)  # (P, V): the logits at those positions
                 self._full_logp.append(logp)
                 self._full_top.append(logp.argmax(-1))
                 self._row_of.append(torch.arange(scored.shape[0], device=scored.device)[:, None]
@@ -178,12 +178,12 @@ class RouteScorer:
         agree_sum = torch.zeros((), dtype=torch.float64)
         with self._depth(depth):
             for b, full_logp, full_top, row_of in zip(self.batches, self._full_logp, self._full_top, self._row_of):
-                # labels mark the prompt, which runs every layer unless skip_prompt
-                labels = None if self.skip_prompt else b["labels"]
-                logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    labels=labels).logits
+                # labels mark the prompt, which runs every layer unless skip_prompt (then they change
+                # nothing); the head runs only where a label follows, the positions scored
+                logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
+                                    response_logits=True).logits
                 scored = b["labels"][:, 1:].ne(-100)  # (B, T-1)
-                logp = F.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # (P, V)
+                logp = F.log_softmax(logits.float(), dim=-1)  # (P, V)
                 kl = (full_logp.exp() * (full_logp - logp)).sum(-1).double()  # (P,) KL(full || route)
                 agree = logp.argmax(-1).eq(full_top).double()  # (P,)
                 n = torch.bincount(row_of, minlength=scored.shape[0]).double()  # (B,) positions per row
@@ -223,9 +223,8 @@ class RouteScorer:
         states, rows, offset = [], [], 0
         with torch.no_grad(), self._depth(depth):
             for b, row_of in zip(self.batches, self._row_of):
-                labels = None if self.skip_prompt else b["labels"]
-                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels,
-                                 output_hidden_states=True)
+                out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
+                                 response_logits=True, output_hidden_states=True)
                 scored = b["labels"][:, 1:].ne(-100)
                 states.append(self.model.family.final(out.hidden_states[-1])[:, :-1][scored].float())
                 rows.append(row_of + offset)
