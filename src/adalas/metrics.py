@@ -84,28 +84,35 @@ def teacher_forced(model, tokenizer, items: Sequence[Any], metrics: Sequence[str
         labels[r, T - len(s) + start:] = ids[r, T - len(s) + start:]
     target = labels[:, 1:]  # (B, T-1): the token each position predicts
     scored = target != -100
-    logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits[:, :-1].float()  # (B, T-1, V)
+    row = torch.arange(len(seqs), device=ids.device)[:, None].expand_as(scored)[scored]  # (P,)
     n = scored.sum(1).clamp(min=1)
+
+    def row_means(values: torch.Tensor) -> list[float]:  # (P,) per scored position -> per row
+        return (torch.zeros(len(seqs), device=ids.device).index_add_(0, row, values.float()) / n).tolist()
+
+    # the head only where a response token is predicted (response_logits): a long prompt needs none
+    logits = _response_logits(model, ids, mask, labels)  # (P, V)
     out: list[dict[str, float]] = [{} for _ in items]
     if "nll" in metrics:
-        token_nll = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, T-1)
-        for r, v in enumerate(((token_nll * scored).sum(1) / n).tolist()):
+        for r, v in enumerate(row_means(F.cross_entropy(logits, target[scored], reduction="none"))):
             out[r]["nll"] = v
     if "agreement" in metrics:
-        full = logits if model.depth.mode == "full" else _full_depth_logits(model, ids, mask, labels)
-        agree = (logits.argmax(-1) == full.argmax(-1)) & scored
-        for r, v in enumerate((agree.sum(1) / n).tolist()):
+        if model.depth.mode == "full":
+            full = logits
+        else:
+            depth = model.depth
+            model.set_depth(DepthConfig())
+            try:
+                full = _response_logits(model, ids, mask, labels)
+            finally:
+                model.set_depth(depth)
+        for r, v in enumerate(row_means(logits.argmax(-1) == full.argmax(-1))):
             out[r]["top1_agreement"] = v
     return out
 
 
-def _full_depth_logits(model, ids, mask, labels) -> torch.Tensor:
-    depth = model.depth
-    model.set_depth(DepthConfig())
-    try:
-        return model(input_ids=ids, attention_mask=mask, labels=labels).logits[:, :-1].float()
-    finally:
-        model.set_depth(depth)
+def _response_logits(model, ids, mask, labels) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=mask, labels=labels, response_logits=True).logits.float()
 
 
 def batch_columns(model, tokenizer, items: Sequence[Any], gens: Sequence[Any], metrics: Sequence[str],
