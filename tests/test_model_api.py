@@ -50,6 +50,21 @@ def test_response_logits_are_the_full_logits_where_a_label_follows(builder, item
         m(input_ids=ids, attention_mask=mask, response_logits=True)
 
 
+@pytest.mark.parametrize("builder", [tiny_opt, tiny_llama, tiny_gpt2])
+def test_labels_change_nothing_when_the_prompt_follows_the_route(builder):
+    """Labels mark the prompt, which runs every layer unless skip_prompt: with skip_prompt the forward is
+    the same with or without them (the route search passes them to get response logits only)."""
+    m = AdalasForCausalLM.from_hf(builder(), DepthConfig(mode="static_skip", skip_layers=[1, 2], skip_prompt=True))
+    ids, mask = batch()
+    labels = ids.masked_fill(mask.eq(0), -100)
+    labels[:, :4] = -100
+    with torch.no_grad():
+        plain = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        labelled = m(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+    assert torch.equal(plain.logits, labelled.logits)
+    assert all(torch.equal(a, b) for a, b in zip(plain.hidden_states, labelled.hidden_states))
+
+
 @pytest.mark.parametrize("controller_input", ["hidden_states", "fixed", "position", "token", "initial"])
 def test_learned_controllers_get_gradients(controller_input):
     torch.manual_seed(0)
