@@ -19,9 +19,13 @@ class Figures:
     """Seconds on one thread of this machine (2 cores, shared with another job)."""
 
     # a LoRA + cached-teacher training step of the shipped recipes (version 3: batch 8 x <= 512 tokens, shaped
-    # rows): 17-28 s beside another lane, 3,811 s for adapted-24's 160 steps (version 2's 224 tokens: 17-20 s)
-    train_step: float = 23.0
-    learned_step: float = 23.0  # learned mode computes every layer in training (the first study's E2 runs)
+    # rows) beside another lane, since training computes the head only where a label follows (response_logits):
+    # the dropout recipe's version 6, 400 steps in 5,431 and 5,543 s (13.6-13.9 s); before it, 20.1 s (version
+    # 5's 320 steps) and 23.8 s (adapted-24's 160 steps)
+    train_step: float = 14.0
+    # learned mode computes every layer in training: 23 s in the first study's E2 runs, before response_logits;
+    # scaled by the ratio measured on the LoRA step (0.69), not measured itself
+    learned_step: float = 16.0
     # one full-depth config over each real task at its cap, batch 16 (`adalas tasks run`, sweep_meta.json):
     # cnn_dailymail 980 s, user_oriented 704 s; samsum 372 s (the dropout model at full depth)
     real_full: float = 980.0 + 704.0 + 372.0
