@@ -33,7 +33,7 @@ def layer_cosines(states: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _label_states(model, batch: dict) -> list[torch.Tensor]:
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                output_hidden_states=True, response_logits=True)  # the logits are not read: the fewest
+                output_hidden_states=True, response_logits=True)  # its logits go unread: compute the fewest
     return label_states(out.hidden_states, batch["labels"])
 
 

@@ -233,8 +233,8 @@ class AdalasForCausalLM(nn.Module):
         """An uncached forward. Prompt tokens: label -100, or every token when there are no labels.
         `response_logits=True` (training; needs labels) computes the logits only at the positions a label
         follows, packed (N, V) as the rows of `logits[:, :-1][labels[:, 1:] != -100]`, and the loss from
-        them: the head and its softmax over a 49k vocabulary are most of the cost of a long prompt's
-        positions, which no loss reads. `**kwargs` (kept so the Trainer passes `num_items_in_batch`): None
+        them: at a long prompt's positions, which no loss reads, the head over a 49k vocabulary and its
+        softmax took about a third of a training step. `**kwargs` (kept so the Trainer passes `num_items_in_batch`): None
         placeholders and the no-ops of FORWARD_NO_OPS; anything else (a cache, `inputs_embeds`,
         `token_type_ids`) is refused, since the result would silently not reflect it."""
         for name, value in kwargs.items():
