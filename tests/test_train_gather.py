@@ -175,7 +175,8 @@ def test_bench_train_on_a_tiny_model(tiny_files, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == doc
     names = {"hf_full", "hf_half_deleted", "adalas_full", "adalas_half_skip", "adalas_half_skip_kv_mask",
              "adalas_half_skip_deleted_equiv", "adalas_stochastic", "adalas_learned", "adalas_half_skip_masked",
-             "adalas_stochastic_masked"}
+             "adalas_stochastic_masked", "adalas_full_response", "adalas_half_skip_response",
+             "adalas_stochastic_response"}
     for key in ("vs_hf_full", "vs_adalas_full", "cpu_vs_hf_full", "cpu_vs_adalas_full"):
         assert set(doc[key]) == names
     loss = doc["loss"]
@@ -183,5 +184,12 @@ def test_bench_train_on_a_tiny_model(tiny_files, tmp_path, capsys):
     assert loss["adalas_half_skip_deleted_equiv"] == pytest.approx(loss["hf_half_deleted"], abs=1e-4)
     assert loss["adalas_half_skip"] == pytest.approx(loss["adalas_half_skip_masked"], abs=1e-4)
     assert loss["adalas_stochastic"] == pytest.approx(loss["adalas_stochastic_masked"], abs=1e-4)
+    for name in ("full", "half_skip", "stochastic"):  # logits only where a label follows: the same loss
+        assert loss[f"adalas_{name}_response"] == pytest.approx(loss[f"adalas_{name}"], abs=1e-4)
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["train", "--batch", "x"])
+    args = ["train", "--model", str(tiny_files[0]), "--batch", "2", "--tokens", "12", "--labels", "8", "--repeats", "1"]
+    assert bench.main(args + ["--cases", "adalas_full_response", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["loss"]) == {"hf_full", "adalas_full", "adalas_full_response"}
+    with pytest.raises(ValueError, match=r"--cases: unknown config\(s\) adalas_everything"):
+        bench.main(args + ["--cases", "adalas_everything"])
