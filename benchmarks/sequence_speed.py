@@ -30,7 +30,7 @@ def main() -> int:
     from adalas.data import load_examples, tokenize_prompt
     from adalas.hub import load_tokenizer
     from adalas.oracle import uniform_skip_route
-    from adalas.sequence import batches, left_pad, measure_speed, temporary_depth
+    from adalas.sequence import batches, left_pad, measure_speed
 
     depth = DepthConfig(mode="sequence", router_path=args.router, target_avg_layers=args.target_avg_layers)
     model = AdalasForCausalLM.from_pretrained(args.model, depth=depth)
@@ -44,7 +44,7 @@ def main() -> int:
         route = uniform_skip_route(model.num_layers, args.static_budget)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         best = float("inf")
-        with temporary_depth(model, DepthConfig(mode="route", route=route)):
+        with model.temporary_depth(DepthConfig(mode="route", route=route)):
             for _ in range(args.repeats):
                 t0, tokens = time.perf_counter(), 0
                 for idx in batches(order, args.batch_size):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,21 +77,10 @@ def mix(kl_sum: torch.Tensor, ce: torch.Tensor, alpha: float, temperature: float
 # ---------------------------------------------------------------------------------------------
 # The teacher
 
-@contextmanager
-def full_depth(model) -> Iterator[None]:
-    """The adalas model at full depth for the duration (its own depth restored after)."""
-    saved = model.depth
-    model.set_depth(DepthConfig(mode="full"))
-    try:
-        yield
-    finally:
-        model.set_depth(saved)
-
-
 @torch.no_grad()
 def teacher_topk(model, batch: dict, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, k) token ids and log-probs at T for the response positions of `batch`, at full depth."""
-    with full_depth(model):
+    with model.temporary_depth(DepthConfig(mode="full")):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                        response_logits=True).logits  # (N, V)
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
@@ -205,7 +194,7 @@ class Distiller:
         was_training = runner.training
         runner.eval()
         try:
-            with full_depth(adalas), (model.disable_adapter() if self.teacher is None else nullcontext()):
+            with adalas.temporary_depth(DepthConfig(mode="full")), (model.disable_adapter() if self.teacher is None else nullcontext()):
                 return runner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                               labels=inputs["labels"], response_logits=True).logits
         finally:

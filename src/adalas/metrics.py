@@ -100,12 +100,8 @@ def teacher_forced(model, tokenizer, items: Sequence[Any], metrics: Sequence[str
         if model.depth.mode == "full":
             full = logits
         else:
-            depth = model.depth
-            model.set_depth(DepthConfig())
-            try:
+            with model.temporary_depth(DepthConfig()):
                 full = _response_logits(model, ids, mask, labels)
-            finally:
-                model.set_depth(depth)
         for r, v in enumerate(row_means(logits.argmax(-1) == full.argmax(-1))):
             out[r]["top1_agreement"] = v
     return out

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,17 @@ class AdalasForCausalLM(nn.Module):
         self.depth = depth
         self.router: Router = build_router(depth, self.num_layers, self.controllers, self.sequence_controller)
 
+    @contextmanager
+    def temporary_depth(self, depth: DepthConfig) -> Iterator["AdalasForCausalLM"]:
+        """Run the block at `depth` (a teacher at full depth, a candidate route), then restore the model's
+        own depth, even on an error."""
+        previous = self.depth
+        self.set_depth(depth)
+        try:
+            yield self
+        finally:
+            self.set_depth(previous)
+
     def _ensure_controllers(self, depth: DepthConfig) -> None:
         """Keep the current controllers when they fit the learned setup; otherwise make new ones."""
         layers = depth.controller_layers if depth.controller_layers is not None else range(self.num_layers)
@@ -234,9 +246,9 @@ class AdalasForCausalLM(nn.Module):
         `response_logits=True` (training; needs labels) computes the logits only at the positions a label
         follows, packed (N, V) as the rows of `logits[:, :-1][labels[:, 1:] != -100]`, and the loss from
         them: at a long prompt's positions, which no loss reads, the head over a 49k vocabulary and its
-        softmax took about a third of a training step. `**kwargs` (kept so the Trainer passes `num_items_in_batch`): None
-        placeholders and the no-ops of FORWARD_NO_OPS; anything else (a cache, `inputs_embeds`,
-        `token_type_ids`) is refused, since the result would silently not reflect it."""
+        softmax took about a third of a training step. `**kwargs` (kept so the Trainer passes
+        `num_items_in_batch`): None placeholders and the no-ops of FORWARD_NO_OPS; anything else (a cache,
+        `inputs_embeds`, `token_type_ids`) is refused, since the result would silently not reflect it."""
         for name, value in kwargs.items():
             if value is not None and not any(value is ok for ok in FORWARD_NO_OPS.get(name, ())):
                 raise ValueError(f"forward: {name}={_short(value)} is not supported by adalas (an uncached forward "
@@ -254,12 +266,13 @@ class AdalasForCausalLM(nn.Module):
                                       prompt=prompt, state=state, collect=True,
                                       output_hidden_states=output_hidden_states)
         if response_logits:
-            follows = labels[:, 1:].ne(-100).to(h.device)          # (B, T - 1)
+            targets = labels[:, 1:].to(h.device)                   # (B, T - 1): what each position predicts
+            follows = targets.ne(-100)
             logits = self.family.head(self.family.final(h[:, :-1][follows]))  # (N, V)
-            loss = token_mean_loss(logits.float(), labels[:, 1:].to(h.device)[follows], num_items_in_batch)
-            return AdalasCausalLMOutput(loss=loss, logits=logits, layer_gates=gates, hidden_states=hidden)
-        logits = self.family.head(self.family.final(h))
-        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+            loss = token_mean_loss(logits.float(), targets[follows], num_items_in_batch)
+        else:
+            logits = self.family.head(self.family.final(h))
+            loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
         return AdalasCausalLMOutput(loss=loss, logits=logits, layer_gates=gates, hidden_states=hidden)
 
     def logits_from_state(self, h: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +138,7 @@ class RouteScorer:
         self._full_head_input: list[torch.Tensor] = []  # per batch, (P, D): what the head reads at full depth
         cosines = torch.zeros(self.num_layers, dtype=torch.float64)
         n_states = 0
-        with torch.no_grad(), self._depth(DepthConfig()):
+        with torch.no_grad(), self.model.temporary_depth(DepthConfig()):
             for b in self.batches:
                 out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
                                  response_logits=True, output_hidden_states=True)
@@ -157,16 +156,6 @@ class RouteScorer:
         # 1 - mean cos(state entering layer i, state leaving it): how much layer i changes the state
         self.block_influence: list[float] = (1 - cosines / n_states).tolist()
 
-    @contextmanager
-    def _depth(self, depth: DepthConfig) -> Iterator[None]:
-        """Run the block at `depth`, then restore the model's own."""
-        saved = self.model.depth
-        self.model.set_depth(depth)
-        try:
-            yield
-        finally:
-            self.model.set_depth(saved)
-
     @torch.no_grad()
     def __call__(self, skip: Sequence[int], phase: str = "") -> RouteScore:
         key = tuple(sorted(set(int(i) for i in skip)))
@@ -176,17 +165,16 @@ class RouteScorer:
                  else DepthConfig())
         kl_sum = torch.zeros((), dtype=torch.float64)
         agree_sum = torch.zeros((), dtype=torch.float64)
-        with self._depth(depth):
+        with self.model.temporary_depth(depth):
             for b, full_logp, full_top, row_of in zip(self.batches, self._full_logp, self._full_top, self._row_of):
                 # labels mark the prompt, which runs every layer unless skip_prompt (then they change
                 # nothing); the head runs only where a label follows, the positions scored
                 logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
                                     response_logits=True).logits
-                scored = b["labels"][:, 1:].ne(-100)  # (B, T-1)
                 logp = F.log_softmax(logits.float(), dim=-1)  # (P, V)
                 kl = (full_logp.exp() * (full_logp - logp)).sum(-1).double()  # (P,) KL(full || route)
                 agree = logp.argmax(-1).eq(full_top).double()  # (P,)
-                n = torch.bincount(row_of, minlength=scored.shape[0]).double()  # (B,) positions per row
+                n = torch.bincount(row_of, minlength=b["input_ids"].shape[0]).double()  # (B,) positions per row
                 kl_sum += (torch.zeros_like(n).index_add_(0, row_of, kl) / n).sum().cpu()
                 agree_sum += (torch.zeros_like(n).index_add_(0, row_of, agree) / n).sum().cpu()
         result = RouteScore(key, float(kl_sum) / self.n_rows, float(agree_sum) / self.n_rows, phase)
@@ -221,7 +209,7 @@ class RouteScorer:
         depth = (DepthConfig(mode="static_skip", skip_layers=list(key), skip_prompt=self.skip_prompt) if key
                  else DepthConfig())
         states, rows, offset = [], [], 0
-        with torch.no_grad(), self._depth(depth):
+        with torch.no_grad(), self.model.temporary_depth(depth):
             for b, row_of in zip(self.batches, self._row_of):
                 out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
                                  response_logits=True, output_hidden_states=True)

@@ -30,7 +30,7 @@ this order:
 """
 from __future__ import annotations
 
-from .controller import batches, calibrate, calibration_table, fit_controller, left_pad, prompt_features, temporary_depth
+from .controller import batches, calibrate, calibration_table, fit_controller, left_pad, prompt_features
 from .crossfit import crossfit_choices, crossfit_curves, crossfit_folds, crossfit_rows
 from .pipelines import CROSSFIT_FILE, add_crossfit_router, default_feature_layers, train_from_sweep
 from .router import GroupedGeneration, generate_grouped, predict_routes
@@ -44,4 +44,4 @@ __all__ = ["CROSSFIT_FILE", "ROUTE_STRATEGIES", "TARGETS", "GroupedGeneration", 
            "crossfit_curves", "crossfit_folds", "crossfit_rows", "default_feature_layers", "evaluate_router",
            "fit_controller", "generate_grouped", "left_pad", "load_features", "load_sweep", "measure_speed",
            "paired_vs_fixed_mix", "predict_routes", "prompt_features", "route_labels", "save_features", "split_ids",
-           "sweep_prompts", "temporary_depth", "train_from_sweep", "train_router"]
+           "sweep_prompts", "train_from_sweep", "train_router"]

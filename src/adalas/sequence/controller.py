@@ -15,7 +15,6 @@ for `label`; a sequence takes argmax(utility - lam * layers)), its files and the
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -47,17 +46,6 @@ def batches(order: Sequence[int], batch_size: int):
         yield list(order[s:s + batch_size])
 
 
-@contextmanager
-def temporary_depth(model, depth: DepthConfig):
-    """Run with another depth config, then restore the previous one (even on error)."""
-    previous = model.depth
-    model.set_depth(depth)
-    try:
-        yield model
-    finally:
-        model.set_depth(previous)
-
-
 @torch.no_grad()
 def prompt_features(model, prompts: Sequence[Sequence[int]], layers: Sequence[int],
                     batch_size: int = 16) -> dict[int, torch.Tensor]:
@@ -73,7 +61,7 @@ def prompt_features(model, prompts: Sequence[Sequence[int]], layers: Sequence[in
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = {k: [None] * len(prompts) for k in layers}
     depth = DepthConfig(mode="route", route=[i < max(top, 1) for i in range(L)], skip_prompt=True)
-    with temporary_depth(model, depth):
+    with model.temporary_depth(depth):
         for idx in batches(order, batch_size):
             ids, mask = left_pad([prompts[i] for i in idx])
             ids, mask = ids.to(model.device), mask.to(model.device)

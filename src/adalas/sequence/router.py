@@ -20,7 +20,7 @@ import torch
 from ..actions import DecodePlan, run_rows
 from ..config import DepthConfig, route_to_str
 from ..routers import Router, SequenceRouter, SequenceState
-from .controller import batches, left_pad, prompt_features, temporary_depth
+from .controller import batches, left_pad, prompt_features
 
 
 @dataclass
@@ -123,7 +123,7 @@ def generate_grouped(model, prompts, batch_size: int = 8, **generate_kwargs) -> 
             kinds = sorted({choices[i] for i in idx})
             if len(kinds) == 1:
                 depth = DepthConfig(mode="route", route=routes[kinds[0]].tolist(), kv_fill=model.depth.kv_fill)
-                run = temporary_depth(model, depth)
+                run = model.temporary_depth(depth)
             else:
                 run = _fixed_routes(model, routes[[choices[i] for i in idx]])
             with run:

@@ -7,7 +7,7 @@ import time
 from typing import Sequence
 
 from ..config import DepthConfig
-from .controller import batches, left_pad, temporary_depth
+from .controller import batches, left_pad
 from .router import generate_grouped
 
 
@@ -26,7 +26,7 @@ def measure_speed(model, prompts: Sequence[Sequence[int]], batch_size: int, max_
 
     def full_depth() -> tuple[float, list[list[int]]]:
         out_rows: list[list[int]] = [[] for _ in prompts]
-        with temporary_depth(model, DepthConfig(kv_fill=model.depth.kv_fill)):
+        with model.temporary_depth(DepthConfig(kv_fill=model.depth.kv_fill)):
             t0 = time.perf_counter()
             for idx in batches(order, batch_size):
                 ids, mask = left_pad([prompts[i] for i in idx])
